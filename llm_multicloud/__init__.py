@@ -1,0 +1,63 @@
+"""llm_multicloud: route openai SDK requests across clouds and regions, in-process.
+
+    import openai, llm_multicloud as lmc
+    client = lmc.wrap(openai.OpenAI(api_key="unused"), catalog="catalog.yaml")
+
+Public names are imported lazily (PEP 562), so ``import llm_multicloud`` stays
+cheap: pydantic, PyYAML and the HTTP stack load on first use.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "wrap": "client",
+    "MultiCloud": "client",
+    "httpx_client": "client",
+    "async_httpx_client": "client",
+    "multicloud_of": "client",
+    "PLACEHOLDER_BASE_URL": "client",
+    "Catalog": "catalog",
+    "Endpoint": "catalog",
+    "Policy": "policy",
+    "routing": "context",
+    "residency": "context",
+    "Constraints": "context",
+    "Plan": "router",
+    "AttemptRecord": "executor",
+    "Transition": "health",
+    "LLMMulticloudError": "errors",
+    "CatalogError": "errors",
+    "ResidencyError": "errors",
+    "RoutingError": "errors",
+    "StreamInterrupted": "errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from .catalog import Catalog, Endpoint
+    from .client import PLACEHOLDER_BASE_URL, MultiCloud, async_httpx_client, httpx_client, multicloud_of, wrap
+    from .context import Constraints, residency, routing
+    from .errors import CatalogError, LLMMulticloudError, ResidencyError, RoutingError, StreamInterrupted
+    from .executor import AttemptRecord
+    from .health import Transition
+    from .policy import Policy
+    from .router import Plan
+
+
+def __getattr__(name: str) -> Any:
+    mod = _EXPORTS.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'llm_multicloud' has no attribute {name!r}")
+    value = getattr(import_module(f".{mod}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

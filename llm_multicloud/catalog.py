@@ -1,0 +1,429 @@
+"""The region catalog: which deployments of which models exist, where, at what price.
+
+A catalog is loaded once (YAML, JSON, TOML, a dict, or an existing
+:class:`Catalog`), validated by pydantic, and *resolved* into immutable
+:class:`Endpoint` values that the router reads on every request without further
+parsing: residency footprints, coordinates, prices and served model names are
+all computed here, at load time, so that the hot path only compares sets and
+floats.
+
+Residency is modelled as a *footprint*: the set of countries an endpoint may
+process data in. A public cloud region has a one-country footprint taken from the
+built-in region table (:mod:`llm_multicloud.regions`). A ``residency:`` list in the
+catalog overrides it with the intersection of its tags (``[EU]`` = "somewhere in
+the EU", ``[DE]`` = Germany) and must not contradict the region table. A request
+constraint is a set of allowed countries; an endpoint complies when its whole
+footprint lies inside it. That is fail-closed by construction: an endpoint that is
+"somewhere in the EU" complies with ``EU`` but not with ``DE``.
+
+Errors name the field path, the bad value and what is allowed, e.g.::
+
+    endpoints[1] (id='gcp-euw4').region: 'europe-wset4' is not a gcp region;
+    did you mean: europe-west4, europe-west1, europe-west2?
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from . import regions
+from .errors import CatalogError
+from .policy import Policy, Timeouts, merge_dicts
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Pricing(_Strict):
+    """Prices in USD. Per million tokens, or a GPU-hour price plus throughput for
+    self-hosted endpoints (converted to per-token prices at load)."""
+
+    input_per_mtok: float | None = Field(None, ge=0.0)
+    output_per_mtok: float | None = Field(None, ge=0.0)
+    cached_input_per_mtok: float | None = Field(None, ge=0.0)
+    gpu_hour: float | None = Field(None, ge=0.0, description="USD per GPU hour (self-hosted)")
+    gpus: float = Field(1.0, gt=0.0)
+    tokens_per_s: float | None = Field(None, gt=0.0, description="sustained output tokens/s of the deployment")
+
+    def resolved(self) -> tuple[float, float, float] | None:
+        """(input, output, cached input) USD per million tokens, or None if unknown."""
+        if self.input_per_mtok is not None and self.output_per_mtok is not None:
+            cached = self.cached_input_per_mtok if self.cached_input_per_mtok is not None else self.input_per_mtok
+            return (self.input_per_mtok, self.output_per_mtok, cached)
+        if self.gpu_hour is not None and self.tokens_per_s is not None:
+            per_mtok = self.gpu_hour * self.gpus / (self.tokens_per_s * 3600.0) * 1e6
+            # A self-hosted GPU costs the same whatever it processes; prompt tokens are
+            # ~an order of magnitude cheaper to process than generated ones (prefill).
+            return (per_mtok / 10.0, per_mtok, per_mtok / 10.0)
+        return None
+
+
+class ModelSpec(_Strict):
+    context_window: int | None = Field(None, gt=0)
+    #: Per-model deadlines (reasoning models need a long first token).
+    timeouts: dict[str, float] | None = None
+
+
+class EndpointSpec(_Strict):
+    id: str
+    provider: str
+    region: str
+    base_url: str
+    api_key_env: str | None = None
+    api_key: SecretStr | None = None
+    #: Override the residency the region table implies (intersection of these tags).
+    residency: list[str] | None = None
+    #: Country of an endpoint whose region is not in the table (on-prem, other clouds).
+    country: str | None = None
+    #: [lat, lon] of an endpoint whose region is not in the table.
+    location: tuple[float, float] | None = None
+    models: dict[str, str] | list[str]
+    pricing: Pricing | None = None
+    weight: float = Field(1.0, gt=0.0)
+    max_concurrency: int | None = Field(None, ge=1)
+    tags: dict[str, str] = Field(default_factory=dict)
+    #: Endpoints sharing one upstream quota (same account/key) cool down together.
+    quota_domain: str | None = None
+    #: Failure domain for hedging; default: provider/region.
+    failure_domain: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    auth_header: str = "authorization"
+    probe_path: str | None = None
+    metrics_path: str | None = None
+    timeouts: dict[str, float] | None = None
+    #: How this endpoint continues a partial assistant message (stream resume).
+    resume: str | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not _ID_RE.match(v):
+            raise ValueError("must be 1-64 characters: letters, digits and _ . : - (starting with a letter/digit)")
+        return v
+
+    @field_validator("provider")
+    @classmethod
+    def _provider(cls, v: str) -> str:
+        v = v.strip().lower()
+        if not v:
+            raise ValueError("must not be empty (aws, gcp, azure, oci, onprem, or any name)")
+        return v
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute http(s) URL such as https://host/v1")
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query string or fragment")
+        return v.rstrip("/")
+
+
+class CatalogSpec(_Strict):
+    models: dict[str, ModelSpec] | None = None
+    endpoints: list[EndpointSpec] = Field(min_length=1)
+    policy: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Endpoint:
+    """A resolved endpoint. Immutable; its key is never shown in repr/str."""
+
+    index: int
+    id: str
+    provider: str
+    region: str
+    base_url: str
+    scheme: str
+    host: str
+    port: int
+    path_prefix: str
+    _key: str | None = field(repr=False)
+    auth_header: str
+    footprint: frozenset[str]  # countries it may process data in (empty: unknown)
+    residency: tuple[str, ...]  # human-readable residency tags
+    location: tuple[float, float] | None
+    models: Mapping[str, str]  # logical -> served name
+    price: tuple[float, float, float] | None  # USD per Mtok: input, output, cached input
+    weight: float
+    max_concurrency: int | None
+    tags: Mapping[str, str]
+    quota_domain: str
+    failure_domain: str
+    headers: tuple[tuple[str, str], ...]
+    probe_path: str | None
+    metrics_path: str | None
+    timeouts: Mapping[str, float]  # overrides of the policy's Timeouts
+    resume: str | None
+
+    @property
+    def has_key(self) -> bool:
+        return bool(self._key)
+
+    def secret(self) -> str | None:
+        """The endpoint's credential. Only the transport calls this, for this endpoint."""
+        return self._key
+
+    def __repr__(self) -> str:
+        return f"Endpoint(id={self.id!r}, provider={self.provider!r}, region={self.region!r})"
+
+    __str__ = __repr__
+
+
+class Catalog:
+    """A validated, resolved catalog. Build with :meth:`Catalog.load`."""
+
+    __slots__ = ("_by_id", "_serving", "endpoints", "models", "policy_data", "spec")
+
+    def __init__(self, spec: CatalogSpec, endpoints: list[Endpoint]) -> None:
+        self.spec = spec
+        self.endpoints: tuple[Endpoint, ...] = tuple(endpoints)
+        self._by_id = {e.id: e for e in endpoints}
+        names: dict[str, ModelSpec] = dict(spec.models or {})
+        for e in endpoints:
+            for m in e.models:
+                names.setdefault(m, ModelSpec())
+        self.models: dict[str, ModelSpec] = names
+        self._serving: dict[str, tuple[Endpoint, ...]] = {
+            m: tuple(e for e in endpoints if m in e.models) for m in names
+        }
+        self.policy_data: dict[str, Any] = dict(spec.policy or {})
+
+    # -- loading ----------------------------------------------------------------
+    @classmethod
+    def load(cls, source: str | os.PathLike[str] | Mapping[str, Any] | Catalog) -> Catalog:
+        """Load from a path (``.yaml``/``.yml``, ``.json``, ``.toml``), a dict, or a Catalog."""
+        if isinstance(source, Catalog):
+            return source
+        if isinstance(source, Mapping):
+            data: Any = dict(source)
+            origin = "catalog"
+        else:
+            path = Path(source)
+            origin = str(path)
+            try:
+                text = path.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise CatalogError(f"cannot read catalog {path}: {exc.strerror or exc}") from None
+            data = _parse_text(text, path)
+        if not isinstance(data, dict):
+            raise CatalogError(f"{origin}: the top level must be a mapping with 'endpoints:' (got {type(data).__name__})")
+        try:
+            spec = CatalogSpec.model_validate(data)
+        except ValidationError as exc:
+            raise CatalogError(_format_validation(exc, data, origin)) from None
+        problems: list[str] = []
+        endpoints = [_resolve(i, e, spec, problems) for i, e in enumerate(spec.endpoints)]
+        seen: dict[str, int] = {}
+        for i, e in enumerate(spec.endpoints):
+            if e.id in seen:
+                problems.append(f"endpoints[{i}].id: {e.id!r} is already used by endpoints[{seen[e.id]}]; ids must be unique")
+            seen.setdefault(e.id, i)
+        if problems:
+            raise CatalogError(f"{origin} is invalid:\n  " + "\n  ".join(problems))
+        return cls(spec, endpoints)
+
+    # -- queries ----------------------------------------------------------------
+    def serving(self, model: str) -> tuple[Endpoint, ...] | None:
+        """Endpoints that serve a logical model; None for an unknown model."""
+        return self._serving.get(model)
+
+    def get(self, endpoint_id: str) -> Endpoint:
+        return self._by_id[endpoint_id]
+
+    def policy(self, override: Mapping[str, Any] | Policy | None = None) -> Policy:
+        """The catalog's policy merged with an override (dict merges key by key)."""
+        if isinstance(override, Policy):
+            return override
+        data = merge_dicts(self.policy_data, dict(override or {}))
+        try:
+            return Policy.model_validate(data)
+        except ValidationError as exc:
+            raise CatalogError(_format_validation(exc, data, "policy")) from None
+
+    def secrets(self) -> list[str]:
+        return [k for e in self.endpoints if (k := e.secret())]
+
+    def __repr__(self) -> str:
+        return f"Catalog({len(self.endpoints)} endpoints, models={sorted(self.models)})"
+
+
+def _parse_text(text: str, path: Path) -> Any:
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            return json.loads(text)
+        if suffix == ".toml":
+            return tomllib.loads(text)
+        if suffix in (".yaml", ".yml", ""):
+            return yaml.safe_load(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise CatalogError(f"{path}: not valid {suffix.lstrip('.').upper() or 'YAML'}: {exc}") from None
+    raise CatalogError(f"{path}: unknown catalog format {suffix!r}; use .yaml, .yml, .json or .toml")
+
+
+def _loc_path(loc: tuple[int | str, ...], data: Any) -> str:
+    out = ""
+    node = data
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            if isinstance(node, dict) and "id" in node and out.startswith("endpoints") and out.count("[") == 1:
+                out += f" (id={node['id']!r})"
+        else:
+            out += ("." if out else "") + str(part)
+            node = node.get(part) if isinstance(node, dict) else None
+    return out or "(top level)"
+
+
+def _format_validation(exc: ValidationError, data: Any, origin: str) -> str:
+    lines = []
+    for err in exc.errors():
+        path = _loc_path(tuple(err["loc"]), data)
+        bad = err.get("input")
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling; see docs/catalog.md for the allowed fields)"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        shown = "" if err["type"] in ("missing", "extra_forbidden") else f" (got {_short(bad)})"
+        lines.append(f"{path}: {msg}{shown}")
+    return f"{origin} is invalid:\n  " + "\n  ".join(lines)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _resolve(i: int, e: EndpointSpec, spec: CatalogSpec, problems: list[str]) -> Endpoint:
+    where = f"endpoints[{i}] (id={e.id!r})"
+    # -- region, country, location
+    known = regions.lookup(e.provider, e.region)
+    if known is None and e.provider in regions.PROVIDERS:
+        near = ", ".join(regions.suggest(e.provider, e.region)) or "see docs/regions.md"
+        problems.append(f"{where}.region: {e.region!r} is not a known {e.provider} region; did you mean: {near}?")
+    country = known.country if known else None
+    if e.country is not None:
+        c = e.country.upper()
+        if c not in regions.COUNTRIES:
+            problems.append(f"{where}.country: {e.country!r} is not an ISO 3166-1 alpha-2 country code (e.g. DE, US)")
+        elif country is not None and c != country:
+            problems.append(f"{where}.country: {c!r} contradicts region {e.region!r}, which is in {country}")
+        else:
+            country = c
+    location: tuple[float, float] | None = None
+    if e.location is not None:
+        lat, lon = e.location
+        if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+            problems.append(f"{where}.location: {list(e.location)} is not [latitude, longitude] in degrees")
+        location = (float(lat), float(lon))
+    elif known is not None:
+        location = (known.lat, known.lon)
+    elif country is not None:
+        location = regions.locate(country)
+    # -- residency footprint
+    footprint: frozenset[str] = frozenset({country}) if country else frozenset()
+    residency_tags: tuple[str, ...] = tuple(sorted(regions.tags_for_country(country))) if country else ()
+    if e.residency is not None:
+        tags = [t.strip().upper() for t in e.residency]
+        bad = [t for t in tags if not regions.is_known_tag(t)]
+        if bad or not tags:
+            problems.append(
+                f"{where}.residency: {e.residency!r} has unknown tags {bad}; use ISO country codes (DE, IE, US) "
+                f"or blocs ({', '.join(sorted(regions.BLOCS))})"
+            )
+        else:
+            fp = frozenset.intersection(*(regions.expand_tag(t) for t in tags))
+            if not fp:
+                problems.append(f"{where}.residency: {e.residency!r} has no country in common")
+            elif footprint and not footprint <= fp:
+                problems.append(
+                    f"{where}.residency: {e.residency!r} contradicts region {e.region!r}, which is in "
+                    f"{country}; remove the override or fix the region"
+                )
+            else:
+                footprint = footprint or fp
+                residency_tags = tuple(tags)
+    # -- credentials
+    key: str | None = None
+    if e.api_key is not None and e.api_key_env is not None:
+        problems.append(f"{where}: give api_key or api_key_env, not both")
+    if e.api_key is not None:
+        key = e.api_key.get_secret_value()
+    elif e.api_key_env is not None:
+        key = os.environ.get(e.api_key_env)
+        if not key:
+            problems.append(f"{where}.api_key_env: environment variable {e.api_key_env!r} is not set or empty")
+    # -- models
+    models = {m: m for m in e.models} if isinstance(e.models, list) else dict(e.models)
+    if not models:
+        problems.append(f"{where}.models: lists no model; map logical names to served names")
+    if spec.models is not None:
+        for m in models:
+            if m not in spec.models:
+                problems.append(
+                    f"{where}.models: {m!r} is not declared under top-level models: "
+                    f"(declared: {', '.join(sorted(spec.models)) or 'none'})"
+                )
+    # -- timeouts
+    timeouts = dict(e.timeouts or {})
+    if timeouts:
+        try:
+            Timeouts.model_validate(timeouts)
+        except ValidationError as exc:
+            problems.append(_format_validation(exc, timeouts, f"{where}.timeouts").replace("\n  ", "; "))
+    price = e.pricing.resolved() if e.pricing else None
+    if price is not None and not all(math.isfinite(p) for p in price):
+        problems.append(f"{where}.pricing: prices must be finite numbers")
+    parts = urlsplit(e.base_url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    for name in ("probe_path", "metrics_path"):
+        v = getattr(e, name)
+        if v is not None and not v.startswith("/"):
+            problems.append(f"{where}.{name}: {v!r} must start with '/'")
+    return Endpoint(
+        index=i,
+        id=e.id,
+        provider=e.provider,
+        region=e.region,
+        base_url=e.base_url,
+        scheme=parts.scheme,
+        host=parts.hostname or "",
+        port=port,
+        path_prefix=parts.path.rstrip("/"),
+        _key=key,
+        auth_header=e.auth_header.lower(),
+        footprint=footprint,
+        residency=residency_tags,
+        location=location,
+        models=models,
+        price=price,
+        weight=e.weight,
+        max_concurrency=e.max_concurrency,
+        tags=dict(e.tags),
+        quota_domain=e.quota_domain or f"endpoint:{e.id}",
+        failure_domain=e.failure_domain or f"{e.provider}/{e.region}",
+        headers=tuple((k.lower(), v) for k, v in e.headers.items()),
+        probe_path=e.probe_path,
+        metrics_path=e.metrics_path,
+        timeouts=timeouts,
+        resume=e.resume,
+    )

@@ -1,0 +1,293 @@
+"""The public entry points: :class:`MultiCloud`, :func:`wrap`, :func:`httpx_client`.
+
+A :class:`MultiCloud` owns everything that outlives one request: the catalog, the
+policy, the router, endpoint health, budgets, hooks, the prober, and (lazily) one
+background event-loop thread (an anyio blocking portal) that drives the async
+executor for sync clients and runs the probes. Several wrapped clients — sync and
+async, openai 3.x on httpx2 and openai 2.x on httpx — can share one MultiCloud and
+so one picture of the fleet.
+
+``wrap(client)`` returns a client *of the same class* whose HTTP client routes
+through the MultiCloud: the SDK's own retries are turned off (one layer owns
+retries), its base URL becomes a placeholder, and its API key is never sent
+anywhere (each endpoint receives only its own credentials).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from importlib import import_module
+from types import ModuleType, TracebackType
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from .catalog import Catalog
+from .context import UNCONSTRAINED, Constraints
+from .executor import AttemptRecord, Executor
+from .health import Health, Transition
+from .policy import Policy
+from .router import Plan, Router
+
+T = TypeVar("T")
+CatalogSource = str | os.PathLike[str] | Mapping[str, Any] | Catalog
+
+#: Base URL given to wrapped clients. ``.invalid`` is reserved (RFC 2606): should a
+#: request ever bypass the transport, it cannot reach anything.
+PLACEHOLDER_BASE_URL = "http://llm-multicloud.invalid/v1"
+
+
+class MultiCloud:
+    """Shared routing state for any number of wrapped clients.
+
+    ``on_attempt`` hooks receive one :class:`AttemptRecord` per attempt (audit: where
+    each request's data went); ``on_transition`` hooks receive breaker/cooldown
+    transitions. Use as a context manager, or call :meth:`close` / :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        catalog: CatalogSource,
+        policy: Mapping[str, Any] | Policy | None = None,
+        *,
+        on_attempt: Callable[[AttemptRecord], None] | None = None,
+        on_transition: Callable[[Transition], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.catalog = Catalog.load(catalog)
+        self.policy = self.catalog.policy(policy)
+        self.clock = clock
+        self.router = Router(self.catalog, self.policy)
+        self.health = Health(self.catalog, self.policy, clock=clock)
+        self.hooks: list[Callable[[AttemptRecord], None]] = [on_attempt] if on_attempt else []
+        if on_transition:
+            self.health.listeners.append(on_transition)
+        self.executor = Executor(self.catalog, self.policy, self.router, self.health, hooks=self.hooks, clock=clock)
+        self._lock = threading.Lock()
+        self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
+        self._portal_obj: BlockingPortal | None = None
+        self._closed = False
+        self._prober: Any = None
+
+    # -- wrapping -------------------------------------------------------------------
+    def wrap(self, client: T) -> T:
+        """A copy of an ``openai`` client (sync or async, any version) that routes here."""
+        return _wrap(self, client, owns=False)
+
+    def httpx_client(self, *, lib: str | None = None, **kwargs: Any) -> Any:
+        """A sync ``httpx2.Client`` (or ``httpx.Client`` with ``lib="httpx"``) that routes here,
+        for SDKs other than openai. Use base URL ``http://llm-multicloud.invalid/v1``."""
+        mod = _lib(lib)
+        sync_cls, _ = _transport_classes(mod)
+        kwargs.setdefault("base_url", PLACEHOLDER_BASE_URL)
+        return mod.Client(transport=sync_cls(self), **kwargs)
+
+    def async_httpx_client(self, *, lib: str | None = None, **kwargs: Any) -> Any:
+        """The async counterpart of :meth:`httpx_client`."""
+        mod = _lib(lib)
+        _, async_cls = _transport_classes(mod)
+        kwargs.setdefault("base_url", PLACEHOLDER_BASE_URL)
+        return mod.AsyncClient(transport=async_cls(self), **kwargs)
+
+    # -- views --------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """Per endpoint: id, provider, region, residency, state (closed/open/half_open/
+        cooling), reason, until, latency estimates, in-flight, requests, failures,
+        hedges, cost; plus totals per region and provider."""
+        now = self.clock()
+        wall = time.time()
+        eps = [st.to_dict(now, wall) for st in self.health.states]
+        totals: dict[str, dict[str, dict[str, float]]] = {"region": {}, "provider": {}}
+        for e in eps:
+            for key, name in (("region", f"{e['provider']}/{e['region']}"), ("provider", e["provider"])):
+                t = totals[key].setdefault(name, {"requests": 0, "failures": 0, "cost_usd": 0.0})
+                t["requests"] += e["requests"]
+                t["failures"] += e["failures"]
+                t["cost_usd"] = round(t["cost_usd"] + e["cost_usd"], 8)
+        return {
+            "endpoints": eps,
+            "totals": totals,
+            "cost_usd": round(sum(e["cost_usd"] for e in eps), 8),
+            "budgets": {
+                "retry_balance": round(self.executor.retry_budget.balance(), 2),
+                "hedge_balance": round(self.executor.hedge_budget.balance(), 2),
+            },
+        }
+
+    def explain(
+        self,
+        model: str,
+        *,
+        residency: str | list[str] | None = None,
+        near: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        input_tokens: int = 0,
+        max_tokens: int | None = None,
+    ) -> Plan:
+        """The plan a request with these properties would get now, with reasons.
+        ``print(mc.explain(...).describe())`` for people, ``.to_dict()`` for scripts."""
+        c: Constraints = UNCONSTRAINED.narrow(residency, near, tags)
+        return self.router.plan(
+            model, c, self.health.states, self.clock(), input_tokens=input_tokens, max_tokens=max_tokens
+        )
+
+    # -- lifecycle ------------------------------------------------------------------
+    def _portal(self) -> BlockingPortal:
+        """The background event loop (started on first use) that runs sync clients'
+        requests and the probes."""
+        p = self._portal_obj
+        if p is not None:
+            return p
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this MultiCloud is closed")
+            if self._portal_obj is None:
+                cm = start_blocking_portal()
+                self._portal_obj = cm.__enter__()
+                self._portal_cm = cm
+                self._start_probes(self._portal_obj)
+            return self._portal_obj
+
+    def _portal_alive(self) -> bool:
+        return self._portal_obj is not None
+
+    def _started(self) -> None:
+        """Called on each async request: make sure background probes run (lazily)."""
+        if self._prober is None and not self._closed and self.policy.probe.enabled and _has_probe_targets(self):
+            self._portal()
+
+    def _start_probes(self, portal: BlockingPortal) -> None:
+        if not self.policy.probe.enabled or not _has_probe_targets(self):
+            return
+        try:
+            from .probe import Prober
+        except ImportError:  # pragma: no cover - prober ships with the package
+            return
+        self._prober = Prober(self)
+        portal.start_task_soon(self._prober.run)
+
+    def close(self) -> None:
+        """Stop probes and the background loop. Idempotent; nothing keeps running after."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            cm, self._portal_cm = self._portal_cm, None
+            portal, self._portal_obj = self._portal_obj, None
+        if cm is not None and portal is not None:
+            if self._prober is not None:
+                portal.call(self._prober.stop)
+            cm.__exit__(None, None, None)
+
+    async def aclose(self) -> None:
+        """:meth:`close` from async code (the blocking part runs in a worker thread)."""
+        await anyio.to_thread.run_sync(self.close)
+
+    def __enter__(self) -> MultiCloud:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    async def __aenter__(self) -> MultiCloud:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"MultiCloud({self.catalog!r}, strategy={self.policy.strategy!r})"
+
+
+def _has_probe_targets(mc: MultiCloud) -> bool:
+    return bool(mc.catalog.endpoints)
+
+
+def _lib(name: str | None) -> ModuleType:
+    if name is not None:
+        if name not in ("httpx", "httpx2"):
+            raise ValueError("lib must be 'httpx2' or 'httpx'")
+        return import_module(name)
+    try:
+        return import_module("httpx2")
+    except ImportError:
+        return import_module("httpx")
+
+
+def _transport_classes(mod: ModuleType) -> tuple[type[Any], type[Any]]:
+    from .transport import transport_classes
+
+    return transport_classes(mod)
+
+
+def _wrap(mc: MultiCloud, client: T, *, owns: bool) -> T:
+    inner = getattr(client, "_client", None)
+    copy = getattr(client, "with_options", None)
+    if inner is None or copy is None:
+        raise TypeError(
+            f"wrap() takes an openai client (openai.OpenAI, openai.AsyncOpenAI, ...), got {type(client).__name__}; "
+            "for other SDKs use MultiCloud.httpx_client()"
+        )
+    # The SDK subclasses the library's client (SyncHttpxClientWrapper...): find the
+    # library in the MRO.
+    modname = next(
+        (m for k in type(inner).__mro__ if (m := k.__module__.split(".")[0]) in ("httpx", "httpx2")), None
+    )
+    if modname is None:
+        raise TypeError(f"unsupported HTTP client {type(inner).__module__}.{type(inner).__name__}")
+    mod = import_module(modname)
+    sync_cls, async_cls = _transport_classes(mod)
+    is_async = isinstance(inner, mod.AsyncClient)
+    transport = async_cls(mc, owns=owns) if is_async else sync_cls(mc, owns=owns)
+    http = (mod.AsyncClient if is_async else mod.Client)(transport=transport, timeout=inner.timeout)
+    return copy(http_client=http, max_retries=0, base_url=PLACEHOLDER_BASE_URL)  # type: ignore[no-any-return]
+
+
+def wrap(
+    client: T,
+    *,
+    catalog: CatalogSource | MultiCloud,
+    policy: Mapping[str, Any] | Policy | None = None,
+    on_attempt: Callable[[AttemptRecord], None] | None = None,
+) -> T:
+    """Wrap an ``openai`` client so that every request is routed over ``catalog``.
+
+    With a catalog (path, dict or :class:`Catalog`) the wrapped client owns a new
+    :class:`MultiCloud`, closed with the client; pass a ``MultiCloud`` to share state
+    between clients (then close it yourself).
+    """
+    if isinstance(catalog, MultiCloud):
+        if policy is not None:
+            raise ValueError("policy= applies to a new MultiCloud; set it on the MultiCloud you pass")
+        return _wrap(catalog, client, owns=False)
+    return _wrap(MultiCloud(catalog, policy, on_attempt=on_attempt), client, owns=True)
+
+
+def multicloud_of(client: Any) -> MultiCloud:
+    """The MultiCloud behind a wrapped client (for ``snapshot()`` / ``explain()``)."""
+    inner = getattr(client, "_client", client)
+    transport = getattr(inner, "_transport", None)
+    mc = getattr(transport, "multicloud", None)
+    if not isinstance(mc, MultiCloud):
+        raise TypeError("not a client wrapped by llm_multicloud")
+    return mc
+
+
+def httpx_client(catalog: CatalogSource | MultiCloud, *, lib: str | None = None, **kwargs: Any) -> Any:
+    """A sync httpx2/httpx client that routes over ``catalog`` (for other SDKs)."""
+    mc = catalog if isinstance(catalog, MultiCloud) else MultiCloud(catalog)
+    return mc.httpx_client(lib=lib, **kwargs)
+
+
+def async_httpx_client(catalog: CatalogSource | MultiCloud, *, lib: str | None = None, **kwargs: Any) -> Any:
+    """An async httpx2/httpx client that routes over ``catalog`` (for other SDKs)."""
+    mc = catalog if isinstance(catalog, MultiCloud) else MultiCloud(catalog)
+    return mc.async_httpx_client(lib=lib, **kwargs)

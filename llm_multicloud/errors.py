@@ -1,0 +1,127 @@
+"""Errors, and the one place where upstream outcomes are classified.
+
+Two kinds of things live here:
+
+* Exceptions the library raises in the caller's code (a broken catalog, an
+  empty residency intersection, a stream that broke after it was committed).
+* :func:`classify_status` / :class:`FaultKind`: every upstream outcome (an HTTP
+  status, a transport exception, a malformed reply) is sorted *once* into request
+  faults (the caller's fault: returned as is, no health penalty), endpoint faults
+  (penalty and failover) and account/quota faults (cooldown and failover). Every
+  other module asks this module instead of looking at status codes itself, so the
+  taxonomy cannot drift between the executor, health and telemetry.
+
+Routing failures that the caller should see as an HTTP error (unknown model, bad
+routing header, nothing usable) are :class:`RoutingError` values; the transport
+turns them into real HTTP responses so that the ``openai`` SDK raises its own
+exception types (``NotFoundError``, ``BadRequestError``, ``InternalServerError``).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from typing import Any
+
+
+class LLMMulticloudError(Exception):
+    """Base class of every exception raised by llm_multicloud."""
+
+
+class CatalogError(LLMMulticloudError, ValueError):
+    """The catalog (or policy) is invalid. The message names each field path, the bad
+    value and what is allowed, one problem per line."""
+
+
+class ResidencyError(LLMMulticloudError, ValueError):
+    """A routing constraint is invalid: an unknown residency code, or nested scopes
+    whose intersection is empty. Raised before any byte is sent."""
+
+
+class StreamInterrupted(LLMMulticloudError):
+    """A stream broke after it was committed to the caller.
+
+    The library never truncates an answer silently: the caller sees this exception
+    while iterating. It carries what was delivered so far, so that an application can
+    show or store the partial answer, and the usage known at that point (``None`` when
+    the endpoint had not reported any).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        endpoint: str,
+        delivered_text: str,
+        usage: dict[str, Any] | None,
+        chunks: int,
+    ) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
+        self.delivered_text = delivered_text
+        self.usage = usage
+        self.chunks = chunks
+
+
+class FaultKind(enum.Enum):
+    """Who is at fault for an unsuccessful attempt, which decides what happens next."""
+
+    #: The request itself is wrong (400, 404, 413, 422...): hand the reply to the
+    #: caller unchanged; the endpoint is healthy, another one would say the same.
+    REQUEST = "request"
+    #: The endpoint failed (connect error, timeout, 5xx, broken or malformed reply):
+    #: health penalty and failover.
+    ENDPOINT = "endpoint"
+    #: The account or quota behind the endpoint refused (401, 403, 429): cool the
+    #: endpoint (and its quota domain) down and fail over; no breaker penalty, the
+    #: endpoint itself is fine.
+    QUOTA = "quota"
+
+
+def classify_status(status: int) -> FaultKind | None:
+    """Classify an HTTP status; ``None`` means success (2xx/3xx)."""
+    if status < 400:
+        return None
+    if status in (401, 403, 429):
+        return FaultKind.QUOTA
+    if status in (408, 409, 425) or status >= 500:
+        # 408/425 are the server giving up on us; 409 "conflict" from some gateways
+        # means "busy". All transient and specific to this endpoint.
+        return FaultKind.ENDPOINT
+    return FaultKind.REQUEST
+
+
+class RoutingError(LLMMulticloudError):
+    """A request that cannot be routed; rendered as an HTTP error response.
+
+    ``status`` is the HTTP status the caller's SDK sees; ``code`` a stable machine
+    readable string; the message says what to do about it.
+    """
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def body(self) -> bytes:
+        """An OpenAI-style error body, so SDKs show the message as they show any API error."""
+        err = {"error": {"message": self.message, "type": "llm_multicloud_error", "code": self.code}}
+        return json.dumps(err).encode()
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [
+            (b"content-type", b"application/json"),
+            # The openai SDK would otherwise retry 5xx on its own; routing already did
+            # everything that made sense, so a retry would only add load.
+            (b"x-should-retry", b"false"),
+            (b"x-llm-multicloud-error", self.code.encode()),
+        ]
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    """Replace every occurrence of a secret by ``***`` (for messages that echo upstream text)."""
+    for s in secrets:
+        if s and len(s) >= 4:
+            text = text.replace(s, "***")
+    return text

@@ -1,0 +1,745 @@
+"""The executor: one async core that turns a plan into exactly one answer.
+
+For each request it runs *attempts* against the plan's candidates inside one
+anyio task group, and resolves them into a single result:
+
+* **Commit point.** An attempt is *ready* when a streamed answer produced its first
+  content-bearing event (not the HTTP 200, not the role-only chunk: see
+  :mod:`llm_multicloud.sse`), or a non-streamed answer arrived complete and parsed.
+  Until then nothing has reached the caller, so anything may still be retried.
+* **Failover.** A failed attempt (endpoint or quota fault) starts the next
+  candidate at once, within the retry budget, the attempt limit and the caller's
+  deadline; a retry never returns to the endpoint that just failed while another is
+  available. A request fault (400/404/413/422...) is the caller's problem: the reply
+  is handed back unchanged, and no other endpoint is bothered.
+* **Hedging.** If the primary is not ready after the hedge delay (a quantile of its
+  recent TTFT, clamped), a second attempt starts on the best candidate in another
+  *failure domain* (another region, preferably another provider), within the hedge
+  budget. The first ready attempt wins.
+* **Cancellation.** Losers are cancelled through the task group's cancel scope;
+  their responses are closed (shielded), which closes their connections, so the
+  provider stops generating. The race ends before the winner is handed to the
+  SDK: nothing is ever raced across a ``yield``.
+
+The winner's stream is then read by :class:`Passthrough`, chunk by chunk, in the
+caller's task (async) or through the blocking portal (sync): the same code.
+
+Residency is enforced twice: the router only plans compliant endpoints, and every
+attempt re-checks compliance right before its first byte is sent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+
+from . import sse
+from .budget import Budget
+from .catalog import Catalog, Endpoint
+from .errors import FaultKind, RoutingError, StreamInterrupted, classify_status, redact
+from .health import EndpointState, Health
+from .intent import Intent
+from .policy import Policy, Timeouts
+from .router import Candidate, Plan, Router, complies
+from .upstream import Upstream, UpstreamError, UpstreamResponse
+
+# Response headers that describe the upstream connection, not the answer: dropped
+# (bodies are handed over decoded and re-framed by the caller's HTTP library).
+_HOP = frozenset(
+    {"content-length", "content-encoding", "transfer-encoding", "connection", "keep-alive", "set-cookie", "server"}
+)
+
+
+class DeadlineExceeded(Exception):
+    """The caller's overall deadline passed before any endpoint answered."""
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One attempt, as given to audit hooks: where the request's data went and what happened."""
+
+    request_id: str
+    attempt: int
+    kind: str  # primary | hedge | retry
+    endpoint: str
+    provider: str
+    region: str
+    residency: str  # the request's residency constraint ("any" when unconstrained)
+    model: str
+    outcome: str  # won | failed | cancelled | request_error | interrupted | closed_by_caller
+    status: int | None
+    reason: str | None
+    ttft_ms: float | None
+    duration_ms: float
+    cost_usd: float
+    cost_estimated: bool
+
+
+class _Attempt:
+    __slots__ = (
+        "body",
+        "ep",
+        "fault",
+        "headers",
+        "iter",
+        "kind",
+        "n",
+        "ready_at",
+        "reason",
+        "resp",
+        "retry_after",
+        "splitter",
+        "st",
+        "status",
+        "t0",
+        "trial",
+        "ttft",
+        "usage",
+        "buffered",
+    )
+
+    def __init__(self, n: int, kind: str, st: EndpointState, trial: bool, t0: float) -> None:
+        self.n = n
+        self.kind = kind
+        self.st = st
+        self.ep: Endpoint = st.endpoint
+        self.trial = trial
+        self.t0 = t0
+        self.resp: UpstreamResponse | None = None
+        self.iter: AsyncIterator[bytes] | None = None
+        self.splitter = sse.EventSplitter()
+        self.buffered: list[bytes] = []
+        self.status: int | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.body: bytes | None = None
+        self.fault: FaultKind | None = None
+        self.reason: str | None = None
+        self.retry_after: float | None = None
+        self.ttft: float | None = None
+        self.ready_at: float | None = None
+        self.usage: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class Result:
+    """What the transport hands to the SDK: a full body, or a stream to pull from."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes | None
+    stream: Passthrough | None
+
+
+Hook = Callable[[AttemptRecord], None]
+
+
+class Executor:
+    """Runs requests for one MultiCloud: router, health, budgets and hooks are shared."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        policy: Policy,
+        router: Router,
+        health: Health,
+        *,
+        hooks: list[Hook],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.catalog = catalog
+        self.policy = policy
+        self.router = router
+        self.health = health
+        self.hooks = hooks
+        self.clock = clock
+        self._secrets = catalog.secrets()
+        r = policy.retry
+        self.retry_budget = Budget(r.budget, min_per_s=r.min_per_s, window_s=r.window_s, clock=clock)
+        self.hedge_budget = Budget(policy.hedge.budget, min_per_s=0.1, window_s=30.0, clock=clock)
+        self.timeouts: list[Timeouts] = [
+            policy.timeouts.model_copy(update=dict(e.timeouts)) if e.timeouts else policy.timeouts
+            for e in catalog.endpoints
+        ]
+        self._rand = random.Random()
+
+    # -- planning -----------------------------------------------------------------
+    def plan(self, intent: Intent, now: float, seed: float) -> Plan:
+        assert intent.model is not None
+        return self.router.plan(
+            intent.model,
+            intent.constraints,
+            self.health.states,
+            now,
+            input_tokens=intent.input_tokens,
+            max_tokens=intent.max_tokens,
+            seed=seed,
+        )
+
+    # -- the core -----------------------------------------------------------------
+    async def execute(self, intent: Intent, upstream: Upstream) -> Result:
+        if intent.model is None:
+            raise RoutingError(
+                400,
+                "not_routable",
+                f"{intent.method} /{intent.path} names no 'model'; llm_multicloud routes model requests "
+                "(chat, completions, embeddings, responses). Use a plain client for other APIs.",
+            )
+        clock = self.clock
+        start = clock()
+        total = min(intent.timeout_s or math.inf, self.policy.timeouts.total_s or math.inf)
+        deadline = start + (total if math.isfinite(total) else 600.0)
+        self.retry_budget.deposit()
+        self.hedge_budget.deposit()
+        seed = self._rand.random()
+        plan = self.plan(intent, start, seed)
+        for _ in range(32):  # bounded: each round waits for a cooldown to end
+            if plan.candidates:
+                break
+            now = clock()
+            if plan.wait_until is not None and plan.wait_until + 0.001 < deadline:
+                await anyio.sleep(max(plan.wait_until - now, 0.0) + 0.001)
+                plan = self.plan(intent, clock(), seed)
+                continue
+            raise RoutingError(503, "no_endpoint_available", self._unavailable(plan, [], deadline))
+        return await self._race(intent, plan, upstream, start, deadline)
+
+    async def _race(self, intent: Intent, plan: Plan, upstream: Upstream, start: float, deadline: float) -> Result:
+        clock = self.clock
+        policy = self.policy
+        send, recv = anyio.create_memory_object_stream[_Attempt](max_buffer_size=64)
+        tried: set[int] = set()
+        in_flight: list[_Attempt] = []
+        failures: list[_Attempt] = []
+        everyone: list[_Attempt] = []
+        winner: _Attempt | None = None
+        retries_left = policy.retry.max_attempts - 1
+        budget_refused = False
+        hedged = False
+
+        def pick(kind: str, last: _Attempt | None) -> tuple[Candidate, EndpointState, bool] | None:
+            now = clock()
+            states = self.health.states
+            pool = [c for c in plan.candidates if c.endpoint.index not in tried]
+            if kind == "hedge":
+                domains = {a.ep.failure_domain for a in in_flight}
+                providers = {a.ep.provider for a in in_flight}
+                pool = [c for c in pool if c.endpoint.failure_domain not in domains]
+                pool.sort(key=lambda c: c.endpoint.provider in providers)  # stable: other providers first
+            elif not pool and last is not None:
+                # Everything was tried: go back to one that did not *just* fail.
+                pool = [c for c in plan.candidates if c.endpoint.index != last.ep.index]
+            for c in pool:
+                st = states[c.endpoint.index]
+                if st.quota.until > now:
+                    continue  # cooled down during this request (e.g. its quota domain got a 429)
+                if st.breaker == "open" and st.open_until > now and not c.note.startswith(("panic", "re-admitted")):
+                    continue  # ejected during this request
+                if not complies(c.endpoint, intent.constraints):  # second lock; the router already filtered
+                    raise RoutingError(500, "residency_violation_prevented", f"refused to send to {c.endpoint.id}")
+                if not st.admit(now):
+                    continue
+                return c, st, st.breaker == "half_open"
+            return None
+
+        def launch(tg: anyio.abc.TaskGroup, kind: str, last: _Attempt | None = None) -> _Attempt | None:
+            got = pick(kind, last)
+            if got is None:
+                return None
+            c, st, trial = got
+            a = _Attempt(len(everyone) + 1, kind, st, trial, clock())
+            tried.add(c.endpoint.index)
+            everyone.append(a)
+            in_flight.append(a)
+            if kind == "hedge":
+                st.hedges += 1
+            elif kind == "retry":
+                st.retries += 1
+            tg.start_soon(self._attempt, a, intent, upstream, send.clone(), deadline)
+            return a
+
+        async with anyio.create_task_group() as tg:
+            first = launch(tg, "primary")
+            if first is None:
+                tg.cancel_scope.cancel()
+            else:
+                next_hedge = self._hedge_at(first, plan, intent)
+                while in_flight:
+                    wake = min(next_hedge, deadline)
+                    a = None
+                    with anyio.move_on_after(max(wake - clock(), 0.0)):
+                        a = await recv.receive()
+                    if a is None:
+                        if clock() >= deadline:
+                            break
+                        next_hedge = math.inf
+                        if (
+                            len(in_flight) < policy.hedge.max_in_flight
+                            and not self._saturated(plan)
+                            and self.hedge_budget.try_withdraw()
+                        ):
+                            h = launch(tg, "hedge")
+                            if h is not None:
+                                hedged = True
+                                next_hedge = self._hedge_at(h, plan, intent)
+                        continue
+                    in_flight.remove(a)
+                    if a.fault is None or a.fault is FaultKind.REQUEST:
+                        winner = a
+                        break
+                    failures.append(a)
+                    self._penalize(a)
+                    self._finish_attempt(a, intent, "failed")
+                    if retries_left > 0 and clock() < deadline:
+                        if self.retry_budget.try_withdraw():
+                            r = launch(tg, "retry", a)
+                            if r is not None:
+                                retries_left -= 1
+                                if next_hedge == math.inf and len(in_flight) == 1:
+                                    next_hedge = self._hedge_at(r, plan, intent)
+                        else:
+                            budget_refused = True
+                tg.cancel_scope.cancel()
+        # Attempts that became ready but lost the race (or were cancelled) are closed.
+        send.close()
+        while True:
+            try:
+                late = recv.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream):
+                break
+            if late is not winner and late in in_flight:
+                in_flight.remove(late)
+                if late.resp is not None:
+                    await late.resp.aclose()
+                self._finish_attempt(late, intent, "cancelled")
+        for a in in_flight:
+            # Cancelled mid-flight: what we know of its TTFT is a lower bound.
+            if a is not winner:
+                if a.ttft is None:
+                    a.st.observe_ttft((clock() - a.t0) * 1000.0, clock(), censored=True)
+                self._finish_attempt(a, intent, "cancelled")
+        recv.close()
+        if winner is None:
+            if everyone and clock() >= deadline and not failures:
+                raise DeadlineExceeded(f"no endpoint answered within the deadline ({deadline - start:.1f}s)")
+            if not everyone:
+                raise RoutingError(503, "no_endpoint_available", self._unavailable(plan, [], deadline))
+            note = "retry budget exhausted (a wide outage must not multiply load)" if budget_refused else None
+            err = RoutingError(503, "all_attempts_failed", self._unavailable(plan, failures, deadline, note))
+            raise err
+        return self._commit(winner, intent, everyone, hedged)
+
+    # -- one attempt --------------------------------------------------------------
+    async def _attempt(
+        self,
+        a: _Attempt,
+        intent: Intent,
+        upstream: Upstream,
+        send: MemoryObjectSendStream[_Attempt],
+        deadline: float,
+    ) -> None:
+        ep = a.ep
+        to = self.timeouts[ep.index]
+        assert intent.model is not None
+        url = f"{ep.base_url}/{intent.path}" + (f"?{intent.query}" if intent.query else "")
+        headers = list(intent.headers)
+        headers.extend(ep.headers)
+        key = ep.secret()
+        if key:
+            headers.append((ep.auth_header, f"Bearer {key}" if ep.auth_header == "authorization" else key))
+        body = intent.body_for(ep.models[intent.model], add_usage=True) if intent.body is not None else None
+        budget = max(min(to.first_token_s, deadline - self.clock()), 0.001)
+        handed = False
+        try:
+            with send:
+                try:
+                    with anyio.fail_after(budget):
+                        a.resp = resp = await upstream.open(
+                            intent.method,
+                            url,
+                            headers,
+                            body,
+                            connect_s=min(to.connect_s, budget),
+                            read_s=to.chunk_gap_s if intent.stream else budget,
+                        )
+                        a.status = resp.status
+                        a.headers = resp.headers
+                        a.fault = classify_status(resp.status)
+                        if a.fault is not None:
+                            raw = await resp.read(limit=1 << 20)
+                            a.body = redact(raw.decode("utf-8", "replace"), self._secrets).encode()
+                            a.reason = f"HTTP {resp.status}: {_error_message(a.body)}"
+                            a.retry_after = parse_retry_after(resp.headers)
+                            await resp.aclose()
+                            a.resp = None
+                        elif intent.stream:
+                            ctype = resp.header("content-type") or ""
+                            if "text/event-stream" not in ctype:
+                                raise UpstreamError("protocol", f"expected an event stream, got {ctype or 'no content-type'}")
+                            await self._until_first_token(a)
+                        else:
+                            a.body = await resp.read()
+                            a.usage = _usage_of_body(a.body, resp.header("content-type"))
+                            await resp.aclose()
+                            a.resp = None
+                            a.ttft = self.clock() - a.t0
+                except TimeoutError:
+                    a.fault = FaultKind.ENDPOINT
+                    a.reason = f"no first token within {budget:.2f}s"
+                except UpstreamError as exc:
+                    a.fault = FaultKind.ENDPOINT
+                    a.reason = f"{exc.kind} error: {redact(str(exc), self._secrets)}"
+                a.ready_at = self.clock()
+                send.send_nowait(a)
+                handed = True
+        finally:
+            if not handed and a.resp is not None:
+                await a.resp.aclose()
+                a.resp = None
+
+    async def _until_first_token(self, a: _Attempt) -> None:
+        assert a.resp is not None
+        it = a.resp.chunks().__aiter__()
+        a.iter = it
+        while True:
+            try:
+                chunk = await it.__anext__()
+            except StopAsyncIteration:
+                raise UpstreamError("read", "stream ended before the first token") from None
+            committed = False
+            for ev in a.splitter.feed(chunk):
+                kind, obj = sse.classify(sse.data_of(ev))
+                if kind is sse.EventKind.ERROR:
+                    raise UpstreamError("protocol", f"error event before the first token: {_error_message(ev)}")
+                if kind is sse.EventKind.MALFORMED:
+                    raise UpstreamError("protocol", f"malformed event before the first token: {ev[:80]!r}")
+                if kind is sse.EventKind.CONTENT or kind is sse.EventKind.DONE:
+                    committed = True
+                a.buffered.append(ev)
+            if committed:
+                a.ttft = self.clock() - a.t0
+                return
+
+    # -- outcome bookkeeping ----------------------------------------------------
+    def _penalize(self, a: _Attempt) -> None:
+        st = a.st
+        if a.fault is FaultKind.QUOTA:
+            secs = a.retry_after if a.retry_after is not None else self.policy.default_cooldown_s
+            self.health.cooldown(st, secs, a.reason or "quota")
+        elif a.fault is FaultKind.ENDPOINT:
+            self.health.endpoint_fault(st, a.reason or "endpoint fault")
+
+    def _finish_attempt(self, a: _Attempt, intent: Intent, outcome: str, *, usage: dict[str, Any] | None = None,
+                        delivered_tokens: int = 0) -> None:
+        """Release the attempt's slot, account its cost, tell the hooks. Called once per attempt."""
+        a.st.release(a.trial)
+        cost, estimated = self._cost(a, intent, usage or a.usage, outcome, delivered_tokens)
+        a.st.cost_usd += cost
+        a.st.cost_estimated = a.st.cost_estimated or (estimated and cost > 0)
+        if outcome == "cancelled":
+            a.st.wasted += 1
+        if not self.hooks:
+            return
+        rec = AttemptRecord(
+            request_id=intent.request_id,
+            attempt=a.n,
+            kind=a.kind,
+            endpoint=a.ep.id,
+            provider=a.ep.provider,
+            region=a.ep.region,
+            residency=intent.constraints.residency_label or "any",
+            model=intent.model or "",
+            outcome=outcome,
+            status=a.status,
+            reason=a.reason,
+            ttft_ms=None if a.ttft is None else a.ttft * 1000.0,
+            duration_ms=(self.clock() - a.t0) * 1000.0,
+            cost_usd=cost,
+            cost_estimated=estimated,
+        )
+        for hook in list(self.hooks):
+            try:
+                hook(rec)
+            except Exception:  # a broken hook must not break a request
+                import logging
+
+                logging.getLogger("llm_multicloud").exception("attempt hook failed")
+
+    def _cost(
+        self, a: _Attempt, intent: Intent, usage: dict[str, Any] | None, outcome: str, delivered_tokens: int
+    ) -> tuple[float, bool]:
+        price = a.ep.price
+        if price is None:
+            return 0.0, True
+        if usage:
+            inp = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+            out = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
+            details = usage.get("prompt_tokens_details") or {}
+            cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+            inp_st = usage
+            if isinstance(inp_st, dict):
+                a.st.input_tokens += inp
+                a.st.output_tokens += out
+            return ((inp - cached) * price[0] + cached * price[2] + out * price[1]) / 1e6, False
+        if outcome == "failed" and a.fault is not FaultKind.ENDPOINT:
+            return 0.0, False  # refused (429/401/403): not billed
+        if outcome in ("failed",) and a.ttft is None:
+            return 0.0, True
+        # Cancelled hedge losers and interrupted streams: the prompt was processed.
+        return (intent.input_tokens * price[0] + delivered_tokens * price[1]) / 1e6, True
+
+    def _commit(self, w: _Attempt, intent: Intent, everyone: list[_Attempt], hedged: bool) -> Result:
+        now = self.clock()
+        st = w.st
+        if w.fault is FaultKind.REQUEST:
+            self._finish_attempt(w, intent, "request_error")
+            headers = [(k, v) for k, v in w.headers if k not in _HOP]
+            return Result(w.status or 400, headers + self._meta(w, everyone, hedged), w.body or b"", None)
+        if w.ttft is not None:
+            st.observe_ttft(w.ttft * 1000.0, now)
+        if w.kind == "hedge":
+            st.hedge_wins += 1
+        headers = [(k, v) for k, v in w.headers if k not in _HOP]
+        meta = self._meta(w, everyone, hedged)
+        if not intent.stream:
+            self.health.success(st)
+            st.observe_stream((now - w.t0) * 1000.0, int((w.usage or {}).get("completion_tokens") or 0), None)
+            cost_before = st.cost_usd
+            self._finish_attempt(w, intent, "won")
+            meta.append(("x-llm-multicloud-cost-usd", f"{st.cost_usd - cost_before:.8f}"))
+            return Result(w.status or 200, headers + meta, w.body or b"", None)
+        strip = not intent.wants_usage and intent.operation in ("chat", "text_completion")
+        return Result(w.status or 200, headers + meta, None, Passthrough(self, w, intent, strip))
+
+    def _meta(self, w: _Attempt, everyone: list[_Attempt], hedged: bool) -> list[tuple[str, str]]:
+        return [
+            ("x-llm-multicloud-endpoint", w.ep.id),
+            ("x-llm-multicloud-provider", w.ep.provider),
+            ("x-llm-multicloud-region", w.ep.region),
+            ("x-llm-multicloud-attempts", str(len(everyone))),
+            ("x-llm-multicloud-hedged", "true" if hedged else "false"),
+            ("x-llm-multicloud-winner", f"{w.n}:{w.kind}"),
+        ]
+
+    # -- hedging --------------------------------------------------------------------
+    def _hedge_at(self, a: _Attempt, plan: Plan, intent: Intent) -> float:
+        h = self.policy.hedge
+        if not h.enabled or len(plan.candidates) < 2:
+            return math.inf
+        if h.delay_ms is not None:
+            d = h.delay_ms
+        else:
+            st = a.st
+            q = st.ttft_quantile(h.quantile) if st.ttft_samples >= h.min_samples else None
+            if q is None:
+                pred = next((c.predicted_ms for c in plan.candidates if c.endpoint is a.ep), self.policy.default_ttft_ms)
+                q = pred * h.cold_factor
+            d = min(max(q, h.min_delay_ms), h.max_delay_ms)
+        return a.t0 + d / 1000.0
+
+    def _saturated(self, plan: Plan) -> bool:
+        """Suppress hedging while the fleet is saturated: most compliant endpoints
+        are cooling down (429s) or ejected. Hedges would only add load."""
+        out = sum(1 for x in plan.excluded if x.reason.startswith(("cooling", "ejected")))
+        return plan.panic or out > len(plan.candidates)
+
+    # -- messages -------------------------------------------------------------------
+    def _unavailable(self, plan: Plan, failures: list[_Attempt], deadline: float, note: str | None = None) -> str:
+        lines = [
+            f"no endpoint could serve {plan.model!r} ({_constraint_text(plan)}); per candidate:",
+        ]
+        for a in failures:
+            lines.append(f"  {a.ep.id} ({a.ep.provider} {a.ep.region}): attempt {a.n} ({a.kind}) failed: {a.reason}")
+        failed = {a.ep.index for a in failures}
+        for c in plan.candidates:
+            if c.endpoint.index not in failed:
+                lines.append(f"  {c.endpoint.id} ({c.endpoint.provider} {c.endpoint.region}): not tried (attempt limit, budget or deadline)")
+        for x in plan.excluded:
+            lines.append(f"  {x.endpoint.id} ({x.endpoint.provider} {x.endpoint.region}): {x.reason}")
+        if note:
+            lines.append(f"  note: {note}")
+        if plan.wait_until is not None:
+            lines.append(f"  the first cooldown ends in {plan.wait_until - self.clock():.1f}s, after the request's deadline")
+        return "\n".join(lines)
+
+
+def _constraint_text(plan: Plan) -> str:
+    c = plan.constraints
+    return f"residency {c.residency_label}" if c.residency is not None else "no residency constraint"
+
+
+class Passthrough:
+    """The committed stream: pulls chunks from the winning attempt and hands them on.
+
+    Passes events through byte for byte, except the usage-only chunk the library
+    requested on the caller's behalf. Ends only at ``[DONE]``; an upstream error, a
+    silent gap longer than ``chunk_gap_s`` or an end without ``[DONE]`` raises
+    :class:`StreamInterrupted` — never a quiet truncation. Closing it early closes
+    the upstream connection.
+    """
+
+    def __init__(self, ex: Executor, a: _Attempt, intent: Intent, strip_usage: bool) -> None:
+        self._ex = ex
+        self._a = a
+        self._intent = intent
+        self._strip = strip_usage
+        self._pending: list[bytes] = a.buffered
+        a.buffered = []
+        self._done = False
+        self._finished = False
+        self._delivered: list[bytes] = []
+        self._gap = ex.timeouts[a.ep.index].chunk_gap_s
+
+    @property
+    def endpoint(self) -> str:
+        return self._a.ep.id
+
+    async def next_chunk(self) -> bytes | None:
+        """The next bytes for the caller, or None at the end of the stream."""
+        a = self._a
+        while True:
+            if self._finished:
+                return None
+            if self._pending:
+                events, self._pending = self._pending, []
+            else:
+                assert a.iter is not None
+                try:
+                    with anyio.fail_after(self._gap):
+                        chunk = await a.iter.__anext__()
+                except StopAsyncIteration:
+                    if self._done and not a.splitter.pending.strip():
+                        await self._finish("won")
+                        return None
+                    await self._fail("the stream ended without [DONE]")
+                except TimeoutError:
+                    await self._fail(f"no data for {self._gap:.1f}s")
+                except UpstreamError as exc:
+                    await self._fail(f"{exc.kind} error: {exc}")
+                events = a.splitter.feed(chunk)
+            out: list[bytes] = []
+            for ev in events:
+                d = sse.data_of(ev)
+                if d is None:
+                    out.append(ev)
+                    continue
+                if d.strip() == sse.DONE:
+                    self._done = True
+                    out.append(ev)
+                    continue
+                if b'"usage"' in d or b'"error"' in d:
+                    kind, obj = sse.classify(d)
+                    if kind is sse.EventKind.ERROR:
+                        await self._fail(f"error event mid-stream: {_error_message(ev)}")
+                    if obj is not None and isinstance(obj.get("usage"), dict):
+                        a.usage = obj["usage"]
+                    if kind is sse.EventKind.USAGE and self._strip:
+                        continue
+                elif not sse.looks_like_json_object(d):
+                    await self._fail(f"malformed event mid-stream: {ev[:80]!r}")
+                self._delivered.append(ev)
+                out.append(ev)
+            if out:
+                return b"".join(out)
+
+    async def _finish(self, outcome: str) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        a = self._a
+        ex = self._ex
+        if a.resp is not None:
+            await a.resp.aclose()
+        if outcome == "won":
+            ex.health.success(a.st)
+            out_tokens = int((a.usage or {}).get("completion_tokens") or len(self._delivered))
+            a.st.observe_stream((ex.clock() - a.t0) * 1000.0, out_tokens, None if a.ttft is None else a.ttft * 1000.0)
+        ex._finish_attempt(a, self._intent, outcome, delivered_tokens=len(self._delivered))
+
+    async def _fail(self, reason: str) -> None:
+        a = self._a
+        a.reason = reason
+        if not self._finished:
+            self._ex.health.endpoint_fault(a.st, f"stream broke after commit: {reason}")
+            await self._finish("interrupted")
+        raise StreamInterrupted(
+            f"the stream from {a.ep.id} broke after {len(self._delivered)} chunks: {reason}",
+            endpoint=a.ep.id,
+            delivered_text=sse.text_of(self._delivered),
+            usage=a.usage,
+            chunks=len(self._delivered),
+        )
+
+    async def aclose(self) -> None:
+        """The caller closed the stream (possibly early): close the upstream connection."""
+        if not self._finished:
+            await self._finish("won" if self._done else "closed_by_caller")
+
+
+def parse_retry_after(headers: list[tuple[str, str]], now_wall: float | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms``, ``x-ms-retry-after-ms`` or ``Retry-After``
+    (seconds or an HTTP date). Garbage and negative values are ignored (None)."""
+    h = dict(headers)
+    for name in ("retry-after-ms", "x-ms-retry-after-ms"):
+        v = h.get(name)
+        if v is not None:
+            try:
+                ms = float(v)
+            except ValueError:
+                continue
+            if math.isfinite(ms) and ms >= 0:
+                return ms / 1000.0
+    v = h.get("retry-after")
+    if v is None:
+        return None
+    v = v.strip()
+    try:
+        s = float(v)
+        return s if math.isfinite(s) and s >= 0 else None
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(v)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    now = time.time() if now_wall is None else now_wall
+    return max(when.timestamp() - now, 0.0)
+
+
+def _error_message(body: bytes) -> str:
+    text = body.decode("utf-8", "replace").strip()
+    if text.startswith("data:"):
+        text = text[5:].strip()
+    try:
+        obj = json.loads(text)
+        if isinstance(obj, dict):
+            err = obj.get("error", obj)
+            msg = err.get("message") if isinstance(err, dict) else err
+            if msg:
+                text = str(msg)
+    except ValueError:
+        pass
+    return text[:200] or "(empty body)"
+
+
+def _usage_of_body(body: bytes, ctype: str | None) -> dict[str, Any] | None:
+    """Usage of a complete JSON answer. A 2xx whose JSON is broken is an endpoint fault."""
+    if ctype is not None and "json" not in ctype:
+        return None
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        raise UpstreamError("protocol", f"malformed JSON in a 2xx reply: {body[:80]!r}") from None
+    if isinstance(obj, dict) and isinstance(obj.get("usage"), dict):
+        return obj["usage"]
+    return None

@@ -1,0 +1,391 @@
+"""Endpoint health: latency estimates, circuit breakers, cooldowns, load.
+
+One :class:`EndpointState` per endpoint, fed by real traffic (the executor reports
+every attempt's outcome) and by the prober; read by the router on every request.
+All times are ``time.monotonic()`` seconds from an injected clock, so the
+breaker and the estimators are tested with a controlled clock and no sleeping.
+
+**Latency: peak-EWMA** (after tower's ``load::PeakEwma`` and Finagle's
+``PeakEwma`` balancer). A sample above the estimate replaces it at once (a region
+that got slow is noticed on its first slow answer); a sample below it is blended
+in with weight ``1 - exp(-Δt/τ)``. When no sample arrives the estimate decays
+toward the endpoint's *baseline* (probe RTT or the geographic prior), not toward
+zero, so a recovered endpoint is tried again without a long-unused one ever
+looking faster than what is known about it.
+
+**Hedge delays** read a rolling TTFT window (the last 256 first-token times) and
+take a quantile of it; the sorted copy is cached and refreshed every 16 samples.
+
+**Circuit breaker** (closed → open → half-open → closed), after Envoy's outlier
+detection: it opens on N consecutive endpoint faults or on a failure rate over a
+minimum volume; ejection time is ``base × ejections`` capped at a maximum, with
+jitter; half-open admits a bounded number of trial requests; a success closes it,
+a failure re-opens it for longer. Quota faults (429/401/403) never touch the
+breaker: they set a *cooldown* on the endpoint's quota domain, an absolute deadline
+that only moves forward.
+
+State transitions are logged (``logging.getLogger("llm_multicloud.health")``) and
+sent to listeners (hooks).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .catalog import Catalog, Endpoint
+from .policy import Policy
+
+log = logging.getLogger("llm_multicloud.health")
+
+BreakerState = Literal["closed", "open", "half_open"]
+Clock = Callable[[], float]
+
+_RING = 256
+
+
+class QuotaDomain:
+    """Endpoints that share one upstream quota cool down together."""
+
+    __slots__ = ("name", "reason", "until")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.until = 0.0
+        self.reason = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A breaker or cooldown transition, as given to hooks."""
+
+    endpoint: str
+    old: str
+    new: str
+    reason: str
+    at: float
+    until: float | None
+
+
+class EndpointState:
+    """Mutable health of one endpoint. The router only reads it."""
+
+    __slots__ = (
+        "_lock",
+        "_policy",
+        "_ring",
+        "_ring_n",
+        "_sorted",
+        "_sorted_at",
+        "baseline_ms",
+        "breaker",
+        "consecutive",
+        "cost_estimated",
+        "cost_usd",
+        "ejections",
+        "endpoint",
+        "failures",
+        "half_open_inflight",
+        "hedge_wins",
+        "hedges",
+        "inflight",
+        "input_tokens",
+        "last_error",
+        "missing_models",
+        "open_until",
+        "opened_at",
+        "output_tokens",
+        "queue_waiting",
+        "quota",
+        "requests",
+        "retries",
+        "rtt_ms",
+        "successes",
+        "total_ms",
+        "tpot_ms",
+        "ttft_at",
+        "ttft_ms",
+        "ttft_samples",
+        "wasted",
+        "window",
+    )
+
+    def __init__(self, endpoint: Endpoint, quota: QuotaDomain, policy: Policy) -> None:
+        self.endpoint = endpoint
+        self.quota = quota
+        self._policy = policy
+        self._lock = threading.Lock()
+        self.ttft_ms: float | None = None
+        self.ttft_at = 0.0
+        self.ttft_samples = 0
+        self.tpot_ms: float | None = None
+        self.total_ms: float | None = None
+        self.rtt_ms: float | None = None
+        self.baseline_ms: float | None = None
+        self._ring: list[float] = []
+        self._ring_n = 0
+        self._sorted: list[float] = []
+        self._sorted_at = -1
+        self.inflight = 0
+        self.queue_waiting = 0.0
+        self.breaker: BreakerState = "closed"
+        self.consecutive = 0
+        self.ejections = 0
+        self.opened_at = 0.0
+        self.open_until = 0.0
+        self.half_open_inflight = 0
+        self.window: deque[tuple[float, bool]] = deque()
+        self.missing_models: frozenset[str] = frozenset()
+        self.requests = 0
+        self.successes = 0
+        self.failures = 0
+        self.retries = 0
+        self.hedges = 0
+        self.hedge_wins = 0
+        self.wasted = 0
+        self.cost_usd = 0.0
+        self.cost_estimated = False
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.last_error: str | None = None
+
+    # -- estimates --------------------------------------------------------------
+    def observe_ttft(self, ms: float, now: float, *, censored: bool = False) -> None:
+        """Record a time to first token. ``censored``: a lower bound (the attempt was
+        cancelled before its first token); it can raise the estimate, never lower it."""
+        with self._lock:
+            cur = self.ttft_ms
+            if censored:
+                if cur is None or ms > cur:
+                    self.ttft_ms, self.ttft_at = ms, now
+                return
+            if cur is None or ms >= cur:
+                self.ttft_ms = ms  # the peak: a slowdown shows at once
+            else:
+                w = math.exp(-max(now - self.ttft_at, 0.0) / self._policy.decay_s)
+                self.ttft_ms = cur * w + ms * (1.0 - w)
+            self.ttft_at = now
+            self.ttft_samples += 1
+            if len(self._ring) < _RING:
+                self._ring.append(ms)
+            else:
+                self._ring[self._ring_n % _RING] = ms
+            self._ring_n += 1
+
+    def observe_stream(self, total_ms: float, output_tokens: int, ttft_ms: float | None) -> None:
+        """Record a finished answer: total time and time per output token."""
+        with self._lock:
+            self.total_ms = total_ms if self.total_ms is None else 0.8 * self.total_ms + 0.2 * total_ms
+            if ttft_ms is not None and output_tokens > 1:
+                tpot = max(total_ms - ttft_ms, 0.0) / (output_tokens - 1)
+                self.tpot_ms = tpot if self.tpot_ms is None else 0.8 * self.tpot_ms + 0.2 * tpot
+
+    def observe_rtt(self, ms: float) -> None:
+        self.rtt_ms = ms if self.rtt_ms is None else 0.7 * self.rtt_ms + 0.3 * ms
+
+    def ttft_quantile(self, q: float) -> float | None:
+        """A quantile of the recent TTFT window (None before any sample)."""
+        with self._lock:
+            if not self._ring:
+                return None
+            if self._ring_n - self._sorted_at >= 16 or self._sorted_at < 0:
+                self._sorted = sorted(self._ring)
+                self._sorted_at = self._ring_n
+            s = self._sorted
+        return s[min(len(s) - 1, int(q * len(s)))]
+
+    # -- breaker ----------------------------------------------------------------
+    def admit(self, now: float) -> bool:
+        """Take a slot for an attempt. Half-open endpoints admit a bounded number of trials."""
+        with self._lock:
+            if self.breaker == "open" and now >= self.open_until:
+                self.breaker = "half_open"
+                self.half_open_inflight = 0
+                log.info("endpoint %s: breaker half-open (trial requests admitted)", self.endpoint.id)
+            if self.breaker == "half_open":
+                if self.half_open_inflight >= self._policy.breaker.half_open_permits:
+                    return False
+                self.half_open_inflight += 1
+            self.inflight += 1
+            self.requests += 1
+            return True
+
+    def release(self, was_half_open_trial: bool) -> None:
+        with self._lock:
+            self.inflight = max(0, self.inflight - 1)
+            if was_half_open_trial:
+                self.half_open_inflight = max(0, self.half_open_inflight - 1)
+
+    def record_success(self, now: float) -> Transition | None:
+        with self._lock:
+            self.successes += 1
+            self.consecutive = 0
+            self._window_add(now, True)
+            if self.breaker != "closed":
+                old = self.breaker
+                self.breaker = "closed"
+                self.half_open_inflight = 0
+                # Forgive ejections slowly: one per success after recovery.
+                return Transition(self.endpoint.id, old, "closed", "trial request succeeded", now, None)
+            if self.ejections and self.consecutive == 0 and now - self.opened_at > self._policy.breaker.max_ejection_s:
+                self.ejections = 0
+            return None
+
+    def record_failure(self, now: float, reason: str, rand: float) -> Transition | None:
+        """An endpoint fault. Returns the transition if the breaker opened."""
+        bp = self._policy.breaker
+        with self._lock:
+            self.failures += 1
+            self.consecutive += 1
+            self.last_error = reason
+            self._window_add(now, False)
+            trip = None
+            if self.breaker == "half_open":
+                trip = f"trial request failed: {reason}"
+            elif self.breaker == "closed":
+                if self.consecutive >= bp.consecutive_failures:
+                    trip = f"{self.consecutive} consecutive failures, last: {reason}"
+                else:
+                    n = len(self.window)
+                    bad = sum(1 for _, ok in self.window if not ok)
+                    if n >= bp.min_requests and bad / n >= bp.failure_rate:
+                        trip = f"failure rate {bad}/{n} over {bp.window_s:g}s, last: {reason}"
+            if trip is None:
+                return None
+            old = self.breaker
+            self.ejections += 1
+            span = min(bp.base_ejection_s * self.ejections, bp.max_ejection_s)
+            span *= 1.0 + bp.jitter * (2.0 * rand - 1.0)
+            self.breaker = "open"
+            self.opened_at = now
+            self.open_until = now + span
+            self.half_open_inflight = 0
+            return Transition(self.endpoint.id, old, "open", trip, now, self.open_until)
+
+    def _window_add(self, now: float, ok: bool) -> None:
+        w = self.window
+        w.append((now, ok))
+        cutoff = now - self._policy.breaker.window_s
+        while w and (w[0][0] < cutoff or len(w) > 1000):
+            w.popleft()
+
+    # -- views --------------------------------------------------------------------
+    def state_name(self, now: float) -> str:
+        if self.breaker == "open":
+            return "open" if now < self.open_until else "half_open"
+        if self.quota.until > now:
+            return "cooling"
+        return self.breaker
+
+    def to_dict(self, now: float, wall: float) -> dict[str, Any]:
+        ep = self.endpoint
+
+        def at(t: float) -> float | None:
+            return round(wall + (t - now), 3) if t else None
+
+        state = self.state_name(now)
+        reason = None
+        until = None
+        if state == "open":
+            reason, until = self.last_error, at(self.open_until)
+        elif state == "cooling":
+            reason, until = self.quota.reason, at(self.quota.until)
+        return {
+            "id": ep.id,
+            "provider": ep.provider,
+            "region": ep.region,
+            "residency": list(ep.residency),
+            "state": state,
+            "reason": reason,
+            "opened_at": at(self.opened_at) if self.ejections else None,
+            "until": until,
+            "ejections": self.ejections,
+            "ttft_ms": _r(self.ttft_ms),
+            "ttft_p50_ms": _r(self.ttft_quantile(0.5)),
+            "ttft_p90_ms": _r(self.ttft_quantile(0.9)),
+            "tpot_ms": _r(self.tpot_ms),
+            "rtt_ms": _r(self.rtt_ms),
+            "samples": self.ttft_samples,
+            "in_flight": self.inflight,
+            "queue_waiting": self.queue_waiting,
+            "requests": self.requests,
+            "successes": self.successes,
+            "failures": self.failures,
+            "retries": self.retries,
+            "hedges": self.hedges,
+            "hedge_wins": self.hedge_wins,
+            "wasted": self.wasted,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cost_usd": round(self.cost_usd, 8),
+            "cost_estimated": self.cost_estimated,
+            "price_known": ep.price is not None,
+            "missing_models": sorted(self.missing_models),
+            "last_error": self.last_error,
+        }
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(v, 3)
+
+
+class Health:
+    """All endpoints' states, the quota domains, and the hooks."""
+
+    def __init__(self, catalog: Catalog, policy: Policy, *, clock: Clock = time.monotonic) -> None:
+        self.clock = clock
+        self.policy = policy
+        self.domains: dict[str, QuotaDomain] = {}
+        self.states: tuple[EndpointState, ...] = tuple(
+            EndpointState(e, self.domains.setdefault(e.quota_domain, QuotaDomain(e.quota_domain)), policy)
+            for e in catalog.endpoints
+        )
+        self.listeners: list[Callable[[Transition], None]] = []
+        self._rand = random.Random()
+
+    def emit(self, t: Transition | None) -> None:
+        if t is None:
+            return
+        level = logging.WARNING if t.new == "open" else logging.INFO
+        log.log(level, "endpoint %s: %s -> %s (%s)", t.endpoint, t.old, t.new, t.reason)
+        for fn in list(self.listeners):
+            try:
+                fn(t)
+            except Exception:  # a broken hook must not break routing
+                log.exception("health listener failed")
+
+    def endpoint_fault(self, st: EndpointState, reason: str) -> None:
+        self.emit(st.record_failure(self.clock(), reason, self._rand.random()))
+
+    def success(self, st: EndpointState) -> None:
+        self.emit(st.record_success(self.clock()))
+
+    def cooldown(self, st: EndpointState, seconds: float, reason: str) -> None:
+        """Cool the endpoint's quota domain down for ``seconds`` (capped; forward-only)."""
+        seconds = min(max(seconds, 0.0), self.policy.max_retry_after_s)
+        now = self.clock()
+        dom = st.quota
+        until = now + seconds
+        if until > dom.until:
+            was = dom.until > now
+            dom.until = until
+            dom.reason = reason
+            st.last_error = reason
+            if not was:
+                self.emit(Transition(st.endpoint.id, "closed", "cooling", reason, now, until))
+
+    def set_model_presence(self, st: EndpointState, missing: frozenset[str]) -> None:
+        if missing != st.missing_models:
+            st.missing_models = missing
+            now = self.clock()
+            if missing:
+                self.emit(Transition(st.endpoint.id, "serving", "missing", f"/models no longer lists {sorted(missing)}", now, None))
+            else:
+                self.emit(Transition(st.endpoint.id, "missing", "serving", "/models lists the model again", now, None))

@@ -1,0 +1,197 @@
+"""Intent: what one request wants, parsed once from the SDK's HTTP request (sans-I/O).
+
+The transport hands over method, path, headers, body and the caller's timeout;
+this module turns them into an :class:`Intent` — logical model, stream flag,
+routing constraints (context + ``x-llm-multicloud-*`` headers), token estimates
+and the headers that may be forwarded — and builds each attempt's body with the
+endpoint's served model name. Everything else in the pipeline reads the intent,
+never the raw request, so parsing (and its error messages) lives here only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import context
+from .context import Constraints
+from .errors import LLMMulticloudError, RoutingError
+
+HEADER_PREFIX = "x-llm-multicloud-"
+_MAX_HEADER = 512
+
+# Request headers never forwarded upstream: credentials of the wrapped client
+# (each endpoint gets only its own), hop-by-hop headers, and account headers that
+# mean something only to api.openai.com.
+_DROP = frozenset(
+    {
+        "authorization",
+        "api-key",
+        "x-api-key",
+        "host",
+        "content-length",
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "upgrade",
+        "proxy-authorization",
+        "openai-organization",
+        "openai-project",
+        "cookie",
+        "accept-encoding",
+    }
+)
+
+OPERATIONS = {
+    "chat/completions": "chat",
+    "completions": "text_completion",
+    "embeddings": "embeddings",
+    "responses": "responses",
+}
+
+
+@dataclass(slots=True)
+class Intent:
+    method: str
+    path: str  # API path relative to the base URL, without leading slash: "chat/completions"
+    query: str
+    operation: str
+    model: str | None
+    stream: bool
+    wants_usage: bool  # the caller asked for stream usage itself
+    body: dict[str, Any] | None
+    raw_body: bytes
+    headers: list[tuple[str, str]]  # forwardable
+    constraints: Constraints
+    timeout_s: float | None
+    max_tokens: int | None
+    input_tokens: int  # estimate: ~4 bytes per token of the prompt
+    request_id: str = field(default_factory=lambda: os.urandom(6).hex())
+
+    def body_for(self, served_model: str, *, add_usage: bool) -> bytes:
+        """The body to send to an endpoint that serves the model as ``served_model``."""
+        if self.body is None:
+            return self.raw_body
+        body = dict(self.body)
+        body["model"] = served_model
+        if add_usage and self.stream and not self.wants_usage and self.operation in ("chat", "text_completion"):
+            opts = dict(body.get("stream_options") or {})
+            opts["include_usage"] = True
+            body["stream_options"] = opts
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def parse(
+    method: str,
+    path: str,
+    query: str,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    timeout_s: float | None,
+) -> Intent:
+    """Parse one SDK request. Raises :class:`RoutingError` (400) on bad input."""
+    fwd: list[tuple[str, str]] = []
+    residency = near = tags = None
+    for k, v in headers:
+        lk = k.lower()
+        if lk.startswith(HEADER_PREFIX):
+            if len(v) > _MAX_HEADER or any(ord(ch) < 32 for ch in v):
+                raise RoutingError(400, "bad_routing_header", f"header {lk}: value is too long or has control characters")
+            name = lk[len(HEADER_PREFIX) :]
+            if name == "residency":
+                residency = v
+            elif name == "near":
+                near = v
+            elif name == "tags":
+                tags = _parse_tags(v)
+            else:
+                raise RoutingError(
+                    400,
+                    "bad_routing_header",
+                    f"unknown routing header {lk}; known: {HEADER_PREFIX}residency, {HEADER_PREFIX}near, "
+                    f"{HEADER_PREFIX}tags",
+                )
+            continue
+        if lk in _DROP:
+            continue
+        fwd.append((lk, v))
+    constraints = context.current()
+    if residency is not None or near is not None or tags is not None:
+        try:
+            constraints = constraints.narrow(residency, near, tags)
+        except LLMMulticloudError as exc:
+            raise RoutingError(400, "bad_routing_header", str(exc)) from None
+    path = path.strip("/")
+    obj: dict[str, Any] | None = None
+    if body:
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            obj = parsed
+    model = obj.get("model") if obj is not None else None
+    if model is not None and not isinstance(model, str):
+        raise RoutingError(400, "bad_request", f"'model' must be a string (got {type(model).__name__})")
+    stream = bool(obj.get("stream")) if obj is not None else False
+    so = obj.get("stream_options") if obj is not None else None
+    wants_usage = bool(isinstance(so, dict) and so.get("include_usage"))
+    mt = None
+    if obj is not None:
+        for k in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+            v = obj.get(k)
+            if isinstance(v, int) and v > 0:
+                mt = v
+                break
+    return Intent(
+        method=method.upper(),
+        path=path,
+        query=query,
+        operation=OPERATIONS.get(path, path),
+        model=model,
+        stream=stream,
+        wants_usage=wants_usage,
+        body=obj,
+        raw_body=body,
+        headers=fwd,
+        constraints=constraints,
+        timeout_s=timeout_s,
+        max_tokens=mt,
+        input_tokens=_estimate_input_tokens(obj, body),
+    )
+
+
+def _parse_tags(v: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in v.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        k, sep, val = part.partition("=")
+        if not sep or not k.strip() or not val.strip():
+            raise RoutingError(400, "bad_routing_header", f"{HEADER_PREFIX}tags: {part!r} is not key=value (e.g. tier=gold)")
+        out[k.strip()] = val.strip()
+    return out
+
+
+def _estimate_input_tokens(obj: dict[str, Any] | None, raw: bytes) -> int:
+    if obj is None:
+        return len(raw) // 4
+    msgs = obj.get("messages")
+    if isinstance(msgs, list):
+        n = 0
+        for m in msgs:
+            if isinstance(m, dict):
+                c = m.get("content")
+                if isinstance(c, str):
+                    n += len(c)
+                elif c is not None:
+                    n += len(json.dumps(c))
+        return n // 4 + 4 * len(msgs)
+    inp = obj.get("input", obj.get("prompt"))
+    if isinstance(inp, str):
+        return len(inp) // 4 + 1
+    return len(raw) // 4

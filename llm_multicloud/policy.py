@@ -1,0 +1,141 @@
+"""Routing policy: every knob, with firm defaults.
+
+A policy comes from the catalog's ``policy:`` section and/or the ``policy=``
+argument of :func:`llm_multicloud.wrap` / :class:`MultiCloud` (a dict merged over
+the catalog's, key by key). Every field has a default that is safe in production,
+so an empty policy is a good policy. Unknown keys are errors (a typo must not
+silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Strategy = Literal["latency", "cost", "balanced", "weighted", "ordered"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HedgePolicy(_Strict):
+    """When to race a second endpoint because the first token is late."""
+
+    enabled: bool = True
+    #: Hedge after this quantile of the primary endpoint's recent TTFT...
+    quantile: float = Field(0.9, gt=0.0, lt=1.0)
+    #: ...but never sooner than this (hedging a 5 ms TTFT just doubles load)...
+    min_delay_ms: float = Field(30.0, ge=0.0)
+    #: ...nor later than this.
+    max_delay_ms: float = Field(2000.0, gt=0.0)
+    #: A fixed delay instead of the adaptive one.
+    delay_ms: float | None = Field(None, ge=0.0)
+    #: The adaptive delay trusts the histogram only after this many samples; before,
+    #: it uses the endpoint's predicted TTFT times ``cold_factor``.
+    min_samples: int = Field(20, ge=1)
+    cold_factor: float = Field(3.0, ge=1.0)
+    #: At most this share of extra upstream requests (token bucket).
+    budget: float = Field(0.1, ge=0.0, le=1.0)
+    #: Attempts in flight at once for one request (primary included).
+    max_in_flight: int = Field(2, ge=1, le=8)
+
+
+class RetryPolicy(_Strict):
+    """Retries and failovers before commit."""
+
+    max_attempts: int = Field(3, ge=1, le=20)
+    #: Retries may add at most this share of recent requests (plus the floor below),
+    #: as in Finagle's RetryBudget: a wide outage must not multiply load.
+    budget: float = Field(0.2, ge=0.0, le=10.0)
+    min_per_s: float = Field(10.0, ge=0.0)
+    #: The window over which the budget counts requests.
+    window_s: float = Field(10.0, gt=0.0)
+
+
+class BreakerPolicy(_Strict):
+    """Per-endpoint circuit breaker (outlier ejection, as in Envoy)."""
+
+    consecutive_failures: int = Field(5, ge=1)
+    #: Also open when the failure rate over ``window_s`` exceeds this, given volume.
+    failure_rate: float = Field(0.5, gt=0.0, le=1.0)
+    min_requests: int = Field(20, ge=1)
+    window_s: float = Field(30.0, gt=0.0)
+    #: Ejection time = base × number of ejections so far, capped, ±jitter.
+    base_ejection_s: float = Field(30.0, gt=0.0)
+    max_ejection_s: float = Field(300.0, gt=0.0)
+    jitter: float = Field(0.1, ge=0.0, lt=1.0)
+    #: Trial requests admitted at once while half-open.
+    half_open_permits: int = Field(1, ge=1)
+    #: Never eject more than this share of the compliant candidates of a request.
+    max_ejection_fraction: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class ProbePolicy(_Strict):
+    """Background probes (``GET /models``; never generates tokens)."""
+
+    enabled: bool = True
+    interval_s: float = Field(10.0, gt=0.0)
+    timeout_s: float = Field(2.0, gt=0.0)
+    concurrency: int = Field(8, ge=1)
+    path: str = "/models"
+    #: Also read Prometheus ``/metrics`` (vLLM/SGLang queue depth) where endpoints opt in.
+    metrics: bool = False
+
+
+class Timeouts(_Strict):
+    """Deadlines, each separate. The caller's openai ``timeout`` is the overall deadline."""
+
+    connect_s: float = Field(2.0, gt=0.0)
+    first_token_s: float = Field(10.0, gt=0.0)
+    #: Longest silence between two chunks of a stream after the first token.
+    chunk_gap_s: float = Field(30.0, gt=0.0)
+    #: Overall deadline when the caller gives none.
+    total_s: float | None = Field(None, gt=0.0)
+
+
+class Policy(_Strict):
+    """Everything that decides how requests are routed."""
+
+    strategy: Strategy = "balanced"
+    #: ``balanced``: candidates whose predicted TTFT is within ``slack`` (a fraction)
+    #: plus ``slack_ms`` of the fastest count as "near the fastest"; the cheapest of
+    #: them wins. ``slo_ms`` replaces that window by an absolute TTFT target.
+    slack: float = Field(0.25, ge=0.0)
+    slack_ms: float = Field(20.0, ge=0.0)
+    slo_ms: float | None = Field(None, gt=0.0)
+    #: Candidates whose score is within this fraction of the best are "near-equal";
+    #: the choice among them uses power of two choices, so that a fleet of clients
+    #: does not herd onto one endpoint.
+    near_equal: float = Field(0.1, ge=0.0)
+    #: TTFT assumed for an endpoint with no measurement and no location (ms).
+    default_ttft_ms: float = Field(200.0, gt=0.0)
+    #: Half-life of the latency estimates (peak-EWMA decay), seconds.
+    decay_s: float = Field(10.0, gt=0.0)
+    #: Longest Retry-After honoured; longer values are capped (absurd values happen).
+    max_retry_after_s: float = Field(300.0, gt=0.0)
+    #: Cooldown after a 429/401/403 without a Retry-After.
+    default_cooldown_s: float = Field(5.0, ge=0.0)
+    hedge: HedgePolicy = HedgePolicy()
+    retry: RetryPolicy = RetryPolicy()
+    breaker: BreakerPolicy = BreakerPolicy()
+    probe: ProbePolicy = ProbePolicy()
+    timeouts: Timeouts = Timeouts()
+
+    @model_validator(mode="after")
+    def _check(self) -> Policy:
+        if self.hedge.min_delay_ms > self.hedge.max_delay_ms:
+            raise ValueError("hedge.min_delay_ms must not exceed hedge.max_delay_ms")
+        return self
+
+
+def merge_dicts(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``over`` into a copy of ``base`` (dicts merge, everything else replaces)."""
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge_dicts(out[k], v)
+        else:
+            out[k] = v
+    return out

@@ -1,0 +1,351 @@
+"""The router: a pure function from (request, catalog, health, policy) to a plan.
+
+No I/O and no clock reads: the current time and a random seed are arguments, so a
+decision is reproducible in a unit test and costs microseconds. The plan is an
+ordered list of candidates (the executor tries them in order, hedges to the first
+one in another failure domain) plus every excluded endpoint with the reason.
+
+Steps:
+
+1. **Static filter**, memoised per (model, residency, tags) in an LRU cache:
+   endpoints that serve the logical model and whose residency footprint lies inside
+   the request's allowed countries and whose tags match. Residency is decided here
+   and only here; the executor re-checks it before sending as a second lock.
+2. **Health filter**: the model still listed by ``/models``; not cooling down
+   (429/401/403, per quota domain); breaker not open. At most
+   ``max_ejection_fraction`` of the compliant endpoints stay ejected: the rest are
+   re-admitted, earliest-to-recover first. If nothing is left, *panic*: the
+   least-bad ejected endpoints are tried anyway (still only compliant ones), and if
+   everything is cooling the plan says until when (``wait_until``).
+3. **Prediction**: time to first token = the peak-EWMA of observed TTFT, decaying
+   toward a baseline (probe RTT + a processing guess, else the geographic prior:
+   ~1 ms per 100 km of great-circle distance between the user's ``near`` and the
+   region, else a default), times ``1 + in-flight + queue depth`` (the load term of
+   peak-EWMA balancing).
+4. **Ranking** by strategy: ``latency`` (predicted), ``cost`` (expected USD from
+   prompt size and max tokens), ``balanced`` (cheapest among those within a slack
+   of the fastest, or under an SLO), ``weighted`` (weighted random order,
+   Efraimidis–Spirakis), ``ordered`` (catalog order). Near-equal leaders are broken
+   by the *power of two choices* (Mitzenmacher 2001) on in-flight load, so that a
+   fleet of clients with the same view does not herd onto one endpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from cachetools import LRUCache
+
+from .catalog import Catalog, Endpoint
+from .context import Constraints
+from .errors import RoutingError
+from .policy import Policy
+from .regions import distance_km
+
+
+class QuotaView(Protocol):
+    until: float
+    reason: str
+
+
+class EndpointView(Protocol):
+    """What the router reads of an endpoint's health (see :class:`health.EndpointState`)."""
+
+    @property
+    def endpoint(self) -> Endpoint: ...
+    @property
+    def ttft_ms(self) -> float | None: ...
+    @property
+    def ttft_at(self) -> float: ...
+    @property
+    def rtt_ms(self) -> float | None: ...
+    @property
+    def inflight(self) -> int: ...
+    @property
+    def queue_waiting(self) -> float: ...
+    @property
+    def breaker(self) -> str: ...
+    @property
+    def open_until(self) -> float: ...
+    @property
+    def last_error(self) -> str | None: ...
+    @property
+    def missing_models(self) -> frozenset[str]: ...
+    @property
+    def quota(self) -> QuotaView: ...
+
+
+@dataclass(slots=True)
+class Candidate:
+    endpoint: Endpoint
+    predicted_ms: float
+    score: float
+    cost_usd: float | None
+    note: str = ""
+
+
+@dataclass(slots=True)
+class Exclusion:
+    endpoint: Endpoint
+    reason: str
+
+
+@dataclass(slots=True)
+class Plan:
+    """The ordered candidates for one request, and why the others are out."""
+
+    model: str
+    strategy: str
+    candidates: list[Candidate]
+    excluded: list[Exclusion]
+    constraints: Constraints
+    #: Everything compliant is cooling down: the earliest time one is usable again.
+    wait_until: float | None = None
+    panic: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self, now: float | None = None) -> str:
+        """One line per endpoint: rank and reason, or why it is excluded."""
+        lines = [f"model {self.model!r}, strategy {self.strategy}, {_describe_constraints(self.constraints)}"]
+        lines += [f"  note: {n}" for n in self.notes]
+        for i, c in enumerate(self.candidates, 1):
+            cost = "price unknown" if c.cost_usd is None else f"~${c.cost_usd:.6f}"
+            lines.append(
+                f"  {i}. {c.endpoint.id} ({c.endpoint.provider} {c.endpoint.region}): predicted TTFT "
+                f"{c.predicted_ms:.0f} ms, {cost}{' — ' + c.note if c.note else ''}"
+            )
+        for x in self.excluded:
+            lines.append(f"  -  {x.endpoint.id} ({x.endpoint.provider} {x.endpoint.region}): excluded: {x.reason}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "model": self.model,
+            "strategy": self.strategy,
+            "constraints": _describe_constraints(self.constraints),
+            "panic": self.panic,
+            "notes": list(self.notes),
+            "candidates": [
+                {
+                    "rank": i,
+                    "endpoint": c.endpoint.id,
+                    "provider": c.endpoint.provider,
+                    "region": c.endpoint.region,
+                    "predicted_ttft_ms": round(c.predicted_ms, 3),
+                    "expected_cost_usd": None if c.cost_usd is None else round(c.cost_usd, 9),
+                    "reason": c.note,
+                }
+                for i, c in enumerate(self.candidates, 1)
+            ],
+            "excluded": [{"endpoint": x.endpoint.id, "reason": x.reason} for x in self.excluded],
+        }
+
+
+def _describe_constraints(c: Constraints) -> str:
+    parts = [f"residency {c.residency_label}" if c.residency is not None else "residency any"]
+    if c.near_label:
+        parts.append(f"near {c.near_label}")
+    if c.tags:
+        parts.append("tags " + ",".join(f"{k}={v}" for k, v in c.tags))
+    return ", ".join(parts)
+
+
+def complies(ep: Endpoint, c: Constraints) -> bool:
+    """Does an endpoint satisfy a request's hard constraints (residency and tags)?"""
+    if c.residency is not None and (not ep.footprint or not ep.footprint <= c.residency):
+        return False
+    return all(ep.tags.get(k) == v for k, v in c.tags)
+
+
+class Router:
+    """Plans requests for one catalog and policy. Stateless apart from a memo cache."""
+
+    def __init__(self, catalog: Catalog, policy: Policy) -> None:
+        self.catalog = catalog
+        self.policy = policy
+        self._static: LRUCache[tuple[str, frozenset[str] | None, tuple[tuple[str, str], ...]], tuple[
+            tuple[Endpoint, ...], tuple[Exclusion, ...]
+        ]] = LRUCache(maxsize=4096)
+
+    def _compliant(self, model: str, c: Constraints) -> tuple[tuple[Endpoint, ...], tuple[Exclusion, ...]]:
+        key = (model, c.residency, c.tags)
+        hit = self._static.get(key)
+        if hit is not None:
+            return hit
+        serving = self.catalog.serving(model)
+        if serving is None:
+            known = ", ".join(sorted(self.catalog.models)) or "none"
+            raise RoutingError(404, "model_not_found", f"unknown model {model!r}; this catalog serves: {known}")
+        ok: list[Endpoint] = []
+        out: list[Exclusion] = []
+        for ep in serving:
+            if c.residency is not None and (not ep.footprint or not ep.footprint <= c.residency):
+                where = ",".join(sorted(ep.footprint)) if ep.footprint else "unknown location"
+                if len(ep.footprint) > 3:
+                    where = ",".join(ep.residency)
+                out.append(Exclusion(ep, f"outside residency {c.residency_label} (in {where})"))
+                continue
+            bad = [f"{k}={v}" for k, v in c.tags if ep.tags.get(k) != v]
+            if bad:
+                out.append(Exclusion(ep, f"tags do not match: {', '.join(bad)}"))
+                continue
+            ok.append(ep)
+        res = (tuple(ok), tuple(out))
+        self._static[key] = res
+        return res
+
+    def baseline_ms(self, ep: Endpoint, rtt_ms: float | None, c: Constraints) -> float:
+        """What we expect of an endpoint with no recent TTFT sample."""
+        p = self.policy
+        if rtt_ms is not None:
+            return rtt_ms + p.default_ttft_ms * 0.25
+        if c.near is not None and ep.location is not None:
+            # ~1 ms of round trip per 100 km (fibre at 2/3 c, indirect routes) plus
+            # a fixed processing guess.
+            return distance_km(c.near, ep.location) / 100.0 + p.default_ttft_ms * 0.25
+        return p.default_ttft_ms
+
+    def plan(
+        self,
+        model: str,
+        constraints: Constraints,
+        states: Sequence[EndpointView],
+        now: float,
+        *,
+        input_tokens: int = 0,
+        max_tokens: int | None = None,
+        seed: float = 0.5,
+        context_window: int | None = None,
+    ) -> Plan:
+        """Rank the endpoints for one request. ``states`` is indexed like ``catalog.endpoints``."""
+        p = self.policy
+        compliant, static_out = self._compliant(model, constraints)
+        excluded = list(static_out)
+        window = context_window or self.catalog.models[model].context_window
+        if window is not None and input_tokens + (max_tokens or 0) > window:
+            raise RoutingError(
+                400,
+                "context_length_exceeded",
+                f"the prompt (~{input_tokens} tokens) plus max_tokens ({max_tokens or 0}) exceeds the context "
+                f"window of {model!r} ({window} tokens); shorten the prompt or lower max_tokens",
+            )
+        usable: list[tuple[Endpoint, EndpointView]] = []
+        ejected: list[tuple[Endpoint, EndpointView]] = []
+        cooling: list[tuple[Endpoint, EndpointView]] = []
+        for ep in compliant:
+            st = states[ep.index]
+            if model in st.missing_models:
+                excluded.append(Exclusion(ep, f"/models no longer lists {ep.models[model]!r}"))
+            elif st.quota.until > now:
+                cooling.append((ep, st))
+            elif st.breaker == "open" and st.open_until > now:
+                ejected.append((ep, st))
+            else:
+                usable.append((ep, st))
+        notes: list[str] = []
+        readmitted: list[tuple[Endpoint, EndpointView]] = []
+        n_ok = len(usable) + len(ejected) + len(cooling)
+        if ejected:
+            ejected.sort(key=lambda es: es[1].open_until)
+            cap = math.floor(p.breaker.max_ejection_fraction * n_ok)
+            if len(ejected) > cap:
+                k = len(ejected) - cap
+                readmitted, ejected = ejected[:k], ejected[k:]
+                if usable or cooling:
+                    notes.append(f"{k} ejected endpoint(s) re-admitted: at most {p.breaker.max_ejection_fraction:.0%} may be ejected")
+        panic = False
+        if not usable and not readmitted and ejected:
+            # Panic: every compliant endpoint is out. Try the least-bad ones anyway,
+            # residency still binding (they are all compliant).
+            readmitted, ejected = ejected, []
+            panic = True
+            notes.append("panic: every compliant endpoint is ejected; trying the least-bad ones")
+        for ep, st in ejected:
+            excluded.append(Exclusion(ep, f"ejected (breaker open for {st.open_until - now:.1f}s more): {st.last_error}"))
+        wait_until = None
+        for ep, st in cooling:
+            excluded.append(Exclusion(ep, f"cooling down for {st.quota.until - now:.1f}s more: {st.quota.reason}"))
+        if not usable and not readmitted and cooling:
+            wait_until = min(st.quota.until for _, st in cooling)
+
+        cands = [self._candidate(ep, st, now, constraints, input_tokens, max_tokens) for ep, st in usable]
+        cands = self._rank(cands, seed)
+        tail = [self._candidate(ep, st, now, constraints, input_tokens, max_tokens) for ep, st in readmitted]
+        for c in tail:
+            c.note = "panic: least-bad ejected endpoint" if panic else "re-admitted (ejection cap)"
+        return Plan(model, p.strategy, cands + tail, excluded, constraints, wait_until, panic, notes)
+
+    def _candidate(
+        self,
+        ep: Endpoint,
+        st: EndpointView,
+        now: float,
+        c: Constraints,
+        input_tokens: int,
+        max_tokens: int | None,
+    ) -> Candidate:
+        base = self.baseline_ms(ep, st.rtt_ms, c)
+        est = st.ttft_ms
+        if est is None:
+            pred = base
+        else:
+            w = math.exp(-max(now - st.ttft_at, 0.0) / self.policy.decay_s)
+            pred = base + (est - base) * w
+        load = 1.0 + st.inflight + st.queue_waiting
+        cost = None
+        if ep.price is not None:
+            out_tok = max_tokens if max_tokens is not None else 256
+            cost = (input_tokens * ep.price[0] + out_tok * ep.price[1]) / 1e6
+        return Candidate(ep, pred, pred * load, cost)
+
+    def _rank(self, cands: list[Candidate], seed: float) -> list[Candidate]:
+        if len(cands) <= 1:
+            for c in cands:
+                c.note = "only usable endpoint"
+            return cands
+        p = self.policy
+        s = p.strategy
+        if s == "ordered":
+            cands.sort(key=lambda c: c.endpoint.index)
+            cands[0].note = "first in catalog order"
+            return cands
+        if s == "weighted":
+            rng = random.Random(seed)
+            cands.sort(key=lambda c: -math.log(max(rng.random(), 1e-12)) / c.endpoint.weight)
+            cands[0].note = "weighted random pick"
+            return cands
+        if s == "cost":
+            cands.sort(key=lambda c: (math.inf if c.cost_usd is None else c.cost_usd, c.score))
+            cands[0].note = "cheapest usable endpoint"
+            return cands
+        cands.sort(key=lambda c: c.score)
+        best = cands[0].score
+        if s == "balanced":
+            limit = p.slo_ms if p.slo_ms is not None else best * (1.0 + p.slack) + p.slack_ms
+            near = [c for c in cands if c.score <= limit]
+            rest = cands[len(near):]
+            near.sort(key=lambda c: (math.inf if c.cost_usd is None else c.cost_usd, c.score))
+            window = f"SLO {p.slo_ms:.0f} ms" if p.slo_ms is not None else f"{limit:.0f} ms of the fastest"
+            near[0].note = f"cheapest within {window}"
+            cands = near + rest
+            # p2c among equally cheap near-equals
+            key0 = cands[0].cost_usd
+            group = [c for c in near if c.cost_usd == key0 and c.score <= cands[0].score * (1 + p.near_equal)]
+        else:
+            cands[0].note = "lowest predicted TTFT × load"
+            group = [c for c in cands if c.score <= best * (1.0 + p.near_equal)]
+        if len(group) >= 2:
+            rng = random.Random(seed)
+            a, b = rng.sample(group, 2)
+            pick = a if a.score <= b.score else b
+            if pick is not cands[0]:
+                note = cands[0].note
+                cands.remove(pick)
+                cands.insert(0, pick)
+                pick.note = note + " (power of two choices among near-equals)"
+        return cands
+

@@ -1,0 +1,226 @@
+"""Transports: where the ``openai`` SDK's HTTP requests enter the routing engine.
+
+Routing sits at the HTTP layer, so every API of the SDK works unchanged (typed
+objects, streaming, ``with_raw_response``, embeddings, models) and any SDK built on
+httpx or httpx2 can use it. The transports are thin: parse the request into an
+:class:`~llm_multicloud.intent.Intent`, hand it to the one async executor, and turn
+its :class:`~llm_multicloud.executor.Result` into a response object of the
+caller's HTTP library.
+
+* The **async** transport awaits the executor in the caller's event loop.
+* The **sync** transport drives the *same* coroutine through the MultiCloud's
+  anyio blocking portal (one background event loop thread), chunk by chunk for
+  streams. There is no second, synchronous implementation to drift.
+
+httpx and httpx2 differ only in module name for everything used here, so the
+library-specific classes are made once per module by :func:`transport_classes`.
+Routing errors become real HTTP error responses (``x-should-retry: false``), so
+the SDK raises its own exception types; a missed overall deadline becomes the
+library's ``ReadTimeout``, which the SDK reports as ``APITimeoutError``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import AsyncIterator, Iterator
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from . import intent as intent_mod
+from .errors import RoutingError
+from .executor import DeadlineExceeded, Passthrough, Result
+from .upstream import Upstream
+
+if TYPE_CHECKING:
+    from .client import MultiCloud
+
+
+def _api_path(raw_path: str) -> str:
+    """``/v1/chat/completions`` → ``chat/completions`` (the wrapped client's base URL
+    is ``http://llm-multicloud.invalid/v1``; other SDKs may or may not use ``/v1``)."""
+    p = raw_path.lstrip("/")
+    return p[3:] if p.startswith("v1/") else p
+
+
+def _deadline(request: Any) -> float | None:
+    t = request.extensions.get("timeout") if hasattr(request, "extensions") else None
+    if isinstance(t, dict):
+        vals = [v for v in (t.get("read"), t.get("connect"), t.get("write"), t.get("pool")) if v is not None]
+        if t.get("read") is not None:
+            return float(t["read"])
+        return max(vals) if vals else None
+    return None
+
+
+class _Core:
+    """What the sync and async transports share: request → intent, result → response."""
+
+    def __init__(self, mc: MultiCloud, lib: ModuleType, owns: bool) -> None:
+        self.mc = mc
+        self.lib = lib
+        self.owns = owns
+
+    def prepare(self, request: Any, body: bytes) -> tuple[intent_mod.Intent | None, Any]:
+        """The intent, or a ready response (local answers and errors)."""
+        url = request.url
+        try:
+            it = intent_mod.parse(
+                request.method,
+                _api_path(url.path),
+                url.query.decode() if isinstance(url.query, bytes) else str(url.query or ""),
+                list(request.headers.multi_items()),
+                body,
+                _deadline(request),
+            )
+        except RoutingError as err:
+            return None, self.error(err, request)
+        if it.method == "GET" and (it.path == "models" or it.path.startswith("models/")):
+            return None, self.models(it.path, request)
+        return it, None
+
+    def models(self, path: str, request: Any) -> Any:
+        """``models.list()`` / ``models.retrieve()``: answered from the catalog. The
+        logical models are what callers name, whatever each endpoint calls them."""
+        cat = self.mc.catalog
+
+        def entry(m: str) -> dict[str, Any]:
+            return {"id": m, "object": "model", "created": 0, "owned_by": "llm-multicloud"}
+
+        if path == "models":
+            payload: dict[str, Any] = {"object": "list", "data": [entry(m) for m in sorted(cat.models)]}
+        else:
+            name = path[len("models/") :]
+            if name not in cat.models:
+                return self.error(
+                    RoutingError(404, "model_not_found", f"unknown model {name!r}; this catalog serves: {', '.join(sorted(cat.models))}"),
+                    request,
+                )
+            payload = entry(name)
+        return self.lib.Response(
+            200, headers=[("content-type", "application/json")], content=json.dumps(payload).encode(), request=request
+        )
+
+    def error(self, err: RoutingError, request: Any) -> Any:
+        return self.lib.Response(err.status, headers=err.headers(), content=err.body(), request=request)
+
+    def timeout(self, exc: DeadlineExceeded, request: Any) -> Exception:
+        return self.lib.ReadTimeout(str(exc), request=request)  # type: ignore[no-any-return]
+
+
+@functools.cache
+def transport_classes(lib: ModuleType) -> tuple[type[Any], type[Any]]:
+    """The (sync, async) transport classes for one HTTP library module."""
+
+    class SyncStream(lib.SyncByteStream):  # type: ignore[misc,name-defined]
+        def __init__(self, mc: MultiCloud, pt: Passthrough) -> None:
+            self._mc = mc
+            self._pt = pt
+            self._closed = False
+
+        def __iter__(self) -> Iterator[bytes]:
+            portal = self._mc._portal()
+            while True:
+                chunk = portal.call(self._pt.next_chunk)
+                if chunk is None:
+                    return
+                yield chunk
+
+        def close(self) -> None:
+            if not self._closed:
+                self._closed = True
+                self._mc._portal().call(self._pt.aclose)
+
+    class AsyncStream(lib.AsyncByteStream):  # type: ignore[misc,name-defined]
+        def __init__(self, pt: Passthrough) -> None:
+            self._pt = pt
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            while True:
+                chunk = await self._pt.next_chunk()
+                if chunk is None:
+                    return
+                yield chunk
+
+        async def aclose(self) -> None:
+            await self._pt.aclose()
+
+    def build(core: _Core, result: Result, request: Any, stream: Any) -> Any:
+        if result.stream is None:
+            return lib.Response(result.status, headers=result.headers, content=result.body or b"", request=request)
+        return lib.Response(result.status, headers=result.headers, stream=stream, request=request)
+
+    class SyncTransport(lib.BaseTransport):  # type: ignore[misc,name-defined]
+        """Routes a sync client's requests (see the module docs)."""
+
+        def __init__(self, mc: MultiCloud, *, owns: bool = False) -> None:
+            self._core = _Core(mc, lib, owns)
+            self._upstream: Upstream | None = None
+
+        @property
+        def multicloud(self) -> MultiCloud:
+            return self._core.mc
+
+        async def _run(self, it: intent_mod.Intent) -> Result:
+            if self._upstream is None:
+                self._upstream = Upstream(lib)
+            return await self._core.mc.executor.execute(it, self._upstream)
+
+        def handle_request(self, request: Any) -> Any:
+            core = self._core
+            it, ready = core.prepare(request, request.read())
+            if it is None:
+                return ready
+            try:
+                result = core.mc._portal().call(self._run, it)
+            except RoutingError as err:
+                return core.error(err, request)
+            except DeadlineExceeded as exc:
+                raise core.timeout(exc, request) from None
+            pt = result.stream
+            return build(core, result, request, SyncStream(core.mc, pt) if pt is not None else None)
+
+        def close(self) -> None:
+            mc = self._core.mc
+            up, self._upstream = self._upstream, None
+            if up is not None and mc._portal_alive():
+                mc._portal().call(up.aclose)
+            if self._core.owns:
+                mc.close()
+
+    class AsyncTransport(lib.AsyncBaseTransport):  # type: ignore[misc,name-defined]
+        """Routes an async client's requests in the caller's event loop."""
+
+        def __init__(self, mc: MultiCloud, *, owns: bool = False) -> None:
+            self._core = _Core(mc, lib, owns)
+            self._upstream: Upstream | None = None
+
+        @property
+        def multicloud(self) -> MultiCloud:
+            return self._core.mc
+
+        async def handle_async_request(self, request: Any) -> Any:
+            core = self._core
+            it, ready = core.prepare(request, await request.aread())
+            if it is None:
+                return ready
+            if self._upstream is None:
+                self._upstream = Upstream(lib)
+            core.mc._started()
+            try:
+                result = await core.mc.executor.execute(it, self._upstream)
+            except RoutingError as err:
+                return core.error(err, request)
+            except DeadlineExceeded as exc:
+                raise core.timeout(exc, request) from None
+            pt = result.stream
+            return build(core, result, request, AsyncStream(pt) if pt is not None else None)
+
+        async def aclose(self) -> None:
+            up, self._upstream = self._upstream, None
+            if up is not None:
+                await up.aclose()
+            if self._core.owns:
+                await self._core.mc.aclose()
+
+    return SyncTransport, AsyncTransport

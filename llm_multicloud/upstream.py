@@ -1,0 +1,129 @@
+"""The executor's HTTP client toward endpoints, over httpx2 or legacy httpx.
+
+openai 3.x runs on httpx2 (pydantic's fork of httpx) and openai 1.x/2.x on httpx.
+Their APIs are the same for what is used here, so one small adapter serves both:
+it is given the library *module* the wrapped client uses and never imports the
+other one. Exceptions of either library are translated into :class:`UpstreamError`
+here and nowhere else, so the executor reasons about "connect failed" or "timed
+out", never about a library's exception hierarchy.
+
+Bodies are read decoded (``aiter_bytes``): the executor parses SSE, and the caller
+gets identity-encoded bytes (``content-encoding`` is dropped on the way back).
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator
+from types import ModuleType
+from typing import Any
+
+import anyio
+
+
+class UpstreamError(Exception):
+    """A transport-level failure talking to an endpoint."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        #: "connect", "timeout", "read" (connection broke mid-body) or "transport"
+        self.kind = kind
+
+
+class UpstreamResponse:
+    """An open response from an endpoint. Close it (``aclose``) in every path."""
+
+    __slots__ = ("_lib", "_resp", "headers", "status")
+
+    def __init__(self, lib: ModuleType, resp: Any) -> None:
+        self._lib = lib
+        self._resp = resp
+        self.status: int = resp.status_code
+        self.headers: list[tuple[str, str]] = [(k.lower(), v) for k, v in resp.headers.multi_items()]
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._resp.aiter_bytes():
+                yield chunk
+        except Exception as exc:
+            raise translate(self._lib, exc) from exc
+
+    async def read(self, limit: int = 64 * 1024 * 1024) -> bytes:
+        parts = []
+        size = 0
+        async for chunk in self.chunks():
+            parts.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise UpstreamError("read", f"response body larger than {limit} bytes")
+        return b"".join(parts)
+
+    async def aclose(self) -> None:
+        """Close the response; an unfinished body closes its connection, so the server
+        sees the disconnect and stops generating."""
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._resp.aclose()
+            except Exception:  # closing a broken connection may raise; nothing to do
+                pass
+
+
+def translate(lib: ModuleType, exc: BaseException) -> UpstreamError:
+    """The one place where HTTP library exceptions become :class:`UpstreamError`."""
+    if isinstance(exc, UpstreamError):
+        return exc
+    name = type(exc).__name__
+    if isinstance(exc, lib.ConnectTimeout | lib.ConnectError):
+        kind = "connect"
+    elif isinstance(exc, lib.TimeoutException):
+        kind = "timeout"
+    elif isinstance(exc, lib.RemoteProtocolError | lib.ReadError | lib.WriteError):
+        kind = "read"
+    elif isinstance(exc, lib.TransportError | ssl.SSLError | anyio.EndOfStream | anyio.BrokenResourceError):
+        kind = "transport"
+    else:
+        kind = "transport"
+    detail = str(exc) or name
+    return UpstreamError(kind, f"{name}: {detail}")
+
+
+class Upstream:
+    """A pooled async HTTP client for every endpoint, bound to one event loop."""
+
+    def __init__(self, lib: ModuleType, *, verify: bool | ssl.SSLContext = True, max_connections: int = 1000) -> None:
+        self.lib = lib
+        self._client = lib.AsyncClient(
+            verify=verify,
+            follow_redirects=False,
+            trust_env=False,
+            limits=lib.Limits(max_connections=max_connections, max_keepalive_connections=200, keepalive_expiry=30.0),
+            timeout=lib.Timeout(30.0),
+        )
+
+    async def open(
+        self,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        content: bytes | None,
+        *,
+        connect_s: float,
+        read_s: float,
+    ) -> UpstreamResponse:
+        lib = self.lib
+        timeout = lib.Timeout(connect=connect_s, read=read_s, write=read_s, pool=connect_s)
+        try:
+            req = self._client.build_request(method, url, headers=headers, content=content, timeout=timeout)
+            resp = await self._client.send(req, stream=True)
+        except Exception as exc:
+            raise translate(lib, exc) from exc
+        return UpstreamResponse(lib, resp)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
