@@ -40,14 +40,26 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from .catalog import Catalog, Endpoint
-    from .client import PLACEHOLDER_BASE_URL, MultiCloud, async_httpx_client, httpx_client, multicloud_of, wrap
-    from .context import Constraints, residency, routing
-    from .errors import CatalogError, LLMMulticloudError, ResidencyError, RoutingError, StreamInterrupted
-    from .executor import AttemptRecord
-    from .health import Transition
-    from .policy import Policy
-    from .router import Plan
+    from .catalog import Catalog as Catalog
+    from .catalog import Endpoint as Endpoint
+    from .client import PLACEHOLDER_BASE_URL as PLACEHOLDER_BASE_URL
+    from .client import MultiCloud as MultiCloud
+    from .client import async_httpx_client as async_httpx_client
+    from .client import httpx_client as httpx_client
+    from .client import multicloud_of as multicloud_of
+    from .client import wrap as wrap
+    from .context import Constraints as Constraints
+    from .context import residency as residency
+    from .context import routing as routing
+    from .errors import CatalogError as CatalogError
+    from .errors import LLMMulticloudError as LLMMulticloudError
+    from .errors import ResidencyError as ResidencyError
+    from .errors import RoutingError as RoutingError
+    from .errors import StreamInterrupted as StreamInterrupted
+    from .executor import AttemptRecord as AttemptRecord
+    from .health import Transition as Transition
+    from .policy import Policy as Policy
+    from .router import Plan as Plan
 
 
 def __getattr__(name: str) -> Any:

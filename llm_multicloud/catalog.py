@@ -180,6 +180,13 @@ class Endpoint:
         """The endpoint's credential. Only the transport calls this, for this endpoint."""
         return self._key
 
+    def auth_headers(self) -> list[tuple[str, str]]:
+        """This endpoint's own static headers and credential, for requests to it only."""
+        out = list(self.headers)
+        if self._key:
+            out.append((self.auth_header, f"Bearer {self._key}" if self.auth_header == "authorization" else self._key))
+        return out
+
     def __repr__(self) -> str:
         return f"Endpoint(id={self.id!r}, provider={self.provider!r}, region={self.region!r})"
 
@@ -223,7 +230,9 @@ class Catalog:
                 raise CatalogError(f"cannot read catalog {path}: {exc.strerror or exc}") from None
             data = _parse_text(text, path)
         if not isinstance(data, dict):
-            raise CatalogError(f"{origin}: the top level must be a mapping with 'endpoints:' (got {type(data).__name__})")
+            raise CatalogError(
+                f"{origin}: the top level must be a mapping with 'endpoints:' (got {type(data).__name__})"
+            )
         try:
             spec = CatalogSpec.model_validate(data)
         except ValidationError as exc:
@@ -233,7 +242,9 @@ class Catalog:
         seen: dict[str, int] = {}
         for i, e in enumerate(spec.endpoints):
             if e.id in seen:
-                problems.append(f"endpoints[{i}].id: {e.id!r} is already used by endpoints[{seen[e.id]}]; ids must be unique")
+                problems.append(
+                    f"endpoints[{i}].id: {e.id!r} is already used by endpoints[{seen[e.id]}]; ids must be unique"
+                )
             seen.setdefault(e.id, i)
         if problems:
             raise CatalogError(f"{origin} is invalid:\n  " + "\n  ".join(problems))

@@ -238,9 +238,7 @@ def _wrap(mc: MultiCloud, client: T, *, owns: bool) -> T:
         )
     # The SDK subclasses the library's client (SyncHttpxClientWrapper...): find the
     # library in the MRO.
-    modname = next(
-        (m for k in type(inner).__mro__ if (m := k.__module__.split(".")[0]) in ("httpx", "httpx2")), None
-    )
+    modname = next((m for k in type(inner).__mro__ if (m := k.__module__.split(".")[0]) in ("httpx", "httpx2")), None)
     if modname is None:
         raise TypeError(f"unsupported HTTP client {type(inner).__module__}.{type(inner).__name__}")
     mod = import_module(modname)

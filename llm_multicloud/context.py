@@ -68,9 +68,7 @@ class Constraints:
         merged = dict(self.tags)
         for k, v in (tags or {}).items():
             if k in merged and merged[k] != v:
-                raise ResidencyError(
-                    f"routing tags do not intersect: {k}={merged[k]!r} (outer) vs {k}={v!r} (inner)"
-                )
+                raise ResidencyError(f"routing tags do not intersect: {k}={merged[k]!r} (outer) vs {k}={v!r} (inner)")
             merged[k] = v
         return Constraints(res, label, near_xy, near_label, tuple(sorted(merged.items())))
 
@@ -128,7 +126,7 @@ def routing(
         _current.reset(token)
 
 
-class residency:  # noqa: N801 - reads as a decorator: @lmc.residency("EU")
+class residency:
     """Pin calls to a residency: a decorator (sync, async, generator and async
     generator functions) and a context manager.
 
@@ -152,9 +150,7 @@ class residency:  # noqa: N801 - reads as a decorator: @lmc.residency("EU")
         self._tokens.append(self._enter())
         return _current.get()
 
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         _current.reset(self._tokens.pop())
 
     def __call__(self, fn: F) -> F:
@@ -180,7 +176,7 @@ class residency:  # noqa: N801 - reads as a decorator: @lmc.residency("EU")
                             sent = yield value
                         except GeneratorExit:
                             raise
-                        except BaseException as e:  # noqa: BLE001 - forwarded into the generator
+                        except BaseException as e:
                             exc = e
                 finally:
                     await agen.aclose()
@@ -207,7 +203,7 @@ class residency:  # noqa: N801 - reads as a decorator: @lmc.residency("EU")
                             sent = yield value
                         except GeneratorExit:
                             raise
-                        except BaseException as e:  # noqa: BLE001 - forwarded into the generator
+                        except BaseException as e:
                             exc = e
                 finally:
                     gen.close()

@@ -87,6 +87,7 @@ class AttemptRecord:
 class _Attempt:
     __slots__ = (
         "body",
+        "buffered",
         "ep",
         "fault",
         "headers",
@@ -104,7 +105,6 @@ class _Attempt:
         "trial",
         "ttft",
         "usage",
-        "buffered",
     )
 
     def __init__(self, n: int, kind: str, st: EndpointState, trial: bool, t0: float) -> None:
@@ -350,11 +350,7 @@ class Executor:
         to = self.timeouts[ep.index]
         assert intent.model is not None
         url = f"{ep.base_url}/{intent.path}" + (f"?{intent.query}" if intent.query else "")
-        headers = list(intent.headers)
-        headers.extend(ep.headers)
-        key = ep.secret()
-        if key:
-            headers.append((ep.auth_header, f"Bearer {key}" if ep.auth_header == "authorization" else key))
+        headers = intent.headers + ep.auth_headers()
         body = intent.body_for(ep.models[intent.model], add_usage=True) if intent.body is not None else None
         budget = max(min(to.first_token_s, deadline - self.clock()), 0.001)
         handed = False
@@ -383,7 +379,9 @@ class Executor:
                         elif intent.stream:
                             ctype = resp.header("content-type") or ""
                             if "text/event-stream" not in ctype:
-                                raise UpstreamError("protocol", f"expected an event stream, got {ctype or 'no content-type'}")
+                                raise UpstreamError(
+                                    "protocol", f"expected an event stream, got {ctype or 'no content-type'}"
+                                )
                             await self._until_first_token(a)
                         else:
                             a.body = await resp.read()
@@ -416,7 +414,7 @@ class Executor:
                 raise UpstreamError("read", "stream ended before the first token") from None
             committed = False
             for ev in a.splitter.feed(chunk):
-                kind, obj = sse.classify(sse.data_of(ev))
+                kind, _ = sse.classify(sse.data_of(ev))
                 if kind is sse.EventKind.ERROR:
                     raise UpstreamError("protocol", f"error event before the first token: {_error_message(ev)}")
                 if kind is sse.EventKind.MALFORMED:
@@ -437,8 +435,15 @@ class Executor:
         elif a.fault is FaultKind.ENDPOINT:
             self.health.endpoint_fault(st, a.reason or "endpoint fault")
 
-    def _finish_attempt(self, a: _Attempt, intent: Intent, outcome: str, *, usage: dict[str, Any] | None = None,
-                        delivered_tokens: int = 0) -> None:
+    def _finish_attempt(
+        self,
+        a: _Attempt,
+        intent: Intent,
+        outcome: str,
+        *,
+        usage: dict[str, Any] | None = None,
+        delivered_tokens: int = 0,
+    ) -> None:
         """Release the attempt's slot, account its cost, tell the hooks. Called once per attempt."""
         a.st.release(a.trial)
         cost, estimated = self._cost(a, intent, usage or a.usage, outcome, delivered_tokens)
@@ -540,7 +545,9 @@ class Executor:
             st = a.st
             q = st.ttft_quantile(h.quantile) if st.ttft_samples >= h.min_samples else None
             if q is None:
-                pred = next((c.predicted_ms for c in plan.candidates if c.endpoint is a.ep), self.policy.default_ttft_ms)
+                pred = next(
+                    (c.predicted_ms for c in plan.candidates if c.endpoint is a.ep), self.policy.default_ttft_ms
+                )
                 q = pred * h.cold_factor
             d = min(max(q, h.min_delay_ms), h.max_delay_ms)
         return a.t0 + d / 1000.0
@@ -561,13 +568,18 @@ class Executor:
         failed = {a.ep.index for a in failures}
         for c in plan.candidates:
             if c.endpoint.index not in failed:
-                lines.append(f"  {c.endpoint.id} ({c.endpoint.provider} {c.endpoint.region}): not tried (attempt limit, budget or deadline)")
+                lines.append(
+                    f"  {c.endpoint.id} ({c.endpoint.provider} {c.endpoint.region}): "
+                    "not tried (attempt limit, budget or deadline)"
+                )
         for x in plan.excluded:
             lines.append(f"  {x.endpoint.id} ({x.endpoint.provider} {x.endpoint.region}): {x.reason}")
         if note:
             lines.append(f"  note: {note}")
         if plan.wait_until is not None:
-            lines.append(f"  the first cooldown ends in {plan.wait_until - self.clock():.1f}s, after the request's deadline")
+            lines.append(
+                f"  the first cooldown ends in {plan.wait_until - self.clock():.1f}s, after the request's deadline"
+            )
         return "\n".join(lines)
 
 
@@ -740,6 +752,5 @@ def _usage_of_body(body: bytes, ctype: str | None) -> dict[str, Any] | None:
         obj = json.loads(body)
     except ValueError:
         raise UpstreamError("protocol", f"malformed JSON in a 2xx reply: {body[:80]!r}") from None
-    if isinstance(obj, dict) and isinstance(obj.get("usage"), dict):
-        return obj["usage"]
-    return None
+    usage = obj.get("usage") if isinstance(obj, dict) else None
+    return usage if isinstance(usage, dict) else None

@@ -386,6 +386,10 @@ class Health:
             st.missing_models = missing
             now = self.clock()
             if missing:
-                self.emit(Transition(st.endpoint.id, "serving", "missing", f"/models no longer lists {sorted(missing)}", now, None))
+                self.emit(
+                    Transition(
+                        st.endpoint.id, "serving", "missing", f"/models no longer lists {sorted(missing)}", now, None
+                    )
+                )
             else:
                 self.emit(Transition(st.endpoint.id, "missing", "serving", "/models lists the model again", now, None))

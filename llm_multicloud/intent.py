@@ -95,11 +95,13 @@ def parse(
     """Parse one SDK request. Raises :class:`RoutingError` (400) on bad input."""
     fwd: list[tuple[str, str]] = []
     residency = near = tags = None
-    for k, v in headers:
-        lk = k.lower()
+    for k, hv in headers:
+        lk, v = k.lower(), hv
         if lk.startswith(HEADER_PREFIX):
             if len(v) > _MAX_HEADER or any(ord(ch) < 32 for ch in v):
-                raise RoutingError(400, "bad_routing_header", f"header {lk}: value is too long or has control characters")
+                raise RoutingError(
+                    400, "bad_routing_header", f"header {lk}: value is too long or has control characters"
+                )
             name = lk[len(HEADER_PREFIX) :]
             if name == "residency":
                 residency = v
@@ -142,9 +144,9 @@ def parse(
     mt = None
     if obj is not None:
         for k in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
-            v = obj.get(k)
-            if isinstance(v, int) and v > 0:
-                mt = v
+            n = obj.get(k)
+            if isinstance(n, int) and n > 0:
+                mt = n
                 break
     return Intent(
         method=method.upper(),
@@ -172,7 +174,9 @@ def _parse_tags(v: str) -> dict[str, str]:
             continue
         k, sep, val = part.partition("=")
         if not sep or not k.strip() or not val.strip():
-            raise RoutingError(400, "bad_routing_header", f"{HEADER_PREFIX}tags: {part!r} is not key=value (e.g. tier=gold)")
+            raise RoutingError(
+                400, "bad_routing_header", f"{HEADER_PREFIX}tags: {part!r} is not key=value (e.g. tier=gold)"
+            )
         out[k.strip()] = val.strip()
     return out
 

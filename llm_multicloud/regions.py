@@ -750,8 +750,7 @@ def tags_for_country(country: str) -> frozenset[str]:
     tags = _COUNTRY_TAGS.get(key)
     if tags is None:
         raise ValueError(
-            f"unknown country {country!r}: expected an ISO 3166-1 alpha-2 code such as 'DE'"
-            + _unknown_tag_hint(key)
+            f"unknown country {country!r}: expected an ISO 3166-1 alpha-2 code such as 'DE'" + _unknown_tag_hint(key)
         )
     return tags
 

@@ -167,9 +167,10 @@ class Router:
     def __init__(self, catalog: Catalog, policy: Policy) -> None:
         self.catalog = catalog
         self.policy = policy
-        self._static: LRUCache[tuple[str, frozenset[str] | None, tuple[tuple[str, str], ...]], tuple[
-            tuple[Endpoint, ...], tuple[Exclusion, ...]
-        ]] = LRUCache(maxsize=4096)
+        self._static: LRUCache[
+            tuple[str, frozenset[str] | None, tuple[tuple[str, str], ...]],
+            tuple[tuple[Endpoint, ...], tuple[Exclusion, ...]],
+        ] = LRUCache(maxsize=4096)
 
     def _compliant(self, model: str, c: Constraints) -> tuple[tuple[Endpoint, ...], tuple[Exclusion, ...]]:
         key = (model, c.residency, c.tags)
@@ -256,7 +257,10 @@ class Router:
                 k = len(ejected) - cap
                 readmitted, ejected = ejected[:k], ejected[k:]
                 if usable or cooling:
-                    notes.append(f"{k} ejected endpoint(s) re-admitted: at most {p.breaker.max_ejection_fraction:.0%} may be ejected")
+                    notes.append(
+                        f"{k} ejected endpoint(s) re-admitted: at most "
+                        f"{p.breaker.max_ejection_fraction:.0%} may be ejected"
+                    )
         panic = False
         if not usable and not readmitted and ejected:
             # Panic: every compliant endpoint is out. Try the least-bad ones anyway,
@@ -265,7 +269,9 @@ class Router:
             panic = True
             notes.append("panic: every compliant endpoint is ejected; trying the least-bad ones")
         for ep, st in ejected:
-            excluded.append(Exclusion(ep, f"ejected (breaker open for {st.open_until - now:.1f}s more): {st.last_error}"))
+            excluded.append(
+                Exclusion(ep, f"ejected (breaker open for {st.open_until - now:.1f}s more): {st.last_error}")
+            )
         wait_until = None
         for ep, st in cooling:
             excluded.append(Exclusion(ep, f"cooling down for {st.quota.until - now:.1f}s more: {st.quota.reason}"))
@@ -327,7 +333,7 @@ class Router:
         if s == "balanced":
             limit = p.slo_ms if p.slo_ms is not None else best * (1.0 + p.slack) + p.slack_ms
             near = [c for c in cands if c.score <= limit]
-            rest = cands[len(near):]
+            rest = cands[len(near) :]
             near.sort(key=lambda c: (math.inf if c.cost_usd is None else c.cost_usd, c.score))
             window = f"SLO {p.slo_ms:.0f} ms" if p.slo_ms is not None else f"{limit:.0f} ms of the fastest"
             near[0].note = f"cheapest within {window}"
@@ -348,4 +354,3 @@ class Router:
                 cands.insert(0, pick)
                 pick.note = note + " (power of two choices among near-equals)"
         return cands
-

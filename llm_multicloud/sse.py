@@ -97,7 +97,16 @@ def classify(data: bytes | None) -> tuple[EventKind, dict[str, Any] | None]:
                 return EventKind.CONTENT, obj
             delta = ch.get("delta")
             if isinstance(delta, dict) and any(
-                delta.get(k) for k in ("content", "tool_calls", "function_call", "reasoning_content", "reasoning", "refusal", "audio")
+                delta.get(k)
+                for k in (
+                    "content",
+                    "tool_calls",
+                    "function_call",
+                    "reasoning_content",
+                    "reasoning",
+                    "refusal",
+                    "audio",
+                )
             ):
                 return EventKind.CONTENT, obj
         return EventKind.PREAMBLE, obj

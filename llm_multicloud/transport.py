@@ -93,7 +93,11 @@ class _Core:
             name = path[len("models/") :]
             if name not in cat.models:
                 return self.error(
-                    RoutingError(404, "model_not_found", f"unknown model {name!r}; this catalog serves: {', '.join(sorted(cat.models))}"),
+                    RoutingError(
+                        404,
+                        "model_not_found",
+                        f"unknown model {name!r}; this catalog serves: {', '.join(sorted(cat.models))}",
+                    ),
                     request,
                 )
             payload = entry(name)

@@ -13,6 +13,7 @@ gets identity-encoded bytes (``content-encoding`` is dropped on the way back).
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from collections.abc import AsyncIterator
 from types import ModuleType
@@ -68,10 +69,8 @@ class UpstreamResponse:
         """Close the response; an unfinished body closes its connection, so the server
         sees the disconnect and stops generating."""
         with anyio.CancelScope(shield=True):
-            try:
+            with contextlib.suppress(Exception):  # closing a broken connection may raise
                 await self._resp.aclose()
-            except Exception:  # closing a broken connection may raise; nothing to do
-                pass
 
 
 def translate(lib: ModuleType, exc: BaseException) -> UpstreamError:

@@ -1,0 +1,166 @@
+"""``llm-multicloud``: demo, fleet, explain, status and validate.
+
+* ``demo`` — no credentials needed: starts a simulated three-cloud fleet on
+  loopback, sends a mixed workload through the real openai SDK, shows where each
+  request went and why, then takes a region down and shows the failover.
+* ``fleet CONFIG`` — run a simulated fleet to rehearse an outage against your code.
+* ``explain CATALOG --model M [--residency EU] [--near eu-west-1]`` — the plan
+  with reasons.
+* ``status CATALOG`` — probe every endpoint once and print a table (``--json``).
+* ``validate CATALOG`` — load the catalog and print what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import LLMMulticloudError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="llm-multicloud", description=__doc__.split("\n\n")[0] if __doc__ else None)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("demo", help="simulated three-cloud fleet on loopback: routing, residency, failover")
+    d.add_argument("--requests", type=int, default=24, help="requests per phase (default 24)")
+    f = sub.add_parser("fleet", help="run a simulated fleet from a YAML/JSON FleetSpec", add_help=False)
+    f.add_argument("rest", nargs=argparse.REMAINDER)
+    e = sub.add_parser("explain", help="show the routing plan for a hypothetical request")
+    e.add_argument("catalog")
+    e.add_argument("--model", required=True)
+    e.add_argument("--residency")
+    e.add_argument("--near")
+    e.add_argument("--tags", help="k=v,k2=v2")
+    e.add_argument("--max-tokens", type=int)
+    e.add_argument("--input-tokens", type=int, default=0)
+    e.add_argument("--json", action="store_true")
+    s = sub.add_parser("status", help="probe every endpoint once and print a table")
+    s.add_argument("catalog")
+    s.add_argument("--json", action="store_true")
+    v = sub.add_parser("validate", help="validate a catalog")
+    v.add_argument("catalog")
+    args = p.parse_args(argv)
+    try:
+        if args.cmd == "demo":
+            from .demo import run_demo
+
+            return run_demo(requests=args.requests)
+        if args.cmd == "fleet":
+            from .fleet.cli import main as fleet_main
+
+            return fleet_main(args.rest)
+        if args.cmd == "explain":
+            return _explain(args)
+        if args.cmd == "status":
+            return _status(args)
+        if args.cmd == "validate":
+            from .catalog import Catalog
+
+            cat = Catalog.load(args.catalog)
+            print(f"ok: {len(cat.endpoints)} endpoints, models: {', '.join(sorted(cat.models))}")
+            return 0
+    except LLMMulticloudError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 1
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from .client import MultiCloud
+
+    tags = None
+    if args.tags:
+        tags = dict(kv.split("=", 1) for kv in args.tags.split(",") if "=" in kv)
+    with MultiCloud(args.catalog) as mc:
+        plan = mc.explain(
+            args.model,
+            residency=args.residency,
+            near=args.near,
+            tags=tags,
+            input_tokens=args.input_tokens,
+            max_tokens=args.max_tokens,
+        )
+        if args.json:
+            print(json.dumps(plan.to_dict(), indent=2))
+        else:
+            print(plan.describe())
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    import anyio
+
+    from .client import MultiCloud, _lib
+    from .probe import Prober, ProbeResult
+    from .upstream import Upstream
+
+    with MultiCloud(args.catalog, {"probe": {"enabled": False}}) as mc:
+
+        async def once() -> list[ProbeResult]:
+            up = Upstream(_lib(None))
+            try:
+                return await Prober(mc).probe_all(up)
+            finally:
+                await up.aclose()
+
+        results = {r.endpoint: r for r in anyio.run(once)}
+        rows: list[dict[str, Any]] = []
+        snap = {e["id"]: e for e in mc.snapshot()["endpoints"]}
+        for ep in mc.catalog.endpoints:
+            r = results[ep.id]
+            price = (
+                "unknown" if ep.price is None else f"${ep.price[0]:.3f}/${ep.price[1]:.3f}"  # input/output per Mtok
+            )
+            rows.append(
+                {
+                    "id": ep.id,
+                    "provider": ep.provider,
+                    "region": ep.region,
+                    "residency": ",".join(ep.residency) or "unknown",
+                    "rtt_ms": None if r.rtt_ms is None else round(r.rtt_ms, 1),
+                    "models": {
+                        m: (m not in r.missing) if r.ok and r.models_listed is not None else None for m in ep.models
+                    },
+                    "price_per_mtok": price,
+                    "state": "up" if r.ok else "down",
+                    "error": r.error,
+                    "breaker": snap[ep.id]["state"],
+                }
+            )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    header = (
+        "endpoint",
+        "provider",
+        "region",
+        "residency",
+        "RTT ms",
+        "models served",
+        "price in/out per Mtok",
+        "state",
+    )
+    table = [header]
+    for r in rows:
+        served = ", ".join(f"{m}{'' if ok else ('?' if ok is None else ' (missing)')}" for m, ok in r["models"].items())
+        rtt = "-" if r["rtt_ms"] is None else f"{r['rtt_ms']:.1f}"
+        state = r["state"] if not r["error"] else f"{r['state']}: {r['error'][:60]}"
+        table.append((r["id"], r["provider"], r["region"], r["residency"], rtt, served, r["price_per_mtok"], state))
+    print(format_table(table))
+    return 0 if all(r["state"] == "up" for r in rows) else 1
+
+
+def format_table(rows: Sequence[Sequence[object]]) -> str:
+    """Plain-text table, first row is the header."""
+    cells = [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
