@@ -246,6 +246,14 @@ class Catalog:
                     f"endpoints[{i}].id: {e.id!r} is already used by endpoints[{seen[e.id]}]; ids must be unique"
                 )
             seen.setdefault(e.id, i)
+        for name, m in (spec.models or {}).items():
+            if m.timeouts:
+                try:
+                    Timeouts.model_validate(m.timeouts)
+                except ValidationError as exc:
+                    problems.append(
+                        _format_validation(exc, m.timeouts, f"models.{name}.timeouts").replace("\n  ", "; ")
+                    )
         if problems:
             raise CatalogError(f"{origin} is invalid:\n  " + "\n  ".join(problems))
         return cls(spec, endpoints)
@@ -314,7 +322,13 @@ def _format_validation(exc: ValidationError, data: Any, origin: str) -> str:
             msg = "unknown field (check the spelling; see docs/catalog.md for the allowed fields)"
         elif err["type"] == "missing":
             msg = "required field is missing"
-        shown = "" if err["type"] in ("missing", "extra_forbidden") else f" (got {_short(bad)})"
+        secret = any(isinstance(p, str) and ("key" in p or "secret" in p or "token" in p) for p in err["loc"])
+        if err["type"] in ("missing", "extra_forbidden"):
+            shown = ""
+        elif secret:
+            shown = " (value hidden: it may be a secret)"
+        else:
+            shown = f" (got {_short(bad)})"
         lines.append(f"{path}: {msg}{shown}")
     return f"{origin} is invalid:\n  " + "\n  ".join(lines)
 

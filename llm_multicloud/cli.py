@@ -110,7 +110,7 @@ def _status(args: argparse.Namespace) -> int:
         rows: list[dict[str, Any]] = []
         snap = {e["id"]: e for e in mc.snapshot()["endpoints"]}
         for ep in mc.catalog.endpoints:
-            r = results[ep.id]
+            pr = results[ep.id]
             price = (
                 "unknown" if ep.price is None else f"${ep.price[0]:.3f}/${ep.price[1]:.3f}"  # input/output per Mtok
             )
@@ -120,13 +120,13 @@ def _status(args: argparse.Namespace) -> int:
                     "provider": ep.provider,
                     "region": ep.region,
                     "residency": ",".join(ep.residency) or "unknown",
-                    "rtt_ms": None if r.rtt_ms is None else round(r.rtt_ms, 1),
+                    "rtt_ms": None if pr.rtt_ms is None else round(pr.rtt_ms, 1),
                     "models": {
-                        m: (m not in r.missing) if r.ok and r.models_listed is not None else None for m in ep.models
+                        m: (m not in pr.missing) if pr.ok and pr.models_listed is not None else None for m in ep.models
                     },
                     "price_per_mtok": price,
-                    "state": "up" if r.ok else "down",
-                    "error": r.error,
+                    "state": "up" if pr.ok else "down",
+                    "error": pr.error,
                     "breaker": snap[ep.id]["state"],
                 }
             )
@@ -143,7 +143,7 @@ def _status(args: argparse.Namespace) -> int:
         "price in/out per Mtok",
         "state",
     )
-    table = [header]
+    table: list[tuple[str, ...]] = [header]
     for r in rows:
         served = ", ".join(f"{m}{'' if ok else ('?' if ok is None else ' (missing)')}" for m, ok in r["models"].items())
         rtt = "-" if r["rtt_ms"] is None else f"{r['rtt_ms']:.1f}"

@@ -141,17 +141,22 @@ class residency:
         self._codes = codes
         self._near = near
         self._tags = dict(tags or {})
-        self._tokens: list[Token[Constraints]] = []
+        # Tokens per context (task/thread), so that one shared instance can be entered
+        # by concurrent tasks without one resetting another's scope.
+        self._tokens: ContextVar[tuple[Token[Constraints], ...]] = ContextVar(f"llm_multicloud_residency_{id(self)}")
 
     def _enter(self) -> Token[Constraints]:
         return _current.set(_current.get().narrow(self._codes, self._near, self._tags))
 
     def __enter__(self) -> Constraints:
-        self._tokens.append(self._enter())
+        token = self._enter()
+        self._tokens.set((*self._tokens.get(()), token))
         return _current.get()
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        _current.reset(self._tokens.pop())
+        stack = self._tokens.get()
+        self._tokens.set(stack[:-1])
+        _current.reset(stack[-1])
 
     def __call__(self, fn: F) -> F:
         enter = self._enter
@@ -179,7 +184,11 @@ class residency:
                         except BaseException as e:
                             exc = e
                 finally:
-                    await agen.aclose()
+                    token = enter()  # the generator's own cleanup runs inside the scope too
+                    try:
+                        await agen.aclose()
+                    finally:
+                        _current.reset(token)
 
             return cast(F, agen_wrapper)
         if inspect.isgeneratorfunction(fn):
@@ -206,7 +215,11 @@ class residency:
                         except BaseException as e:
                             exc = e
                 finally:
-                    gen.close()
+                    token = enter()  # the generator's own cleanup runs inside the scope too
+                    try:
+                        gen.close()
+                    finally:
+                        _current.reset(token)
 
             return cast(F, gen_wrapper)
         if inspect.iscoroutinefunction(fn):

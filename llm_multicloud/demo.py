@@ -131,7 +131,8 @@ def run_demo(requests: int = 24) -> int:
             outside = [a for a in eu_attempts if not _in_eu(mc, a.endpoint)]
             to_dead = [a for a in eu_attempts if a.endpoint == down]
             print(
-                f"\n  failed requests: {failures}; EU attempts: {len(eu_attempts)}, sent outside the EU: {len(outside)};"
+                f"\n  failed requests: {failures}; EU attempts: {len(eu_attempts)}, "
+                f"sent outside the EU: {len(outside)};"
                 f" attempts that hit the dead region: {len(to_dead)} (then its breaker opened)"
             )
             fleet.set_fault(down, mode="none")

@@ -63,6 +63,15 @@ class DeadlineExceeded(Exception):
     """The caller's overall deadline passed before any endpoint answered."""
 
 
+class _AllFailed(Exception):
+    """Every attempt of one race failed (internal: execute() decides what follows)."""
+
+    def __init__(self, failures: list[_Attempt], note: str | None) -> None:
+        super().__init__(f"{len(failures)} attempts failed")
+        self.failures = failures
+        self.note = note
+
+
 @dataclass(frozen=True, slots=True)
 class AttemptRecord:
     """One attempt, as given to audit hooks: where the request's data went and what happened."""
@@ -94,6 +103,7 @@ class _Attempt:
         "iter",
         "kind",
         "n",
+        "permit",
         "ready_at",
         "reason",
         "resp",
@@ -107,12 +117,15 @@ class _Attempt:
         "usage",
     )
 
-    def __init__(self, n: int, kind: str, st: EndpointState, trial: bool, t0: float) -> None:
+    def __init__(self, n: int, kind: str, st: EndpointState, admitted: str, t0: float) -> None:
         self.n = n
         self.kind = kind
         self.st = st
         self.ep: Endpoint = st.endpoint
-        self.trial = trial
+        #: admitted while the breaker was not closed: its success closes the breaker
+        self.trial = admitted != "closed"
+        #: holds one of the bounded half-open trial permits
+        self.permit = admitted == "half_open"
         self.t0 = t0
         self.resp: UpstreamResponse | None = None
         self.iter: AsyncIterator[bytes] | None = None
@@ -165,11 +178,20 @@ class Executor:
         r = policy.retry
         self.retry_budget = Budget(r.budget, min_per_s=r.min_per_s, window_s=r.window_s, clock=clock)
         self.hedge_budget = Budget(policy.hedge.budget, min_per_s=0.1, window_s=30.0, clock=clock)
-        self.timeouts: list[Timeouts] = [
-            policy.timeouts.model_copy(update=dict(e.timeouts)) if e.timeouts else policy.timeouts
-            for e in catalog.endpoints
-        ]
+        self._timeouts: dict[tuple[int, str | None], Timeouts] = {}
         self._rand = random.Random()
+
+    def timeouts_for(self, ep: Endpoint, model: str | None) -> Timeouts:
+        """Deadlines for one endpoint and model: the policy's, overridden by the model's
+        (reasoning models need a long first token), overridden by the endpoint's."""
+        key = (ep.index, model)
+        t = self._timeouts.get(key)
+        if t is None:
+            spec = self.catalog.models.get(model) if model is not None else None
+            update = {**((spec.timeouts or {}) if spec is not None else {}), **ep.timeouts}
+            t = self.policy.timeouts.model_copy(update=update) if update else self.policy.timeouts
+            self._timeouts[key] = t
+        return t
 
     # -- planning -----------------------------------------------------------------
     def plan(self, intent: Intent, now: float, seed: float) -> Plan:
@@ -200,19 +222,40 @@ class Executor:
         self.retry_budget.deposit()
         self.hedge_budget.deposit()
         seed = self._rand.random()
+        failures: list[_Attempt] = []
+        attempts_left = self.policy.retry.max_attempts
+        note: str | None = None
         plan = self.plan(intent, start, seed)
-        for _ in range(32):  # bounded: each round waits for a cooldown to end
-            if plan.candidates:
-                break
+        for _ in range(16):  # bounded: each round waits for a cooldown to end, or races
             now = clock()
-            if plan.wait_until is not None and plan.wait_until + 0.001 < deadline:
-                await anyio.sleep(max(plan.wait_until - now, 0.0) + 0.001)
+            if not plan.candidates:
+                if plan.wait_until is not None and plan.wait_until + 0.001 < deadline and attempts_left > 0:
+                    # Everything compliant is cooling down (429 + Retry-After) but one
+                    # comes back before the deadline: wait for it rather than fail.
+                    await anyio.sleep(max(plan.wait_until - now, 0.0) + 0.001)
+                    plan = self.plan(intent, clock(), seed)
+                    continue
+                break
+            try:
+                return await self._race(intent, plan, upstream, start, deadline, attempts_left)
+            except _AllFailed as exc:
+                failures.extend(exc.failures)
+                attempts_left -= len(exc.failures)
+                note = exc.note
+                if (
+                    exc.note is not None
+                    or not exc.failures
+                    or any(a.fault is not FaultKind.QUOTA for a in exc.failures)
+                ):
+                    break
+                # Only quota refusals: their cooldowns may end within the deadline.
                 plan = self.plan(intent, clock(), seed)
-                continue
-            raise RoutingError(503, "no_endpoint_available", self._unavailable(plan, [], deadline))
-        return await self._race(intent, plan, upstream, start, deadline)
+        code = "all_attempts_failed" if failures else "no_endpoint_available"
+        raise RoutingError(503, code, self._unavailable(plan, failures, deadline, note))
 
-    async def _race(self, intent: Intent, plan: Plan, upstream: Upstream, start: float, deadline: float) -> Result:
+    async def _race(
+        self, intent: Intent, plan: Plan, upstream: Upstream, start: float, deadline: float, attempts: int
+    ) -> Result:
         clock = self.clock
         policy = self.policy
         send, recv = anyio.create_memory_object_stream[_Attempt](max_buffer_size=64)
@@ -221,11 +264,14 @@ class Executor:
         failures: list[_Attempt] = []
         everyone: list[_Attempt] = []
         winner: _Attempt | None = None
-        retries_left = policy.retry.max_attempts - 1
+        retries_left = attempts - 1
         budget_refused = False
         hedged = False
+        # Revisiting an endpoint within one request is allowed only when it is the one
+        # compliant endpoint there is (then retrying is the only way to ride out a blip).
+        only_one = len(plan.candidates) == 1 and not any(x.kind in ("ejected", "cooling") for x in plan.excluded)
 
-        def pick(kind: str, last: _Attempt | None) -> tuple[Candidate, EndpointState, bool] | None:
+        def pick(kind: str, last: _Attempt | None) -> tuple[Candidate, EndpointState, str] | None:
             now = clock()
             states = self.health.states
             pool = [c for c in plan.candidates if c.endpoint.index not in tried]
@@ -234,28 +280,28 @@ class Executor:
                 providers = {a.ep.provider for a in in_flight}
                 pool = [c for c in pool if c.endpoint.failure_domain not in domains]
                 pool.sort(key=lambda c: c.endpoint.provider in providers)  # stable: other providers first
-            elif not pool and last is not None:
-                # Everything was tried: go back to one that did not *just* fail.
-                pool = [c for c in plan.candidates if c.endpoint.index != last.ep.index]
+            elif not pool and last is not None and only_one:
+                pool = list(plan.candidates)
             for c in pool:
                 st = states[c.endpoint.index]
                 if st.quota.until > now:
                     continue  # cooled down during this request (e.g. its quota domain got a 429)
-                if st.breaker == "open" and st.open_until > now and not c.note.startswith(("panic", "re-admitted")):
+                if st.breaker == "open" and st.open_until > now and not c.readmitted:
                     continue  # ejected during this request
                 if not complies(c.endpoint, intent.constraints):  # second lock; the router already filtered
                     raise RoutingError(500, "residency_violation_prevented", f"refused to send to {c.endpoint.id}")
-                if not st.admit(now):
+                admitted = st.admit(now)
+                if admitted is None:
                     continue
-                return c, st, st.breaker == "half_open"
+                return c, st, admitted
             return None
 
         def launch(tg: anyio.abc.TaskGroup, kind: str, last: _Attempt | None = None) -> _Attempt | None:
             got = pick(kind, last)
             if got is None:
                 return None
-            c, st, trial = got
-            a = _Attempt(len(everyone) + 1, kind, st, trial, clock())
+            c, st, admitted = got
+            a = _Attempt(len(everyone) + 1, kind, st, admitted, clock())
             tried.add(c.endpoint.index)
             everyone.append(a)
             in_flight.append(a)
@@ -330,11 +376,8 @@ class Executor:
         if winner is None:
             if everyone and clock() >= deadline and not failures:
                 raise DeadlineExceeded(f"no endpoint answered within the deadline ({deadline - start:.1f}s)")
-            if not everyone:
-                raise RoutingError(503, "no_endpoint_available", self._unavailable(plan, [], deadline))
             note = "retry budget exhausted (a wide outage must not multiply load)" if budget_refused else None
-            err = RoutingError(503, "all_attempts_failed", self._unavailable(plan, failures, deadline, note))
-            raise err
+            raise _AllFailed(failures, note)
         return self._commit(winner, intent, everyone, hedged)
 
     # -- one attempt --------------------------------------------------------------
@@ -347,7 +390,7 @@ class Executor:
         deadline: float,
     ) -> None:
         ep = a.ep
-        to = self.timeouts[ep.index]
+        to = self.timeouts_for(ep, intent.model)
         assert intent.model is not None
         url = f"{ep.base_url}/{intent.path}" + (f"?{intent.query}" if intent.query else "")
         headers = intent.headers + ep.auth_headers()
@@ -445,7 +488,7 @@ class Executor:
         delivered_tokens: int = 0,
     ) -> None:
         """Release the attempt's slot, account its cost, tell the hooks. Called once per attempt."""
-        a.st.release(a.trial)
+        a.st.release(a.permit)
         cost, estimated = self._cost(a, intent, usage or a.usage, outcome, delivered_tokens)
         a.st.cost_usd += cost
         a.st.cost_estimated = a.st.cost_estimated or (estimated and cost > 0)
@@ -515,7 +558,7 @@ class Executor:
         headers = [(k, v) for k, v in w.headers if k not in _HOP]
         meta = self._meta(w, everyone, hedged)
         if not intent.stream:
-            self.health.success(st)
+            self.health.success(st, trial=w.trial)
             st.observe_stream((now - w.t0) * 1000.0, int((w.usage or {}).get("completion_tokens") or 0), None)
             cost_before = st.cost_usd
             self._finish_attempt(w, intent, "won")
@@ -555,7 +598,7 @@ class Executor:
     def _saturated(self, plan: Plan) -> bool:
         """Suppress hedging while the fleet is saturated: most compliant endpoints
         are cooling down (429s) or ejected. Hedges would only add load."""
-        out = sum(1 for x in plan.excluded if x.reason.startswith(("cooling", "ejected")))
+        out = sum(1 for x in plan.excluded if x.kind in ("cooling", "ejected"))
         return plan.panic or out > len(plan.candidates)
 
     # -- messages -------------------------------------------------------------------
@@ -608,7 +651,7 @@ class Passthrough:
         self._done = False
         self._finished = False
         self._delivered: list[bytes] = []
-        self._gap = ex.timeouts[a.ep.index].chunk_gap_s
+        self._gap = ex.timeouts_for(a.ep, intent.model).chunk_gap_s
 
     @property
     def endpoint(self) -> str:
@@ -671,7 +714,7 @@ class Passthrough:
         if a.resp is not None:
             await a.resp.aclose()
         if outcome == "won":
-            ex.health.success(a.st)
+            ex.health.success(a.st, trial=a.trial)
             out_tokens = int((a.usage or {}).get("completion_tokens") or len(self._delivered))
             a.st.observe_stream((ex.clock() - a.t0) * 1000.0, out_tokens, None if a.ttft is None else a.ttft * 1000.0)
         ex._finish_attempt(a, self._intent, outcome, delivered_tokens=len(self._delivered))

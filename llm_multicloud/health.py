@@ -202,8 +202,10 @@ class EndpointState:
         return s[min(len(s) - 1, int(q * len(s)))]
 
     # -- breaker ----------------------------------------------------------------
-    def admit(self, now: float) -> bool:
-        """Take a slot for an attempt. Half-open endpoints admit a bounded number of trials."""
+    def admit(self, now: float) -> str | None:
+        """Take a slot for an attempt: the breaker state it was admitted under ("closed",
+        "half_open": holding one of the bounded trial permits, or "open": re-admitted by
+        the ejection cap or panic), or None when half-open permits are all taken."""
         with self._lock:
             if self.breaker == "open" and now >= self.open_until:
                 self.breaker = "half_open"
@@ -211,24 +213,28 @@ class EndpointState:
                 log.info("endpoint %s: breaker half-open (trial requests admitted)", self.endpoint.id)
             if self.breaker == "half_open":
                 if self.half_open_inflight >= self._policy.breaker.half_open_permits:
-                    return False
+                    return None
                 self.half_open_inflight += 1
             self.inflight += 1
             self.requests += 1
-            return True
+            return self.breaker
 
-    def release(self, was_half_open_trial: bool) -> None:
+    def release(self, permit: bool) -> None:
+        """Give the slot back (``permit``: it held a half-open trial permit)."""
         with self._lock:
             self.inflight = max(0, self.inflight - 1)
-            if was_half_open_trial:
+            if permit:
                 self.half_open_inflight = max(0, self.half_open_inflight - 1)
 
-    def record_success(self, now: float) -> Transition | None:
+    def record_success(self, now: float, *, trial: bool) -> Transition | None:
+        """A success. Only a *trial* (an attempt admitted while the breaker was not
+        closed) closes the breaker: a long stream that started before the ejection and
+        ends during it proves nothing about the endpoint now."""
         with self._lock:
             self.successes += 1
             self.consecutive = 0
             self._window_add(now, True)
-            if self.breaker != "closed":
+            if self.breaker != "closed" and trial:
                 old = self.breaker
                 self.breaker = "closed"
                 self.half_open_inflight = 0
@@ -364,8 +370,8 @@ class Health:
     def endpoint_fault(self, st: EndpointState, reason: str) -> None:
         self.emit(st.record_failure(self.clock(), reason, self._rand.random()))
 
-    def success(self, st: EndpointState) -> None:
-        self.emit(st.record_success(self.clock()))
+    def success(self, st: EndpointState, *, trial: bool) -> None:
+        self.emit(st.record_success(self.clock(), trial=trial))
 
     def cooldown(self, st: EndpointState, seconds: float, reason: str) -> None:
         """Cool the endpoint's quota domain down for ``seconds`` (capped; forward-only)."""

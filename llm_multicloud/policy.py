@@ -111,7 +111,7 @@ class Policy(_Strict):
     near_equal: float = Field(0.1, ge=0.0)
     #: TTFT assumed for an endpoint with no measurement and no location (ms).
     default_ttft_ms: float = Field(200.0, gt=0.0)
-    #: Half-life of the latency estimates (peak-EWMA decay), seconds.
+    #: Time constant τ of the latency estimates' decay (weight exp(-Δt/τ)), seconds.
     decay_s: float = Field(10.0, gt=0.0)
     #: Longest Retry-After honoured; longer values are capped (absurd values happen).
     max_retry_after_s: float = Field(300.0, gt=0.0)

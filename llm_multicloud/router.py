@@ -86,12 +86,16 @@ class Candidate:
     score: float
     cost_usd: float | None
     note: str = ""
+    #: An ejected endpoint tried anyway (ejection cap or panic).
+    readmitted: bool = False
 
 
 @dataclass(slots=True)
 class Exclusion:
     endpoint: Endpoint
     reason: str
+    #: residency | tags | missing_model | cooling | ejected
+    kind: str = "residency"
 
 
 @dataclass(slots=True)
@@ -168,12 +172,12 @@ class Router:
         self.catalog = catalog
         self.policy = policy
         self._static: LRUCache[
-            tuple[str, frozenset[str] | None, tuple[tuple[str, str], ...]],
+            tuple[str, frozenset[str] | None, tuple[tuple[str, str], ...], str],
             tuple[tuple[Endpoint, ...], tuple[Exclusion, ...]],
         ] = LRUCache(maxsize=4096)
 
     def _compliant(self, model: str, c: Constraints) -> tuple[tuple[Endpoint, ...], tuple[Exclusion, ...]]:
-        key = (model, c.residency, c.tags)
+        key = (model, c.residency, c.tags, c.residency_label)
         hit = self._static.get(key)
         if hit is not None:
             return hit
@@ -192,7 +196,7 @@ class Router:
                 continue
             bad = [f"{k}={v}" for k, v in c.tags if ep.tags.get(k) != v]
             if bad:
-                out.append(Exclusion(ep, f"tags do not match: {', '.join(bad)}"))
+                out.append(Exclusion(ep, f"tags do not match: {', '.join(bad)}", "tags"))
                 continue
             ok.append(ep)
         res = (tuple(ok), tuple(out))
@@ -240,7 +244,7 @@ class Router:
         for ep in compliant:
             st = states[ep.index]
             if model in st.missing_models:
-                excluded.append(Exclusion(ep, f"/models no longer lists {ep.models[model]!r}"))
+                excluded.append(Exclusion(ep, f"/models no longer lists {ep.models[model]!r}", "missing_model"))
             elif st.quota.until > now:
                 cooling.append((ep, st))
             elif st.breaker == "open" and st.open_until > now:
@@ -270,11 +274,13 @@ class Router:
             notes.append("panic: every compliant endpoint is ejected; trying the least-bad ones")
         for ep, st in ejected:
             excluded.append(
-                Exclusion(ep, f"ejected (breaker open for {st.open_until - now:.1f}s more): {st.last_error}")
+                Exclusion(ep, f"ejected (breaker open for {st.open_until - now:.1f}s more): {st.last_error}", "ejected")
             )
         wait_until = None
         for ep, st in cooling:
-            excluded.append(Exclusion(ep, f"cooling down for {st.quota.until - now:.1f}s more: {st.quota.reason}"))
+            excluded.append(
+                Exclusion(ep, f"cooling down for {st.quota.until - now:.1f}s more: {st.quota.reason}", "cooling")
+            )
         if not usable and not readmitted and cooling:
             wait_until = min(st.quota.until for _, st in cooling)
 
@@ -282,6 +288,7 @@ class Router:
         cands = self._rank(cands, seed)
         tail = [self._candidate(ep, st, now, constraints, input_tokens, max_tokens) for ep, st in readmitted]
         for c in tail:
+            c.readmitted = True
             c.note = "panic: least-bad ejected endpoint" if panic else "re-admitted (ejection cap)"
         return Plan(model, p.strategy, cands + tail, excluded, constraints, wait_until, panic, notes)
 
@@ -332,7 +339,8 @@ class Router:
         best = cands[0].score
         if s == "balanced":
             limit = p.slo_ms if p.slo_ms is not None else best * (1.0 + p.slack) + p.slack_ms
-            near = [c for c in cands if c.score <= limit]
+            # With an SLO nobody meets, the fastest is the only one "near" itself.
+            near = [c for c in cands if c.score <= limit] or cands[:1]
             rest = cands[len(near) :]
             near.sort(key=lambda c: (math.inf if c.cost_usd is None else c.cost_usd, c.score))
             window = f"SLO {p.slo_ms:.0f} ms" if p.slo_ms is not None else f"{limit:.0f} ms of the fastest"

@@ -45,9 +45,11 @@ class EventSplitter:
         self._buf = b""
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        if b"\r" in chunk:
-            chunk = chunk.replace(b"\r\n", b"\n")
         buf = self._buf + chunk if self._buf else chunk
+        if b"\r" in buf:
+            # Normalise after joining: a CRLF may be split across two chunks. A lone
+            # trailing CR stays pending until the next chunk says what it is.
+            buf = buf.replace(b"\r\n", b"\n")
         end = buf.rfind(b"\n\n")
         if end < 0:
             self._buf = buf

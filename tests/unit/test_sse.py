@@ -1,0 +1,271 @@
+"""Server-sent events: splitting a byte stream into events, and what each event means."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from llm_multicloud.sse import EventKind, EventSplitter, classify, data_of, looks_like_json_object, text_of
+
+
+def chunk(delta: dict[str, Any] | None = None, finish: str | None = None, **top: Any) -> bytes:
+    obj: dict[str, Any] = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish}],
+        **top,
+    }
+    return f"data: {json.dumps(obj)}\n\n".encode()
+
+
+ROLE = chunk({"role": "assistant", "content": ""})
+HELLO = chunk({"content": "Hel"})
+LO = chunk({"content": "lo"})
+STOP = chunk({}, "stop")
+USAGE = b'data: {"id":"c1","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}\n\n'
+DONE = b"data: [DONE]\n\n"
+STREAM = [ROLE, HELLO, LO, STOP, USAGE, DONE]
+
+
+def kind(event: bytes) -> EventKind:
+    return classify(data_of(event))[0]
+
+
+# --------------------------------------------------------------------------- splitting
+
+
+def test_one_event_per_feed() -> None:
+    s = EventSplitter()
+    assert [s.feed(e) for e in STREAM] == [[e] for e in STREAM]
+    assert s.pending == b""
+
+
+def test_multiple_events_in_one_chunk() -> None:
+    s = EventSplitter()
+    assert s.feed(b"".join(STREAM)) == STREAM
+    assert s.pending == b""
+
+
+def test_event_split_over_chunks_and_pending_bytes() -> None:
+    s = EventSplitter()
+    assert s.feed(HELLO[:7]) == []
+    assert s.pending == HELLO[:7]
+    assert s.feed(HELLO[7:-1]) == []  # everything but the final newline
+    assert s.feed(HELLO[-1:] + LO[:5]) == [HELLO]
+    assert s.pending == LO[:5]  # a truncated stream leaves bytes pending
+    assert s.feed(LO[5:]) == [LO]
+    assert s.pending == b""
+
+
+def test_crlf_line_endings_are_normalised() -> None:
+    s = EventSplitter()
+    raw = b'data: {"a":1}\r\n\r\ndata: [DONE]\r\n\r\n'
+    assert s.feed(raw) == [b'data: {"a":1}\n\n', DONE]
+    assert s.pending == b""
+
+
+def test_crlf_event_split_between_events() -> None:
+    s = EventSplitter()
+    assert s.feed(b"data: x\r\n") == []
+    assert s.feed(b"\r\ndata: y\r\n\r\n") == [b"data: x\n\n", b"data: y\n\n"]
+
+
+def test_crlf_split_inside_the_line_ending() -> None:
+    s = EventSplitter()
+    out = s.feed(b"data: x\r\n\r") + s.feed(b"\ndata: y\r\n\r\n")
+    assert out == [b"data: x\n\n", b"data: y\n\n"]
+
+
+def test_comments_and_keepalives_are_events_of_kind_other() -> None:
+    s = EventSplitter()
+    events = s.feed(b": keep-alive\n\n" + HELLO)
+    assert events == [b": keep-alive\n\n", HELLO]
+    assert data_of(events[0]) is None
+    assert kind(events[0]) is EventKind.OTHER
+
+
+def _splits(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    out, prev = [], 0
+    for p in points:
+        out.append(data[prev:p])
+        prev = p
+    out.append(data[prev:])
+    return out
+
+
+def _split_all(chunks: list[bytes]) -> tuple[list[bytes], bytes]:
+    s = EventSplitter()
+    events: list[bytes] = []
+    for c in chunks:
+        events.extend(s.feed(c))
+    return events, s.pending
+
+
+_texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=20)
+_event = st.one_of(
+    _texts.map(lambda t: chunk({"content": t})),
+    st.just(ROLE),
+    st.just(STOP),
+    st.just(USAGE),
+    st.just(b": ping\n\n"),
+    st.lists(st.text(alphabet='abc{}"', max_size=6), min_size=2, max_size=3).map(
+        lambda lines: b"".join(b"data: " + ln.encode() + b"\n" for ln in lines) + b"\n"
+    ),
+    st.just(b'event: error\ndata: {"error": {"message": "x"}}\n\n'),
+)
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(events=st.lists(_event, max_size=12), cuts=st.lists(st.integers(0, 10_000), max_size=20))
+def test_any_split_yields_the_same_events(events: list[bytes], cuts: list[int]) -> None:
+    stream = b"".join(events) + DONE
+    whole, _ = _split_all([stream])
+    assert whole == [*events, DONE]
+    split, pending = _split_all(_splits(stream, cuts))
+    assert split == whole
+    assert pending == b""
+    # byte-for-byte pass-through: re-joining the events gives the stream back
+    assert b"".join(split) == stream
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(events=st.lists(_event, min_size=1, max_size=8), cut=st.integers(1, 10_000))
+def test_truncated_stream_leaves_pending_bytes(events: list[bytes], cut: int) -> None:
+    stream = b"".join(events)
+    cut = cut % len(stream)
+    if cut == 0:
+        cut = 1
+    head = stream[:-cut]
+    got, pending = _split_all([head])
+    complete = []
+    size = 0
+    for e in events:
+        if size + len(e) <= len(head):
+            complete.append(e)
+            size += len(e)
+        else:
+            break
+    assert got == complete
+    assert pending == head[size:]
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(events=st.lists(_event, min_size=1, max_size=8), cuts=st.lists(st.integers(0, 10_000), max_size=20))
+@example(events=[HELLO, LO], cuts=[len(HELLO.replace(b"\n", b"\r\n")) - 1])
+def test_any_split_of_a_crlf_stream_yields_the_same_events(events: list[bytes], cuts: list[int]) -> None:
+    stream = b"".join(events).replace(b"\n", b"\r\n")
+    split, pending = _split_all(_splits(stream, cuts))
+    assert split == events
+    assert pending == b""
+
+
+# --------------------------------------------------------------------------- data_of
+
+
+def test_data_of_single_and_multi_line() -> None:
+    assert data_of(b"data: hello\n\n") == b"hello"
+    assert data_of(b"data:hello\n\n") == b"hello"  # the space after the colon is optional
+    assert data_of(b"data:  two spaces\n\n") == b" two spaces"  # only one space is stripped
+    assert data_of(b"data: a\ndata: b\n\n") == b"a\nb"
+    assert data_of(b"event: x\nid: 3\ndata: {}\n\n") == b"{}"
+    assert data_of(b": comment\n\n") is None
+    assert data_of(b"event: ping\n\n") is None
+
+
+# --------------------------------------------------------------------------- classify
+
+
+def test_role_only_chunk_is_preamble() -> None:
+    assert kind(ROLE) is EventKind.PREAMBLE
+    assert kind(chunk({})) is EventKind.PREAMBLE  # empty delta, no finish reason
+    assert kind(chunk({"content": None})) is EventKind.PREAMBLE
+
+
+def test_content_chunk_is_content() -> None:
+    k, obj = classify(data_of(HELLO))
+    assert k is EventKind.CONTENT
+    assert obj is not None and obj["choices"][0]["delta"]["content"] == "Hel"
+    assert kind(chunk({"content": " "})) is EventKind.CONTENT  # a space is a token
+
+
+def test_tool_calls_chunk_is_content() -> None:
+    tc = [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": ""}}]
+    assert kind(chunk({"role": "assistant", "tool_calls": tc})) is EventKind.CONTENT
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "refusal"])
+def test_reasoning_and_refusal_are_content(field: str) -> None:
+    assert kind(chunk({field: "thinking"})) is EventKind.CONTENT
+
+
+def test_finish_reason_is_content() -> None:
+    assert kind(STOP) is EventKind.CONTENT
+    assert kind(chunk({}, "length")) is EventKind.CONTENT
+
+
+def test_legacy_completion_text_is_content() -> None:
+    assert kind(b'data: {"choices":[{"text":"hi","index":0,"finish_reason":null}]}\n\n') is EventKind.CONTENT
+    assert kind(b'data: {"choices":[{"text":"","index":0,"finish_reason":null}]}\n\n') is EventKind.PREAMBLE
+
+
+def test_done() -> None:
+    assert classify(data_of(DONE)) == (EventKind.DONE, None)
+    assert classify(b" [DONE] ")[0] is EventKind.DONE
+
+
+def test_usage_only_chunk_is_usage() -> None:
+    k, obj = classify(data_of(USAGE))
+    assert k is EventKind.USAGE
+    assert obj is not None and obj["usage"]["total_tokens"] == 5
+    assert classify(b'{"usage": {"total_tokens": 1}}')[0] is EventKind.USAGE  # no choices key at all
+
+
+def test_usage_on_a_content_chunk_is_content() -> None:
+    k, _ = classify(data_of(chunk({"content": "x"}, usage={"total_tokens": 1})))
+    assert k is EventKind.CONTENT
+
+
+def test_error_event() -> None:
+    k, obj = classify(b'{"error": {"message": "overloaded", "code": 503}}')
+    assert k is EventKind.ERROR
+    assert obj is not None and obj["error"]["message"] == "overloaded"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"{not json", b"[1, 2]", b'"a string"', b"42", b"", b'{"choices": ["not a dict"]}'],
+)
+def test_malformed(data: bytes) -> None:
+    assert classify(data)[0] is EventKind.MALFORMED
+
+
+def test_no_data_is_other() -> None:
+    assert classify(None) == (EventKind.OTHER, None)
+
+
+def test_looks_like_json_object() -> None:
+    assert looks_like_json_object(b' {"a": 1} ')
+    assert looks_like_json_object(b"[DONE]")
+    assert not looks_like_json_object(b'{"a": 1')
+    assert not looks_like_json_object(b"oops")
+
+
+# --------------------------------------------------------------------------- text_of
+
+
+def test_text_of_concatenates_content_only() -> None:
+    events = [ROLE, HELLO, b": ping\n\n", LO, chunk({"content": " wörld ✓"}), STOP, USAGE, DONE]
+    assert text_of(events) == "Hello wörld ✓"
+
+
+def test_text_of_legacy_completions_and_tool_calls() -> None:
+    legacy = b'data: {"choices":[{"text":"abc","index":0}]}\n\n'
+    tool = chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]})
+    assert text_of([legacy, tool, legacy]) == "abcabc"
+    assert text_of([]) == ""
+    assert text_of([b"data: {broken\n\n"]) == ""
