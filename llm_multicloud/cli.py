@@ -22,6 +22,13 @@ from .errors import LLMMulticloudError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["fleet"]:
+        # Hand everything after "fleet" to the fleet's own parser (it has options
+        # such as --demo that argparse.REMAINDER would not pass through).
+        from .fleet.cli import main as fleet_main
+
+        return fleet_main(args_list[1:])
     p = argparse.ArgumentParser(prog="llm-multicloud", description=__doc__.split("\n\n")[0] if __doc__ else None)
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="simulated three-cloud fleet on loopback: routing, residency, failover")
@@ -42,16 +49,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--json", action="store_true")
     v = sub.add_parser("validate", help="validate a catalog")
     v.add_argument("catalog")
-    args = p.parse_args(argv)
+    args = p.parse_args(args_list)
     try:
         if args.cmd == "demo":
             from .demo import run_demo
 
             return run_demo(requests=args.requests)
-        if args.cmd == "fleet":
-            from .fleet.cli import main as fleet_main
-
-            return fleet_main(args.rest)
         if args.cmd == "explain":
             return _explain(args)
         if args.cmd == "status":

@@ -31,6 +31,7 @@ attempt re-checks compliance right before its first byte is sent.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import time
@@ -51,6 +52,8 @@ from .intent import Intent
 from .policy import Policy, Timeouts
 from .router import Candidate, Plan, Router, complies
 from .upstream import Upstream, UpstreamError, UpstreamResponse
+
+log = logging.getLogger("llm_multicloud.executor")
 
 # Response headers that describe the upstream connection, not the answer: dropped
 # (bodies are handed over decoded and re-framed by the caller's HTTP library).
@@ -91,6 +94,61 @@ class AttemptRecord:
     duration_ms: float
     cost_usd: float
     cost_estimated: bool
+    server_address: str = ""
+    server_port: int = 0
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    start_unix_nano: int = 0
+    end_unix_nano: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One logical request, end to end (given to request hooks; telemetry builds its
+    spans and metrics from it). Emitted once, when the answer is complete: for a
+    stream, at its end (or break)."""
+
+    request_id: str
+    operation: str  # chat | text_completion | embeddings | responses | ...
+    model: str  # the logical model the caller asked for
+    stream: bool
+    outcome: str  # ok | request_error | failed | timeout | interrupted | closed_by_caller | cancelled
+    status: int | None
+    error_type: str | None
+    endpoint: str | None  # who served (None: nobody)
+    provider: str | None
+    region: str | None
+    response_model: str | None  # the served model name of the endpoint that answered
+    server_address: str | None
+    server_port: int | None
+    residency: str
+    hedged: bool
+    attempts: tuple[AttemptRecord, ...]
+    start_unix_nano: int
+    end_unix_nano: int
+    ttft_ms: float | None  # from the request's start to the first content
+    input_tokens: int | None
+    output_tokens: int | None
+    cost_usd: float
+    cost_estimated: bool
+
+
+class _Request:
+    """Book-keeping of one logical request across its attempts and rounds."""
+
+    __slots__ = ("attempts", "done", "hedged", "intent", "records", "t0", "wall0")
+
+    def __init__(self, intent: Intent, t0: float) -> None:
+        self.intent = intent
+        self.t0 = t0
+        self.wall0 = time.time_ns()
+        self.attempts: list[_Attempt] = []
+        self.records: list[AttemptRecord] = []
+        self.hedged = False
+        self.done = False
+
+    def wall(self, t: float) -> int:
+        return self.wall0 + int((t - self.t0) * 1e9)
 
 
 class _Attempt:
@@ -153,6 +211,7 @@ class Result:
 
 
 Hook = Callable[[AttemptRecord], None]
+RequestHook = Callable[[RequestRecord], None]
 
 
 class Executor:
@@ -166,6 +225,7 @@ class Executor:
         health: Health,
         *,
         hooks: list[Hook],
+        request_hooks: list[RequestHook] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.catalog = catalog
@@ -173,6 +233,7 @@ class Executor:
         self.router = router
         self.health = health
         self.hooks = hooks
+        self.request_hooks: list[RequestHook] = request_hooks if request_hooks is not None else []
         self.clock = clock
         self._secrets = catalog.secrets()
         r = policy.retry
@@ -217,6 +278,23 @@ class Executor:
             )
         clock = self.clock
         start = clock()
+        req = _Request(intent, start)
+        try:
+            return await self._execute(req, upstream)
+        except RoutingError as err:
+            self._request_done(req, None, "failed" if req.attempts else "request_error", err.status, err.code)
+            raise
+        except DeadlineExceeded:
+            self._request_done(req, None, "timeout", None, "timeout")
+            raise
+        except BaseException:
+            self._request_done(req, None, "cancelled", None, "cancelled")
+            raise
+
+    async def _execute(self, req: _Request, upstream: Upstream) -> Result:
+        clock = self.clock
+        intent = req.intent
+        start = req.t0
         total = min(intent.timeout_s or math.inf, self.policy.timeouts.total_s or math.inf)
         deadline = start + (total if math.isfinite(total) else 600.0)
         self.retry_budget.deposit()
@@ -237,7 +315,7 @@ class Executor:
                     continue
                 break
             try:
-                return await self._race(intent, plan, upstream, start, deadline, attempts_left)
+                return await self._race(req, plan, upstream, deadline, attempts_left)
             except _AllFailed as exc:
                 failures.extend(exc.failures)
                 attempts_left -= len(exc.failures)
@@ -253,20 +331,19 @@ class Executor:
         code = "all_attempts_failed" if failures else "no_endpoint_available"
         raise RoutingError(503, code, self._unavailable(plan, failures, deadline, note))
 
-    async def _race(
-        self, intent: Intent, plan: Plan, upstream: Upstream, start: float, deadline: float, attempts: int
-    ) -> Result:
+    async def _race(self, req: _Request, plan: Plan, upstream: Upstream, deadline: float, attempts: int) -> Result:
+        intent = req.intent
+        start = req.t0
         clock = self.clock
         policy = self.policy
         send, recv = anyio.create_memory_object_stream[_Attempt](max_buffer_size=64)
         tried: set[int] = set()
         in_flight: list[_Attempt] = []
         failures: list[_Attempt] = []
-        everyone: list[_Attempt] = []
+        everyone = req.attempts
         winner: _Attempt | None = None
         retries_left = attempts - 1
         budget_refused = False
-        hedged = False
         # Revisiting an endpoint within one request is allowed only when it is the one
         # compliant endpoint there is (then retrying is the only way to ride out a blip).
         only_one = len(plan.candidates) == 1 and not any(x.kind in ("ejected", "cooling") for x in plan.excluded)
@@ -312,73 +389,86 @@ class Executor:
             tg.start_soon(self._attempt, a, intent, upstream, send.clone(), deadline)
             return a
 
-        async with anyio.create_task_group() as tg:
-            first = launch(tg, "primary")
-            if first is None:
-                tg.cancel_scope.cancel()
-            else:
-                next_hedge = self._hedge_at(first, plan, intent)
-                while in_flight:
-                    wake = min(next_hedge, deadline)
-                    a = None
-                    with anyio.move_on_after(max(wake - clock(), 0.0)):
-                        a = await recv.receive()
-                    if a is None:
-                        if clock() >= deadline:
+        try:
+            async with anyio.create_task_group() as tg:
+                first = launch(tg, "primary")
+                if first is None:
+                    tg.cancel_scope.cancel()
+                else:
+                    next_hedge = self._hedge_at(first, plan, intent)
+                    while in_flight:
+                        wake = min(next_hedge, deadline)
+                        a = None
+                        with anyio.move_on_after(max(wake - clock(), 0.0)):
+                            a = await recv.receive()
+                        if a is None:
+                            if clock() >= deadline:
+                                break
+                            next_hedge = math.inf
+                            if (
+                                len(in_flight) < policy.hedge.max_in_flight
+                                and not self._saturated(plan)
+                                and self.hedge_budget.try_withdraw()
+                            ):
+                                h = launch(tg, "hedge")
+                                if h is not None:
+                                    req.hedged = True
+                                    next_hedge = self._hedge_at(h, plan, intent)
+                            continue
+                        in_flight.remove(a)
+                        if a.fault is None or a.fault is FaultKind.REQUEST:
+                            winner = a
                             break
-                        next_hedge = math.inf
-                        if (
-                            len(in_flight) < policy.hedge.max_in_flight
-                            and not self._saturated(plan)
-                            and self.hedge_budget.try_withdraw()
-                        ):
-                            h = launch(tg, "hedge")
-                            if h is not None:
-                                hedged = True
-                                next_hedge = self._hedge_at(h, plan, intent)
-                        continue
-                    in_flight.remove(a)
-                    if a.fault is None or a.fault is FaultKind.REQUEST:
-                        winner = a
+                        failures.append(a)
+                        self._penalize(a)
+                        self._finish_attempt(a, req, "failed")
+                        if retries_left > 0 and clock() < deadline:
+                            if self.retry_budget.try_withdraw():
+                                r = launch(tg, "retry", a)
+                                if r is not None:
+                                    retries_left -= 1
+                                    if next_hedge == math.inf and len(in_flight) == 1:
+                                        next_hedge = self._hedge_at(r, plan, intent)
+                            else:
+                                budget_refused = True
+                    tg.cancel_scope.cancel()
+        except BaseException:
+            # The caller went away (cancellation) or something broke: nothing wins.
+            if winner is not None:
+                in_flight.append(winner)
+                winner = None
+            raise
+        finally:
+            # Attempts that became ready but lost the race, or were cancelled, are closed
+            # and accounted for: no slot, task or connection outlives the request.
+            with anyio.CancelScope(shield=True):
+                send.close()
+                while True:
+                    try:
+                        late = recv.receive_nowait()
+                    except (anyio.WouldBlock, anyio.EndOfStream):
                         break
-                    failures.append(a)
-                    self._penalize(a)
-                    self._finish_attempt(a, intent, "failed")
-                    if retries_left > 0 and clock() < deadline:
-                        if self.retry_budget.try_withdraw():
-                            r = launch(tg, "retry", a)
-                            if r is not None:
-                                retries_left -= 1
-                                if next_hedge == math.inf and len(in_flight) == 1:
-                                    next_hedge = self._hedge_at(r, plan, intent)
-                        else:
-                            budget_refused = True
-                tg.cancel_scope.cancel()
-        # Attempts that became ready but lost the race (or were cancelled) are closed.
-        send.close()
-        while True:
-            try:
-                late = recv.receive_nowait()
-            except (anyio.WouldBlock, anyio.EndOfStream):
-                break
-            if late is not winner and late in in_flight:
-                in_flight.remove(late)
-                if late.resp is not None:
-                    await late.resp.aclose()
-                self._finish_attempt(late, intent, "cancelled")
-        for a in in_flight:
-            # Cancelled mid-flight: what we know of its TTFT is a lower bound.
-            if a is not winner:
-                if a.ttft is None:
-                    a.st.observe_ttft((clock() - a.t0) * 1000.0, clock(), censored=True)
-                self._finish_attempt(a, intent, "cancelled")
-        recv.close()
+                    if late is not winner and late in in_flight:
+                        in_flight.remove(late)
+                        if late.resp is not None:
+                            await late.resp.aclose()
+                        self._finish_attempt(late, req, "cancelled")
+                for a in in_flight:
+                    if a is winner:
+                        continue
+                    if a.resp is not None:
+                        await a.resp.aclose()
+                    if a.ttft is None:
+                        # Cancelled before its first token: a lower bound of its TTFT.
+                        a.st.observe_ttft((clock() - a.t0) * 1000.0, clock(), censored=True)
+                    self._finish_attempt(a, req, "cancelled")
+                recv.close()
         if winner is None:
             if everyone and clock() >= deadline and not failures:
                 raise DeadlineExceeded(f"no endpoint answered within the deadline ({deadline - start:.1f}s)")
             note = "retry budget exhausted (a wide outage must not multiply load)" if budget_refused else None
             raise _AllFailed(failures, note)
-        return self._commit(winner, intent, everyone, hedged)
+        return self._commit(winner, req)
 
     # -- one attempt --------------------------------------------------------------
     async def _attempt(
@@ -478,24 +568,17 @@ class Executor:
         elif a.fault is FaultKind.ENDPOINT:
             self.health.endpoint_fault(st, a.reason or "endpoint fault")
 
-    def _finish_attempt(
-        self,
-        a: _Attempt,
-        intent: Intent,
-        outcome: str,
-        *,
-        usage: dict[str, Any] | None = None,
-        delivered_tokens: int = 0,
-    ) -> None:
+    def _finish_attempt(self, a: _Attempt, req: _Request, outcome: str, *, delivered_tokens: int = 0) -> None:
         """Release the attempt's slot, account its cost, tell the hooks. Called once per attempt."""
+        intent = req.intent
         a.st.release(a.permit)
-        cost, estimated = self._cost(a, intent, usage or a.usage, outcome, delivered_tokens)
+        cost, estimated = self._cost(a, intent, a.usage, outcome, delivered_tokens)
         a.st.cost_usd += cost
         a.st.cost_estimated = a.st.cost_estimated or (estimated and cost > 0)
         if outcome == "cancelled":
             a.st.wasted += 1
-        if not self.hooks:
-            return
+        u = a.usage or {}
+        now = self.clock()
         rec = AttemptRecord(
             request_id=intent.request_id,
             attempt=a.n,
@@ -509,17 +592,65 @@ class Executor:
             status=a.status,
             reason=a.reason,
             ttft_ms=None if a.ttft is None else a.ttft * 1000.0,
-            duration_ms=(self.clock() - a.t0) * 1000.0,
+            duration_ms=(now - a.t0) * 1000.0,
             cost_usd=cost,
             cost_estimated=estimated,
+            server_address=a.ep.host,
+            server_port=a.ep.port,
+            input_tokens=_int(u.get("prompt_tokens", u.get("input_tokens"))),
+            output_tokens=_int(u.get("completion_tokens", u.get("output_tokens"))),
+            start_unix_nano=req.wall(a.t0),
+            end_unix_nano=req.wall(now),
         )
+        req.records.append(rec)
         for hook in list(self.hooks):
             try:
                 hook(rec)
             except Exception:  # a broken hook must not break a request
-                import logging
+                log.exception("attempt hook failed")
 
-                logging.getLogger("llm_multicloud").exception("attempt hook failed")
+    def _request_done(
+        self, req: _Request, w: _Attempt | None, outcome: str, status: int | None, error_type: str | None
+    ) -> None:
+        """Emit the request's record (once) to the request hooks (telemetry)."""
+        if req.done:
+            return
+        req.done = True
+        if not self.request_hooks:
+            return
+        intent = req.intent
+        ep = w.ep if w is not None else None
+        u = (w.usage if w is not None else None) or {}
+        rec = RequestRecord(
+            request_id=intent.request_id,
+            operation=intent.operation,
+            model=intent.model or "",
+            stream=intent.stream,
+            outcome=outcome,
+            status=status,
+            error_type=error_type,
+            endpoint=ep.id if ep else None,
+            provider=ep.provider if ep else None,
+            region=ep.region if ep else None,
+            response_model=ep.models.get(intent.model or "") if ep else None,
+            server_address=ep.host if ep else None,
+            server_port=ep.port if ep else None,
+            residency=intent.constraints.residency_label or "any",
+            hedged=req.hedged,
+            attempts=tuple(req.records),
+            start_unix_nano=req.wall0,
+            end_unix_nano=req.wall(self.clock()),
+            ttft_ms=None if w is None or w.ready_at is None or not intent.stream else (w.ready_at - req.t0) * 1000.0,
+            input_tokens=_int(u.get("prompt_tokens", u.get("input_tokens"))),
+            output_tokens=_int(u.get("completion_tokens", u.get("output_tokens"))),
+            cost_usd=sum(r.cost_usd for r in req.records),
+            cost_estimated=any(r.cost_estimated and r.cost_usd > 0 for r in req.records),
+        )
+        for hook in list(self.request_hooks):
+            try:
+                hook(rec)
+            except Exception:  # a broken hook must not break a request
+                log.exception("request hook failed")
 
     def _cost(
         self, a: _Attempt, intent: Intent, usage: dict[str, Any] | None, outcome: str, delivered_tokens: int
@@ -532,10 +663,8 @@ class Executor:
             out = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
             details = usage.get("prompt_tokens_details") or {}
             cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
-            inp_st = usage
-            if isinstance(inp_st, dict):
-                a.st.input_tokens += inp
-                a.st.output_tokens += out
+            a.st.input_tokens += inp
+            a.st.output_tokens += out
             return ((inp - cached) * price[0] + cached * price[2] + out * price[1]) / 1e6, False
         if outcome == "failed" and a.fault is not FaultKind.ENDPOINT:
             return 0.0, False  # refused (429/401/403): not billed
@@ -544,36 +673,39 @@ class Executor:
         # Cancelled hedge losers and interrupted streams: the prompt was processed.
         return (intent.input_tokens * price[0] + delivered_tokens * price[1]) / 1e6, True
 
-    def _commit(self, w: _Attempt, intent: Intent, everyone: list[_Attempt], hedged: bool) -> Result:
+    def _commit(self, w: _Attempt, req: _Request) -> Result:
+        intent = req.intent
         now = self.clock()
         st = w.st
+        headers = [(k, v) for k, v in w.headers if k not in _HOP]
+        meta = self._meta(w, req)
         if w.fault is FaultKind.REQUEST:
-            self._finish_attempt(w, intent, "request_error")
-            headers = [(k, v) for k, v in w.headers if k not in _HOP]
-            return Result(w.status or 400, headers + self._meta(w, everyone, hedged), w.body or b"", None)
+            self._finish_attempt(w, req, "request_error")
+            self._request_done(req, w, "request_error", w.status, f"http_{w.status}")
+            return Result(w.status or 400, headers + meta, w.body or b"", None)
         if w.ttft is not None:
             st.observe_ttft(w.ttft * 1000.0, now)
         if w.kind == "hedge":
             st.hedge_wins += 1
-        headers = [(k, v) for k, v in w.headers if k not in _HOP]
-        meta = self._meta(w, everyone, hedged)
         if not intent.stream:
             self.health.success(st, trial=w.trial)
             st.observe_stream((now - w.t0) * 1000.0, int((w.usage or {}).get("completion_tokens") or 0), None)
-            cost_before = st.cost_usd
-            self._finish_attempt(w, intent, "won")
-            meta.append(("x-llm-multicloud-cost-usd", f"{st.cost_usd - cost_before:.8f}"))
+            self._finish_attempt(w, req, "won")
+            cost = sum(r.cost_usd for r in req.records)
+            meta.append(("x-llm-multicloud-cost-usd", f"{cost:.8f}"))
+            self._request_done(req, w, "ok", w.status, None)
             return Result(w.status or 200, headers + meta, w.body or b"", None)
         strip = not intent.wants_usage and intent.operation in ("chat", "text_completion")
-        return Result(w.status or 200, headers + meta, None, Passthrough(self, w, intent, strip))
+        return Result(w.status or 200, headers + meta, None, Passthrough(self, w, req, strip))
 
-    def _meta(self, w: _Attempt, everyone: list[_Attempt], hedged: bool) -> list[tuple[str, str]]:
+    def _meta(self, w: _Attempt, req: _Request) -> list[tuple[str, str]]:
         return [
             ("x-llm-multicloud-endpoint", w.ep.id),
             ("x-llm-multicloud-provider", w.ep.provider),
             ("x-llm-multicloud-region", w.ep.region),
-            ("x-llm-multicloud-attempts", str(len(everyone))),
-            ("x-llm-multicloud-hedged", "true" if hedged else "false"),
+            ("x-llm-multicloud-attempts", str(len(req.attempts))),
+            ("x-llm-multicloud-hedged", "true" if req.hedged else "false"),
+            ("x-llm-multicloud-request-id", req.intent.request_id),
             ("x-llm-multicloud-winner", f"{w.n}:{w.kind}"),
         ]
 
@@ -641,9 +773,11 @@ class Passthrough:
     the upstream connection.
     """
 
-    def __init__(self, ex: Executor, a: _Attempt, intent: Intent, strip_usage: bool) -> None:
+    def __init__(self, ex: Executor, a: _Attempt, req: _Request, strip_usage: bool) -> None:
+        intent = req.intent
         self._ex = ex
         self._a = a
+        self._req = req
         self._intent = intent
         self._strip = strip_usage
         self._pending: list[bytes] = a.buffered
@@ -717,7 +851,14 @@ class Passthrough:
             ex.health.success(a.st, trial=a.trial)
             out_tokens = int((a.usage or {}).get("completion_tokens") or len(self._delivered))
             a.st.observe_stream((ex.clock() - a.t0) * 1000.0, out_tokens, None if a.ttft is None else a.ttft * 1000.0)
-        ex._finish_attempt(a, self._intent, outcome, delivered_tokens=len(self._delivered))
+        ex._finish_attempt(a, self._req, outcome, delivered_tokens=len(self._delivered))
+        ex._request_done(
+            self._req,
+            a,
+            "ok" if outcome == "won" else outcome,
+            a.status,
+            "stream_interrupted" if outcome == "interrupted" else None,
+        )
 
     async def _fail(self, reason: str) -> None:
         a = self._a
@@ -769,6 +910,10 @@ def parse_retry_after(headers: list[tuple[str, str]], now_wall: float | None = N
         return None
     now = time.time() if now_wall is None else now_wall
     return max(when.timestamp() - now, 0.0)
+
+
+def _int(v: Any) -> int | None:
+    return v if isinstance(v, int) else None
 
 
 def _error_message(body: bytes) -> str:
