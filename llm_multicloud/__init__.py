@@ -29,6 +29,7 @@ _EXPORTS = {
     "Constraints": "context",
     "Plan": "router",
     "AttemptRecord": "executor",
+    "RequestRecord": "executor",
     "Transition": "health",
     "LLMMulticloudError": "errors",
     "CatalogError": "errors",
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
     from .errors import RoutingError as RoutingError
     from .errors import StreamInterrupted as StreamInterrupted
     from .executor import AttemptRecord as AttemptRecord
+    from .executor import RequestRecord as RequestRecord
     from .health import Transition as Transition
     from .policy import Policy as Policy
     from .router import Plan as Plan

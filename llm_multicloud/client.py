@@ -30,7 +30,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from .catalog import Catalog
 from .context import UNCONSTRAINED, Constraints
-from .executor import AttemptRecord, Executor
+from .executor import AttemptRecord, Executor, RequestRecord
 from .health import Health, Transition
 from .policy import Policy
 from .router import Plan, Router
@@ -57,7 +57,9 @@ class MultiCloud:
         policy: Mapping[str, Any] | Policy | None = None,
         *,
         on_attempt: Callable[[AttemptRecord], None] | None = None,
+        on_request: Callable[[RequestRecord], None] | None = None,
         on_transition: Callable[[Transition], None] | None = None,
+        telemetry: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.catalog = Catalog.load(catalog)
@@ -66,9 +68,28 @@ class MultiCloud:
         self.router = Router(self.catalog, self.policy)
         self.health = Health(self.catalog, self.policy, clock=clock)
         self.hooks: list[Callable[[AttemptRecord], None]] = [on_attempt] if on_attempt else []
+        self.request_hooks: list[Callable[[RequestRecord], None]] = [on_request] if on_request else []
         if on_transition:
             self.health.listeners.append(on_transition)
-        self.executor = Executor(self.catalog, self.policy, self.router, self.health, hooks=self.hooks, clock=clock)
+        if telemetry:
+            # OpenTelemetry API only: without an SDK installed and configured, the
+            # tracer and meter are no-ops and this costs one check per request.
+            from .telemetry import Telemetry
+
+            self.telemetry: Telemetry | None = Telemetry()
+            self.request_hooks.append(self.telemetry.on_request)
+            self.health.listeners.append(self.telemetry.on_transition)
+        else:
+            self.telemetry = None
+        self.executor = Executor(
+            self.catalog,
+            self.policy,
+            self.router,
+            self.health,
+            hooks=self.hooks,
+            request_hooks=self.request_hooks,
+            clock=clock,
+        )
         self._lock = threading.Lock()
         self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
         self._portal_obj: BlockingPortal | None = None
