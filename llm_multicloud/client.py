@@ -95,6 +95,7 @@ class MultiCloud:
         self._portal_obj: BlockingPortal | None = None
         self._closed = False
         self._prober: Any = None
+        self._shared: Any = None
 
     # -- wrapping -------------------------------------------------------------------
     def wrap(self, client: T) -> T:
@@ -135,6 +136,7 @@ class MultiCloud:
             "endpoints": eps,
             "totals": totals,
             "cost_usd": round(sum(e["cost_usd"] for e in eps), 8),
+            "shared_state": self._shared.status() if self._shared is not None else {"backend": "memory"},
             "budgets": {
                 "retry_balance": round(self.executor.retry_budget.balance(), 2),
                 "hedge_balance": round(self.executor.hedge_budget.balance(), 2),
@@ -173,6 +175,7 @@ class MultiCloud:
                 self._portal_obj = cm.__enter__()
                 self._portal_cm = cm
                 self._start_probes(self._portal_obj)
+                self._start_shared(self._portal_obj)
             return self._portal_obj
 
     def _portal_alive(self) -> bool:
@@ -180,8 +183,22 @@ class MultiCloud:
 
     def _started(self) -> None:
         """Called on each async request: make sure background probes run (lazily)."""
-        if self._prober is None and not self._closed and self.policy.probe.enabled and _has_probe_targets(self):
+        if (
+            self._portal_obj is None
+            and not self._closed
+            and ((self.policy.probe.enabled and _has_probe_targets(self)) or self.policy.state.backend == "redis")
+        ):
             self._portal()
+
+    def _start_shared(self, portal: BlockingPortal) -> None:
+        """Shared health across replicas (Redis), if configured: a background task in
+        the same loop as the probes; the hot path never waits for Redis."""
+        if self.policy.state.backend != "redis":
+            return
+        from .shared import SharedState
+
+        self._shared = SharedState(self)
+        portal.start_task_soon(self._shared.run)
 
     def _start_probes(self, portal: BlockingPortal) -> None:
         if not self.policy.probe.enabled or not _has_probe_targets(self):
@@ -204,6 +221,8 @@ class MultiCloud:
         if cm is not None and portal is not None:
             if self._prober is not None:
                 portal.call(self._prober.stop)
+            if self._shared is not None:
+                portal.call(self._shared.stop)
             cm.__exit__(None, None, None)
 
     async def aclose(self) -> None:

@@ -104,6 +104,7 @@ class EndpointState:
         "output_tokens",
         "queue_waiting",
         "quota",
+        "remote_inflight",
         "requests",
         "retries",
         "rtt_ms",
@@ -134,6 +135,8 @@ class EndpointState:
         self._sorted: list[float] = []
         self._sorted_at = -1
         self.inflight = 0
+        #: in-flight requests of other replicas (shared state), for global limits
+        self.remote_inflight = 0
         self.queue_waiting = 0.0
         self.breaker: BreakerState = "closed"
         self.consecutive = 0
@@ -320,6 +323,7 @@ class EndpointState:
             "rtt_ms": _r(self.rtt_ms),
             "samples": self.ttft_samples,
             "in_flight": self.inflight,
+            "remote_in_flight": self.remote_inflight,
             "queue_waiting": self.queue_waiting,
             "requests": self.requests,
             "successes": self.successes,
@@ -386,6 +390,32 @@ class Health:
             st.last_error = reason
             if not was:
                 self.emit(Transition(st.endpoint.id, "closed", "cooling", reason, now, until))
+
+    def apply_remote_ejection(self, st: EndpointState, until: float, reason: str, ejections: int) -> None:
+        """Another replica ejected this endpoint until ``until`` (this process's monotonic
+        clock): adopt it if it ends later than what we know (forward-only)."""
+        now = self.clock()
+        if until <= now:
+            return
+        t = None
+        with st._lock:
+            if st.breaker == "open" and st.open_until >= until:
+                return
+            old = st.breaker
+            st.breaker = "open"
+            st.open_until = until
+            st.opened_at = st.opened_at if old == "open" else now
+            st.ejections = max(st.ejections, ejections)
+            st.last_error = f"shared: {reason}"
+            st.half_open_inflight = 0
+            if old != "open":
+                t = Transition(st.endpoint.id, old, "open", f"ejected by another replica: {reason}", now, until)
+        self.emit(t)
+
+    def apply_remote_cooldown(self, st: EndpointState, until: float, reason: str) -> None:
+        """Another replica saw a 429: cool this endpoint's quota domain until ``until``
+        (monotonic; forward-only, capped like a local cooldown)."""
+        self.cooldown(st, until - self.clock(), f"shared: {reason}")
 
     def set_model_presence(self, st: EndpointState, missing: frozenset[str]) -> None:
         if missing != st.missing_models:

@@ -95,6 +95,25 @@ class Timeouts(_Strict):
     total_s: float | None = Field(None, gt=0.0)
 
 
+class StatePolicy(_Strict):
+    """Where health state lives: in this process (default) or shared through Redis."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    #: redis://host:port/db (rediss:// for TLS); required for backend redis.
+    url: str | None = None
+    prefix: str = "llm_multicloud"
+    #: How often the shared view is pushed and pulled: the staleness bound.
+    refresh_s: float = Field(1.0, gt=0.0)
+    #: Timeout of each Redis operation; past it, this replica runs on local state.
+    timeout_s: float = Field(0.25, gt=0.0)
+
+    @model_validator(mode="after")
+    def _url(self) -> StatePolicy:
+        if self.backend == "redis" and not self.url:
+            raise ValueError("state.url is required with backend: redis (e.g. redis://127.0.0.1:6379/0)")
+        return self
+
+
 class Policy(_Strict):
     """Everything that decides how requests are routed."""
 
@@ -122,6 +141,7 @@ class Policy(_Strict):
     breaker: BreakerPolicy = BreakerPolicy()
     probe: ProbePolicy = ProbePolicy()
     timeouts: Timeouts = Timeouts()
+    state: StatePolicy = StatePolicy()
 
     @model_validator(mode="after")
     def _check(self) -> Policy:

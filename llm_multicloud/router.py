@@ -66,6 +66,8 @@ class EndpointView(Protocol):
     @property
     def inflight(self) -> int: ...
     @property
+    def remote_inflight(self) -> int: ...
+    @property
     def queue_waiting(self) -> float: ...
     @property
     def breaker(self) -> str: ...
@@ -239,6 +241,7 @@ class Router:
                 f"window of {model!r} ({window} tokens); shorten the prompt or lower max_tokens",
             )
         usable: list[tuple[Endpoint, EndpointView]] = []
+        full: list[tuple[Endpoint, EndpointView]] = []
         ejected: list[tuple[Endpoint, EndpointView]] = []
         cooling: list[tuple[Endpoint, EndpointView]] = []
         for ep in compliant:
@@ -249,10 +252,21 @@ class Router:
                 cooling.append((ep, st))
             elif st.breaker == "open" and st.open_until > now:
                 ejected.append((ep, st))
+            elif ep.max_concurrency is not None and st.inflight + st.remote_inflight >= ep.max_concurrency:
+                full.append((ep, st))
             else:
                 usable.append((ep, st))
         notes: list[str] = []
         readmitted: list[tuple[Endpoint, EndpointView]] = []
+        if full and not usable:
+            # Everything compliant and healthy is at its concurrency limit: trying one
+            # (its own queue or 429 will tell) beats failing outright.
+            usable, full = full, []
+            notes.append("every usable endpoint is at max_concurrency; trying them anyway")
+        for ep, st in full:
+            excluded.append(
+                Exclusion(ep, f"at max_concurrency ({st.inflight + st.remote_inflight}/{ep.max_concurrency})", "full")
+            )
         n_ok = len(usable) + len(ejected) + len(cooling)
         if ejected:
             ejected.sort(key=lambda es: es[1].open_until)

@@ -179,9 +179,7 @@ def start_fleet_process(
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(fleet_spec.model_dump_json())
     child_env = dict(os.environ if env is None else env)
-    child_env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(_PACKAGE_ROOT), child_env.get("PYTHONPATH", "")) if p
-    )
+    child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PACKAGE_ROOT), child_env.get("PYTHONPATH", "")) if p)
     child_env.setdefault("PYTHONUNBUFFERED", "1")
     cmd = [python or sys.executable, "-m", "llm_multicloud.fleet", path, "--json", "--exit-on-stdin-eof"]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=child_env)

@@ -697,15 +697,23 @@ class RegionRuntime:
     ) -> None:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
-            await self._reply(send, rec, 400, _error("`messages` must be a non-empty list of objects.",
-                                                     "invalid_request_error", None, "messages"))
+            await self._reply(
+                send,
+                rec,
+                400,
+                _error("`messages` must be a non-empty list of objects.", "invalid_request_error", None, "messages"),
+            )
             return
         limit = body.get("max_completion_tokens")
         if limit is None:
             limit = body.get("max_tokens")
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-            await self._reply(send, rec, 400, _error("`max_tokens` must be a positive integer.",
-                                                     "invalid_request_error", None, "max_tokens"))
+            await self._reply(
+                send,
+                rec,
+                400,
+                _error("`max_tokens` must be a positive integer.", "invalid_request_error", None, "max_tokens"),
+            )
             return
         n_tokens = min(limit, MAX_TOKENS) if limit is not None else DEFAULT_TOKENS
         finish_reason = "length" if limit is not None else "stop"
@@ -715,14 +723,30 @@ class RegionRuntime:
             # vLLM semantics: continuing the final assistant message is exclusive
             # with adding a generation prompt (whose default is true).
             if body.get("add_generation_prompt", True) is not False:
-                await self._reply(send, rec, 400, _error(
-                    "continue_final_message and add_generation_prompt cannot both be true.",
-                    "invalid_request_error", None, "continue_final_message"))
+                await self._reply(
+                    send,
+                    rec,
+                    400,
+                    _error(
+                        "continue_final_message and add_generation_prompt cannot both be true.",
+                        "invalid_request_error",
+                        None,
+                        "continue_final_message",
+                    ),
+                )
                 return
             if messages[-1].get("role") != "assistant":
-                await self._reply(send, rec, 400, _error(
-                    "continue_final_message requires the final message to be an assistant message.",
-                    "invalid_request_error", None, "messages"))
+                await self._reply(
+                    send,
+                    rec,
+                    400,
+                    _error(
+                        "continue_final_message requires the final message to be an assistant message.",
+                        "invalid_request_error",
+                        None,
+                        "messages",
+                    ),
+                )
                 return
             prefix = _content_text(messages[-1].get("content"))
         prompt_tokens = sum(_content_words(m.get("content")) for m in messages)
@@ -746,14 +770,25 @@ class RegionRuntime:
             start = sum(1 for w in prefix.split() if not (w.startswith("[") and w.endswith("]")))
             sep = "" if not prefix or prefix[-1].isspace() else " "
             pieces = [f"{sep}w{start}", *(f" w{i}" for i in range(start + 1, start + n_tokens))]
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n_tokens,
-                 "total_tokens": prompt_tokens + n_tokens}
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": n_tokens,
+            "total_tokens": prompt_tokens + n_tokens,
+        }
 
         if rec.stream:
             stream_options = body.get("stream_options")
             include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
-            gen = self._sse(served, model, pieces, finish_reason, usage if include_usage else None,
-                            ttft, latency.itl_ms / 1000.0, fault)
+            gen = self._sse(
+                served,
+                model,
+                pieces,
+                finish_reason,
+                usage if include_usage else None,
+                ttft,
+                latency.itl_ms / 1000.0,
+                fault,
+            )
             elapsed = time.monotonic() - rec.time
             response = _SSEResponse(gen, served, latency.headers_ms / 1000.0 - elapsed)
             rec.status = 200
@@ -772,12 +807,14 @@ class RegionRuntime:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": "".join(pieces)},
-                "logprobs": None,
-                "finish_reason": finish_reason,
-            }],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(pieces)},
+                    "logprobs": None,
+                    "finish_reason": finish_reason,
+                }
+            ],
             "usage": usage,
         }
         if fault is not None and fault.mode == "close_mid_stream":
@@ -842,8 +879,9 @@ class RegionRuntime:
             # Pieces are "w<i>", spaces and the region id (whose allowed
             # characters never need JSON escaping), so no json.dumps here.
             rec.chunks_sent += 1  # counted before the write: the client may look as soon as it has it
-            yield (head + b'"delta":{"content":"' + piece.encode()
-                   + b'"},"logprobs":null,"finish_reason":null}]' + tail)
+            yield (
+                head + b'"delta":{"content":"' + piece.encode() + b'"},"logprobs":null,"finish_reason":null}]' + tail
+            )
         if fault_at >= len(pieces):
             if mode == "close_mid_stream":
                 rec.fault = mode
@@ -854,8 +892,9 @@ class RegionRuntime:
             if mode == "malformed_sse":
                 rec.fault = mode
                 yield b"data: {not json\n\n"
-        yield (head + b'"delta":{},"logprobs":null,"finish_reason":' + json.dumps(finish_reason).encode()
-               + b"}]" + tail)
+        yield (
+            head + b'"delta":{},"logprobs":null,"finish_reason":' + json.dumps(finish_reason).encode() + b"}]" + tail
+        )
         if usage is not None:
             rec.usage = usage
             yield head[: head.index(b'"choices":[')] + b'"choices":[],"usage":' + _dumps(usage) + b"}\n\n"
@@ -880,8 +919,17 @@ class RegionRuntime:
             elif all(isinstance(x, str | list) for x in raw_input):
                 items = raw_input
         if not items:
-            await self._reply(send, rec, 400, _error("`input` must be a string, a list of strings or token arrays.",
-                                                     "invalid_request_error", None, "input"))
+            await self._reply(
+                send,
+                rec,
+                400,
+                _error(
+                    "`input` must be a string, a list of strings or token arrays.",
+                    "invalid_request_error",
+                    None,
+                    "input",
+                ),
+            )
             return
 
         served = _Served(self, rec, scope, receive)
@@ -907,8 +955,9 @@ class RegionRuntime:
             text = item if isinstance(item, str) else " ".join(str(t) for t in item)
             tokens += _count_words(item) if isinstance(item, str) else len(item)
             vector = _embedding(text)
-            embedding: Any = (base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
-                              if as_base64 else vector)
+            embedding: Any = (
+                base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode() if as_base64 else vector
+            )
             data.append({"object": "embedding", "index": index, "embedding": embedding})
         usage = {"prompt_tokens": tokens, "total_tokens": tokens}
         payload = {"object": "list", "data": data, "model": model, "usage": usage}
@@ -938,8 +987,10 @@ class RegionRuntime:
                 await self._reply(send, rec, 401, _error(*_STATUS_ERRORS[401]))
                 return
             seen: dict[str, None] = dict.fromkeys(self.models.values())
-            data = [{"id": name, "object": "model", "created": self._created, "owned_by": self.spec.provider}
-                    for name in seen]
+            data = [
+                {"id": name, "object": "model", "created": self._created, "owned_by": self.spec.provider}
+                for name in seen
+            ]
             await self._reply(send, rec, 200, {"object": "list", "data": data})
         finally:
             if rec.end_time is None:
@@ -958,8 +1009,7 @@ class RegionRuntime:
             message = f"The model `{name}` does not exist or you do not have access to it."
             return JSONResponse(_error(message, "invalid_request_error", "model_not_found", "model"), 404)
         rec.status, rec.outcome = 200, "ok"
-        return JSONResponse({"id": name, "object": "model", "created": self._created,
-                             "owned_by": self.spec.provider})
+        return JSONResponse({"id": name, "object": "model", "created": self._created, "owned_by": self.spec.provider})
 
     async def metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
         rec = self._begin(scope)
@@ -970,8 +1020,13 @@ class RegionRuntime:
                 await self._reply(send, rec, 404, _error("Not found.", "invalid_request_error", None))
                 return
             rec.status, rec.outcome, rec.end_time = 200, "ok", time.monotonic()
-            await _send_bytes(send, 200, self.metrics_text().encode(), list(self.static_headers),
-                              b"text/plain; version=0.0.4; charset=utf-8")
+            await _send_bytes(
+                send,
+                200,
+                self.metrics_text().encode(),
+                list(self.static_headers),
+                b"text/plain; version=0.0.4; charset=utf-8",
+            )
         finally:
             if rec.end_time is None:
                 rec.end_time = time.monotonic()
@@ -989,10 +1044,12 @@ class RegionRuntime:
         waiting = float(self.waiting)
         gauges: list[tuple[str, str, dict[str, float]]] = [
             ("vllm:num_requests_running", "Number of requests currently running on GPU.", running),
-            ("vllm:num_requests_waiting", "Number of requests waiting to be processed.",
-             dict.fromkeys(names, waiting)),
-            ("vllm:gpu_cache_usage_perc", "GPU KV-cache usage. 1 means 100 percent usage.",
-             {n: min(1.0, (running[n] + waiting) / 256.0) for n in names}),
+            ("vllm:num_requests_waiting", "Number of requests waiting to be processed.", dict.fromkeys(names, waiting)),
+            (
+                "vllm:gpu_cache_usage_perc",
+                "GPU KV-cache usage. 1 means 100 percent usage.",
+                {n: min(1.0, (running[n] + waiting) / 256.0) for n in names},
+            ),
         ]
         lines: list[str] = []
         for metric, help_text, values in gauges:
@@ -1124,8 +1181,9 @@ def control_routes(
         (region,) = pick(request, required=True)
         data = await body_json(request)
         models = data.get("models") if isinstance(data, dict) else None
-        if not isinstance(models, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                   for k, v in models.items()):
+        if not isinstance(models, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in models.items()
+        ):
             raise _ControlError(400, 'body must be {"models": {"<logical>": "<served name>"}}')
         region.apply_models(models)
         return states([region])
@@ -1146,7 +1204,7 @@ def control_routes(
         records.sort(key=lambda rec: rec.time)
         limit = request.query_params.get("limit")
         if limit is not None:
-            records = records[-int(limit):] if int(limit) > 0 else []
+            records = records[-int(limit) :] if int(limit) > 0 else []
         return {"records": [rec.to_dict() for rec in records]}
 
     async def get_counts(request: Request) -> Any:
@@ -1212,4 +1270,3 @@ class ControlServer:
             _done, pending = await asyncio.wait(tasks, timeout=1.0)
             for task in pending:
                 task.cancel()
-
