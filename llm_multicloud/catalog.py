@@ -32,7 +32,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -106,8 +106,9 @@ class EndpointSpec(_Strict):
     probe_path: str | None = None
     metrics_path: str | None = None
     timeouts: dict[str, float] | None = None
-    #: How this endpoint continues a partial assistant message (stream resume).
-    resume: str | None = None
+    #: How this endpoint continues a partial assistant message (stream resume):
+    #: vllm (continue_final_message), prefix (prefix: true), none (cannot).
+    resume: Literal["vllm", "prefix", "none"] | None = None
 
     @field_validator("id")
     @classmethod

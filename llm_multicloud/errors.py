@@ -63,6 +63,11 @@ class StreamInterrupted(LLMMulticloudError):
         self.chunks = chunks
 
 
+class DeadlineExceeded(LLMMulticloudError):
+    """The caller's overall deadline passed before any endpoint answered (the transport
+    turns it into the HTTP library's ``ReadTimeout``: ``openai.APITimeoutError``)."""
+
+
 class FaultKind(enum.Enum):
     """Who is at fault for an unsuccessful attempt, which decides what happens next."""
 
@@ -125,3 +130,20 @@ def redact(text: str, secrets: list[str]) -> str:
         if s and len(s) >= 4:
             text = text.replace(s, "***")
     return text
+
+
+def error_message(body: bytes) -> str:
+    """The human part of an upstream error body (OpenAI-style JSON or text), shortened."""
+    text = body.decode("utf-8", "replace").strip()
+    if text.startswith("data:"):
+        text = text[5:].strip()
+    try:
+        obj = json.loads(text)
+        if isinstance(obj, dict):
+            err = obj.get("error", obj)
+            msg = err.get("message") if isinstance(err, dict) else err
+            if msg:
+                text = str(msg)
+    except ValueError:
+        pass
+    return text[:200] or "(empty body)"

@@ -38,7 +38,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
@@ -46,12 +46,15 @@ from anyio.streams.memory import MemoryObjectSendStream
 from . import sse
 from .budget import Budget
 from .catalog import Catalog, Endpoint
-from .errors import FaultKind, RoutingError, StreamInterrupted, classify_status, redact
+from .errors import DeadlineExceeded, FaultKind, RoutingError, classify_status, error_message, redact
 from .health import EndpointState, Health
 from .intent import Intent
 from .policy import Policy, Timeouts
 from .router import Candidate, Plan, Router, complies
 from .upstream import Upstream, UpstreamError, UpstreamResponse
+
+if TYPE_CHECKING:
+    from .stream import Passthrough
 
 log = logging.getLogger("llm_multicloud.executor")
 
@@ -60,10 +63,6 @@ log = logging.getLogger("llm_multicloud.executor")
 _HOP = frozenset(
     {"content-length", "content-encoding", "transfer-encoding", "connection", "keep-alive", "set-cookie", "server"}
 )
-
-
-class DeadlineExceeded(Exception):
-    """The caller's overall deadline passed before any endpoint answered."""
 
 
 class _AllFailed(Exception):
@@ -136,7 +135,7 @@ class RequestRecord:
 class _Request:
     """Book-keeping of one logical request across its attempts and rounds."""
 
-    __slots__ = ("attempts", "done", "hedged", "intent", "records", "t0", "wall0")
+    __slots__ = ("attempts", "done", "hedged", "intent", "records", "t0", "upstream", "wall0")
 
     def __init__(self, intent: Intent, t0: float) -> None:
         self.intent = intent
@@ -146,6 +145,7 @@ class _Request:
         self.records: list[AttemptRecord] = []
         self.hedged = False
         self.done = False
+        self.upstream: Upstream | None = None
 
     def wall(self, t: float) -> int:
         return self.wall0 + int((t - self.t0) * 1e9)
@@ -242,6 +242,10 @@ class Executor:
         self._timeouts: dict[tuple[int, str | None], Timeouts] = {}
         self._rand = random.Random()
 
+    def resume_style(self, ep: Endpoint) -> str:
+        """How an endpoint continues a partial answer: its catalog setting, else the policy's."""
+        return ep.resume or self.policy.resume.style
+
     def timeouts_for(self, ep: Endpoint, model: str | None) -> Timeouts:
         """Deadlines for one endpoint and model: the policy's, overridden by the model's
         (reasoning models need a long first token), overridden by the endpoint's."""
@@ -279,6 +283,7 @@ class Executor:
         clock = self.clock
         start = clock()
         req = _Request(intent, start)
+        req.upstream = upstream
         try:
             return await self._execute(req, upstream)
         except RoutingError as err:
@@ -361,6 +366,10 @@ class Executor:
                 pool = list(plan.candidates)
             for c in pool:
                 st = states[c.endpoint.index]
+                if c.endpoint.id in intent.avoid or (
+                    intent.resume_prefix is not None and self.resume_style(c.endpoint) == "none"
+                ):
+                    continue  # resuming: not the endpoint that broke, and one that can continue
                 if st.quota.until > now:
                     continue  # cooled down during this request (e.g. its quota domain got a 429)
                 if st.breaker == "open" and st.open_until > now and not c.readmitted:
@@ -484,7 +493,11 @@ class Executor:
         assert intent.model is not None
         url = f"{ep.base_url}/{intent.path}" + (f"?{intent.query}" if intent.query else "")
         headers = intent.headers + ep.auth_headers()
-        body = intent.body_for(ep.models[intent.model], add_usage=True) if intent.body is not None else None
+        body = (
+            intent.body_for(ep.models[intent.model], add_usage=True, resume_style=self.resume_style(ep))
+            if intent.body is not None
+            else None
+        )
         budget = max(min(to.first_token_s, deadline - self.clock()), 0.001)
         handed = False
         try:
@@ -505,7 +518,7 @@ class Executor:
                         if a.fault is not None:
                             raw = await resp.read(limit=1 << 20)
                             a.body = redact(raw.decode("utf-8", "replace"), self._secrets).encode()
-                            a.reason = f"HTTP {resp.status}: {_error_message(a.body)}"
+                            a.reason = f"HTTP {resp.status}: {error_message(a.body)}"
                             a.retry_after = parse_retry_after(resp.headers)
                             await resp.aclose()
                             a.resp = None
@@ -549,7 +562,7 @@ class Executor:
             for ev in a.splitter.feed(chunk):
                 kind, _ = sse.classify(sse.data_of(ev))
                 if kind is sse.EventKind.ERROR:
-                    raise UpstreamError("protocol", f"error event before the first token: {_error_message(ev)}")
+                    raise UpstreamError("protocol", f"error event before the first token: {error_message(ev)}")
                 if kind is sse.EventKind.MALFORMED:
                     raise UpstreamError("protocol", f"malformed event before the first token: {ev[:80]!r}")
                 if kind is sse.EventKind.CONTENT or kind is sse.EventKind.DONE:
@@ -696,6 +709,8 @@ class Executor:
             self._request_done(req, w, "ok", w.status, None)
             return Result(w.status or 200, headers + meta, w.body or b"", None)
         strip = not intent.wants_usage and intent.operation in ("chat", "text_completion")
+        from .stream import Passthrough
+
         return Result(w.status or 200, headers + meta, None, Passthrough(self, w, req, strip))
 
     def _meta(self, w: _Attempt, req: _Request) -> list[tuple[str, str]]:
@@ -763,123 +778,6 @@ def _constraint_text(plan: Plan) -> str:
     return f"residency {c.residency_label}" if c.residency is not None else "no residency constraint"
 
 
-class Passthrough:
-    """The committed stream: pulls chunks from the winning attempt and hands them on.
-
-    Passes events through byte for byte, except the usage-only chunk the library
-    requested on the caller's behalf. Ends only at ``[DONE]``; an upstream error, a
-    silent gap longer than ``chunk_gap_s`` or an end without ``[DONE]`` raises
-    :class:`StreamInterrupted` — never a quiet truncation. Closing it early closes
-    the upstream connection.
-    """
-
-    def __init__(self, ex: Executor, a: _Attempt, req: _Request, strip_usage: bool) -> None:
-        intent = req.intent
-        self._ex = ex
-        self._a = a
-        self._req = req
-        self._intent = intent
-        self._strip = strip_usage
-        self._pending: list[bytes] = a.buffered
-        a.buffered = []
-        self._done = False
-        self._finished = False
-        self._delivered: list[bytes] = []
-        self._gap = ex.timeouts_for(a.ep, intent.model).chunk_gap_s
-
-    @property
-    def endpoint(self) -> str:
-        return self._a.ep.id
-
-    async def next_chunk(self) -> bytes | None:
-        """The next bytes for the caller, or None at the end of the stream."""
-        a = self._a
-        while True:
-            if self._finished:
-                return None
-            if self._pending:
-                events, self._pending = self._pending, []
-            else:
-                assert a.iter is not None
-                try:
-                    with anyio.fail_after(self._gap):
-                        chunk = await a.iter.__anext__()
-                except StopAsyncIteration:
-                    if self._done and not a.splitter.pending.strip():
-                        await self._finish("won")
-                        return None
-                    await self._fail("the stream ended without [DONE]")
-                except TimeoutError:
-                    await self._fail(f"no data for {self._gap:.1f}s")
-                except UpstreamError as exc:
-                    await self._fail(f"{exc.kind} error: {exc}")
-                events = a.splitter.feed(chunk)
-            out: list[bytes] = []
-            for ev in events:
-                d = sse.data_of(ev)
-                if d is None:
-                    out.append(ev)
-                    continue
-                if d.strip() == sse.DONE:
-                    self._done = True
-                    out.append(ev)
-                    continue
-                if b'"usage"' in d or b'"error"' in d:
-                    kind, obj = sse.classify(d)
-                    if kind is sse.EventKind.ERROR:
-                        await self._fail(f"error event mid-stream: {_error_message(ev)}")
-                    if obj is not None and isinstance(obj.get("usage"), dict):
-                        a.usage = obj["usage"]
-                    if kind is sse.EventKind.USAGE and self._strip:
-                        continue
-                elif not sse.looks_like_json_object(d):
-                    await self._fail(f"malformed event mid-stream: {ev[:80]!r}")
-                self._delivered.append(ev)
-                out.append(ev)
-            if out:
-                return b"".join(out)
-
-    async def _finish(self, outcome: str) -> None:
-        if self._finished:
-            return
-        self._finished = True
-        a = self._a
-        ex = self._ex
-        if a.resp is not None:
-            await a.resp.aclose()
-        if outcome == "won":
-            ex.health.success(a.st, trial=a.trial)
-            out_tokens = int((a.usage or {}).get("completion_tokens") or len(self._delivered))
-            a.st.observe_stream((ex.clock() - a.t0) * 1000.0, out_tokens, None if a.ttft is None else a.ttft * 1000.0)
-        ex._finish_attempt(a, self._req, outcome, delivered_tokens=len(self._delivered))
-        ex._request_done(
-            self._req,
-            a,
-            "ok" if outcome == "won" else outcome,
-            a.status,
-            "stream_interrupted" if outcome == "interrupted" else None,
-        )
-
-    async def _fail(self, reason: str) -> None:
-        a = self._a
-        a.reason = reason
-        if not self._finished:
-            self._ex.health.endpoint_fault(a.st, f"stream broke after commit: {reason}")
-            await self._finish("interrupted")
-        raise StreamInterrupted(
-            f"the stream from {a.ep.id} broke after {len(self._delivered)} chunks: {reason}",
-            endpoint=a.ep.id,
-            delivered_text=sse.text_of(self._delivered),
-            usage=a.usage,
-            chunks=len(self._delivered),
-        )
-
-    async def aclose(self) -> None:
-        """The caller closed the stream (possibly early): close the upstream connection."""
-        if not self._finished:
-            await self._finish("won" if self._done else "closed_by_caller")
-
-
 def parse_retry_after(headers: list[tuple[str, str]], now_wall: float | None = None) -> float | None:
     """Seconds to wait from ``retry-after-ms``, ``x-ms-retry-after-ms`` or ``Retry-After``
     (seconds or an HTTP date). Garbage and negative values are ignored (None)."""
@@ -914,22 +812,6 @@ def parse_retry_after(headers: list[tuple[str, str]], now_wall: float | None = N
 
 def _int(v: Any) -> int | None:
     return v if isinstance(v, int) else None
-
-
-def _error_message(body: bytes) -> str:
-    text = body.decode("utf-8", "replace").strip()
-    if text.startswith("data:"):
-        text = text[5:].strip()
-    try:
-        obj = json.loads(text)
-        if isinstance(obj, dict):
-            err = obj.get("error", obj)
-            msg = err.get("message") if isinstance(err, dict) else err
-            if msg:
-                text = str(msg)
-    except ValueError:
-        pass
-    return text[:200] or "(empty body)"
 
 
 def _usage_of_body(body: bytes, ctype: str | None) -> dict[str, Any] | None:

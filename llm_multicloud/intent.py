@@ -70,13 +70,32 @@ class Intent:
     max_tokens: int | None
     input_tokens: int  # estimate: ~4 bytes per token of the prompt
     request_id: str = field(default_factory=lambda: os.urandom(6).hex())
+    #: resume: the partial answer to continue, endpoints to avoid, resumes so far
+    resume_prefix: str | None = None
+    avoid: frozenset[str] = frozenset()
+    resumes: int = 0
 
-    def body_for(self, served_model: str, *, add_usage: bool) -> bytes:
-        """The body to send to an endpoint that serves the model as ``served_model``."""
+    def body_for(self, served_model: str, *, add_usage: bool, resume_style: str = "vllm") -> bytes:
+        """The body to send to an endpoint that serves the model as ``served_model``
+        (and, when resuming a broken stream, continues ``resume_prefix`` in that
+        endpoint's style)."""
         if self.body is None:
             return self.raw_body
         body = dict(self.body)
         body["model"] = served_model
+        if self.resume_prefix is not None:
+            msgs = list(body.get("messages") or [])
+            if resume_style == "prefix":
+                msgs.append({"role": "assistant", "content": self.resume_prefix, "prefix": True})
+            else:  # vllm / sglang
+                msgs.append({"role": "assistant", "content": self.resume_prefix})
+                body["continue_final_message"] = True
+                body["add_generation_prompt"] = False
+            body["messages"] = msgs
+            if self.max_tokens is not None:
+                for k in ("max_completion_tokens", "max_tokens"):
+                    if k in body:
+                        body[k] = self.max_tokens
         if add_usage and self.stream and not self.wants_usage and self.operation in ("chat", "text_completion"):
             opts = dict(body.get("stream_options") or {})
             opts["include_usage"] = True

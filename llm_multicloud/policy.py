@@ -95,6 +95,16 @@ class Timeouts(_Strict):
     total_s: float | None = Field(None, gt=0.0)
 
 
+class ResumePolicy(_Strict):
+    """Continue a stream that broke after commit on another endpoint (opt-in)."""
+
+    enabled: bool = False
+    #: How endpoints continue a partial assistant message unless the catalog says
+    #: otherwise per endpoint: vllm (continue_final_message) or prefix (prefix: true).
+    style: Literal["vllm", "prefix"] = "vllm"
+    max_resumes: int = Field(1, ge=1, le=5)
+
+
 class StatePolicy(_Strict):
     """Where health state lives: in this process (default) or shared through Redis."""
 
@@ -142,6 +152,7 @@ class Policy(_Strict):
     probe: ProbePolicy = ProbePolicy()
     timeouts: Timeouts = Timeouts()
     state: StatePolicy = StatePolicy()
+    resume: ResumePolicy = ResumePolicy()
 
     @model_validator(mode="after")
     def _check(self) -> Policy:

@@ -28,8 +28,9 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from . import intent as intent_mod
-from .errors import RoutingError
-from .executor import DeadlineExceeded, Passthrough, Result
+from .errors import DeadlineExceeded, RoutingError
+from .executor import Result
+from .stream import Passthrough
 from .upstream import Upstream
 
 if TYPE_CHECKING:
@@ -136,15 +137,20 @@ def transport_classes(lib: ModuleType) -> tuple[type[Any], type[Any]]:
                 self._mc._portal().call(self._pt.aclose)
 
     class AsyncStream(lib.AsyncByteStream):  # type: ignore[misc,name-defined]
+        # An iterator object rather than an async generator: the HTTP library may
+        # leave the iteration without closing it, and an async generator would then
+        # be finalised later by the event loop instead of now.
         def __init__(self, pt: Passthrough) -> None:
             self._pt = pt
 
-        async def __aiter__(self) -> AsyncIterator[bytes]:
-            while True:
-                chunk = await self._pt.next_chunk()
-                if chunk is None:
-                    return
-                yield chunk
+        def __aiter__(self) -> AsyncIterator[bytes]:
+            return self
+
+        async def __anext__(self) -> bytes:
+            chunk = await self._pt.next_chunk()
+            if chunk is None:
+                raise StopAsyncIteration
+            return chunk
 
         async def aclose(self) -> None:
             await self._pt.aclose()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from types import ModuleType
 from typing import Any
 
@@ -34,11 +34,12 @@ class UpstreamError(Exception):
 class UpstreamResponse:
     """An open response from an endpoint. Close it (``aclose``) in every path."""
 
-    __slots__ = ("_lib", "_resp", "headers", "status")
+    __slots__ = ("_gens", "_lib", "_resp", "headers", "status")
 
     def __init__(self, lib: ModuleType, resp: Any) -> None:
         self._lib = lib
         self._resp = resp
+        self._gens: list[AsyncGenerator[bytes, None]] = []
         self.status: int = resp.status_code
         self.headers: list[tuple[str, str]] = [(k.lower(), v) for k, v in resp.headers.multi_items()]
 
@@ -48,12 +49,25 @@ class UpstreamResponse:
                 return v
         return None
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The decoded body, chunk by chunk. Closed by :meth:`aclose` (so that an
+        abandoned iterator is not left for the garbage collector to finalise)."""
+        gen = self._chunks()
+        self._gens.append(gen)
+        return gen
+
+    async def _chunks(self) -> AsyncGenerator[bytes, None]:
+        inner = self._resp.aiter_bytes()
         try:
-            async for chunk in self._resp.aiter_bytes():
+            async for chunk in inner:
                 yield chunk
         except Exception as exc:
             raise translate(self._lib, exc) from exc
+        finally:
+            # `async for` does not close an iterator it leaves early: do it here, or
+            # the library's generator is finalised later by the event loop.
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await inner.aclose()
 
     async def read(self, limit: int = 64 * 1024 * 1024) -> bytes:
         parts = []
@@ -69,6 +83,10 @@ class UpstreamResponse:
         """Close the response; an unfinished body closes its connection, so the server
         sees the disconnect and stops generating."""
         with anyio.CancelScope(shield=True):
+            gens, self._gens = self._gens, []
+            for gen in gens:
+                with contextlib.suppress(Exception):
+                    await gen.aclose()
             with contextlib.suppress(Exception):  # closing a broken connection may raise
                 await self._resp.aclose()
 

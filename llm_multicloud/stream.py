@@ -1,0 +1,224 @@
+"""The committed stream, and what happens when it breaks.
+
+Once a streamed attempt has won the race (its first content-bearing event
+arrived), :class:`Passthrough` hands its bytes to the caller's HTTP library chunk by
+chunk — in the caller's task for async clients, through the blocking portal for
+sync ones: the same code. Events pass through byte for byte, except the usage-only
+chunk the library requested on the caller's behalf.
+
+After commit, nothing can be silently lost: an upstream error, a malformed event,
+a silent gap longer than ``chunk_gap_s`` or an end without ``[DONE]`` is a *break*.
+By default a break raises :class:`~llm_multicloud.errors.StreamInterrupted`, which
+carries what was delivered and the usage known so far.
+
+**Resume** (opt-in, ``policy.resume.enabled``): a broken chat stream is continued
+on another compliant endpoint by resending the conversation with the partial
+answer as an assistant prefix — vLLM/SGLang's ``continue_final_message`` (style
+``vllm``) or the ``prefix: true`` assistant message of Mistral/DeepSeek (style
+``prefix``), chosen per endpoint (``resume:`` in the catalog; ``none`` opts an
+endpoint out). The new stream's role-only preamble is dropped, so the caller sees
+one unbroken stream. Refused for tool calls, JSON mode and ``n > 1``, where a
+spliced answer could be wrong rather than merely late. The continuation is a new
+routed request: residency, health and hedging apply to it as to any other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+import anyio
+
+from . import sse
+from .errors import DeadlineExceeded, LLMMulticloudError, StreamInterrupted, error_message
+from .upstream import UpstreamError
+
+if TYPE_CHECKING:
+    from .executor import Executor, _Attempt, _Request
+
+
+class Passthrough:
+    """The winning attempt's stream, as seen by the caller (see the module docs)."""
+
+    def __init__(self, ex: Executor, a: _Attempt, req: _Request, strip_usage: bool) -> None:
+        intent = req.intent
+        self._ex = ex
+        self._a = a
+        self._req = req
+        self._intent = intent
+        self._strip = strip_usage
+        self._pending: list[bytes] = a.buffered
+        a.buffered = []
+        self._done = False
+        self._finished = False
+        self._delivered: list[bytes] = []
+        self._gap = ex.timeouts_for(a.ep, intent.model).chunk_gap_s
+        #: the continuation after a resume, which serves the rest of the stream
+        self._next: Passthrough | None = None
+        #: text delivered by the streams this one continues (resume)
+        self.prefix_text = ""
+
+    @property
+    def endpoint(self) -> str:
+        return self._next.endpoint if self._next is not None else self._a.ep.id
+
+    async def next_chunk(self) -> bytes | None:
+        """The next bytes for the caller, or None at the end of the stream."""
+        while True:
+            if self._next is not None:
+                return await self._next.next_chunk()
+            if self._finished:
+                return None
+            a = self._a
+            if self._pending:
+                events, self._pending = self._pending, []
+            else:
+                assert a.iter is not None
+                problem = None
+                try:
+                    with anyio.fail_after(self._gap):
+                        chunk = await a.iter.__anext__()
+                except StopAsyncIteration:
+                    if self._done and not a.splitter.pending.strip():
+                        await self._finish("won")
+                        return None
+                    problem = "the stream ended without [DONE]"
+                except TimeoutError:
+                    problem = f"no data for {self._gap:.1f}s"
+                except UpstreamError as exc:
+                    problem = f"{exc.kind} error: {exc}"
+                if problem is not None:
+                    await self._broken(problem)  # raises, or resumed on another endpoint
+                    continue
+                events = a.splitter.feed(chunk)
+            out: list[bytes] = []
+            for ev in events:
+                d = sse.data_of(ev)
+                if d is None:
+                    out.append(ev)
+                    continue
+                if d.strip() == sse.DONE:
+                    self._done = True
+                    out.append(ev)
+                    continue
+                problem = None
+                if b'"usage"' in d or b'"error"' in d:
+                    kind, obj = sse.classify(d)
+                    if kind is sse.EventKind.ERROR:
+                        problem = f"error event mid-stream: {error_message(ev)}"
+                    else:
+                        if obj is not None and isinstance(obj.get("usage"), dict):
+                            a.usage = obj["usage"]
+                        if kind is sse.EventKind.USAGE and self._strip:
+                            continue
+                elif not sse.looks_like_json_object(d):
+                    problem = f"malformed event mid-stream: {ev[:80]!r}"
+                if problem is not None:
+                    if out:
+                        # Deliver what came before the bad event first; the break is
+                        # handled on the next call, when nothing is pending.
+                        self._pending = [ev]
+                        return b"".join(out)
+                    await self._broken(problem)
+                    break
+                self._delivered.append(ev)
+                out.append(ev)
+            if out:
+                return b"".join(out)
+
+    async def _finish(self, outcome: str, *, request_done: bool = True) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        a = self._a
+        ex = self._ex
+        if a.resp is not None:
+            await a.resp.aclose()
+        if outcome == "won":
+            ex.health.success(a.st, trial=a.trial)
+            out_tokens = int((a.usage or {}).get("completion_tokens") or len(self._delivered))
+            a.st.observe_stream((ex.clock() - a.t0) * 1000.0, out_tokens, None if a.ttft is None else a.ttft * 1000.0)
+        ex._finish_attempt(a, self._req, outcome, delivered_tokens=len(self._delivered))
+        if request_done:
+            ex._request_done(
+                self._req,
+                a,
+                "ok" if outcome == "won" else outcome,
+                a.status,
+                "stream_interrupted" if outcome in ("interrupted", "resumed") else None,
+            )
+
+    async def _broken(self, reason: str) -> None:
+        """The stream broke after commit: resume it elsewhere, or raise StreamInterrupted."""
+        a = self._a
+        a.reason = reason
+        text = self.prefix_text + sse.text_of(self._delivered)
+        if not self._finished:
+            self._ex.health.endpoint_fault(a.st, f"stream broke after commit: {reason}")
+            nxt = await self._resume(text) if _resumable(self) else None
+            if nxt is not None:
+                await self._finish("resumed")
+                self._next = nxt
+                return
+            await self._finish("interrupted")
+        raise StreamInterrupted(
+            f"the stream from {a.ep.id} broke after {len(self._delivered)} chunks: {reason}",
+            endpoint=a.ep.id,
+            delivered_text=text,
+            usage=a.usage,
+            chunks=len(self._delivered),
+        )
+
+    async def _resume(self, text: str) -> Passthrough | None:
+        """Continue the answer on another compliant endpoint (a new routed request)."""
+        ex = self._ex
+        intent = self._intent
+        # Tokens already delivered (content events; one token each on OpenAI-compatible
+        # servers) come off max_tokens, so the whole answer keeps the caller's limit.
+        delivered = sum(1 for ev in self._delivered if sse.classify(sse.data_of(ev))[0] is sse.EventKind.CONTENT)
+        cont = dataclasses.replace(
+            intent,
+            resume_prefix=text,
+            avoid=intent.avoid | {self._a.ep.id},
+            resumes=intent.resumes + 1,
+            max_tokens=None if intent.max_tokens is None else max(intent.max_tokens - delivered, 1),
+            request_id=f"{intent.request_id}-r{intent.resumes + 1}",
+        )
+        upstream = self._req.upstream
+        if upstream is None:
+            return None
+        try:
+            result = await ex.execute(cont, upstream)
+        except (LLMMulticloudError, DeadlineExceeded):
+            return None  # nothing compliant could continue it: the caller gets the break
+        if result.stream is None or result.status >= 300:
+            return None
+        nxt = result.stream
+        # The continuation starts with its own role-only preamble: the caller already
+        # had one. Everything else (content, finish, usage, [DONE]) goes through.
+        nxt._pending = [ev for ev in nxt._pending if sse.classify(sse.data_of(ev))[0] is not sse.EventKind.PREAMBLE]
+        nxt.prefix_text = text
+        return nxt
+
+    async def aclose(self) -> None:
+        """The caller closed the stream (possibly early): close the upstream connection."""
+        if self._next is not None:
+            await self._next.aclose()
+        if not self._finished:
+            await self._finish("won" if self._done else "closed_by_caller")
+
+
+def _resumable(pt: Passthrough) -> bool:
+    """Is continuing this stream on another endpoint safe? Only plain chat text."""
+    intent = pt._intent
+    policy = pt._ex.policy.resume
+    if not policy.enabled or intent.resumes >= policy.max_resumes or intent.operation != "chat":
+        return False
+    body = intent.body or {}
+    if body.get("tools") or body.get("functions") or (body.get("n") or 1) != 1:
+        return False
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
+        return False
+    # A tool call that already started cannot be spliced either.
+    return not any(b'"tool_calls"' in ev for ev in pt._delivered)
