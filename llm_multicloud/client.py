@@ -77,6 +77,7 @@ class MultiCloud:
             from .telemetry import Telemetry
 
             self.telemetry: Telemetry | None = Telemetry()
+            self.telemetry.bind_catalog(self.catalog)
             self.request_hooks.append(self.telemetry.on_request)
             self.health.listeners.append(self.telemetry.on_transition)
         else:

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
+from opentelemetry.context import get_current as _otel_current
 
 from . import sse
 from .budget import Budget
@@ -130,12 +131,14 @@ class RequestRecord:
     output_tokens: int | None
     cost_usd: float
     cost_estimated: bool
+    #: the OpenTelemetry context current when the request started (span parent)
+    otel_context: Any = None
 
 
 class _Request:
     """Book-keeping of one logical request across its attempts and rounds."""
 
-    __slots__ = ("attempts", "done", "hedged", "intent", "records", "t0", "upstream", "wall0")
+    __slots__ = ("attempts", "done", "hedged", "intent", "otel_context", "records", "t0", "upstream", "wall0")
 
     def __init__(self, intent: Intent, t0: float) -> None:
         self.intent = intent
@@ -146,6 +149,9 @@ class _Request:
         self.hedged = False
         self.done = False
         self.upstream: Upstream | None = None
+        # execute() runs in the caller's context (async: its task; sync: the portal
+        # runs the coroutine in a copy of the caller's context).
+        self.otel_context = _otel_current()
 
     def wall(self, t: float) -> int:
         return self.wall0 + int((t - self.t0) * 1e9)
@@ -658,6 +664,7 @@ class Executor:
             output_tokens=_int(u.get("completion_tokens", u.get("output_tokens"))),
             cost_usd=sum(r.cost_usd for r in req.records),
             cost_estimated=any(r.cost_estimated and r.cost_usd > 0 for r in req.records),
+            otel_context=req.otel_context,
         )
         for hook in list(self.request_hooks):
             try:
