@@ -12,7 +12,6 @@ import dataclasses
 import subprocess
 import sys
 import textwrap
-import types
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -192,10 +191,9 @@ def test_explicit_parent_context_on_the_record_wins(otel: Otel) -> None:
     caller = otel.tp.get_tracer("app")
     with caller.start_as_current_span("at-start") as start_span:
         captured = trace.set_span_in_context(start_span)
-    rec = _bench_record()
-    fields = {f.name: getattr(rec, f.name) for f in dataclasses.fields(rec)}
+    rec = dataclasses.replace(_bench_record(), otel_context=captured)
     with caller.start_as_current_span("unrelated"):
-        otel.telemetry.on_request(types.SimpleNamespace(**fields, otel_context=captured))  # type: ignore[arg-type]
+        otel.telemetry.on_request(rec)
     [span] = [s for s in otel.finished() if s.name == f"chat {MODEL}"]
     assert span.parent is not None and span.parent.span_id == start_span.get_span_context().span_id
 
