@@ -275,6 +275,8 @@ class Executor:
             input_tokens=intent.input_tokens,
             max_tokens=intent.max_tokens,
             seed=seed,
+            # a request needs a handful of candidates: primary, hedges, failovers
+            limit=self.policy.retry.max_attempts + self.policy.hedge.max_in_flight + 2,
         )
 
     # -- the core -----------------------------------------------------------------

@@ -33,6 +33,7 @@ Steps:
 from __future__ import annotations
 
 import math
+import operator
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -177,6 +178,7 @@ class Router:
             tuple[str, frozenset[str] | None, tuple[tuple[str, str], ...], str],
             tuple[tuple[Endpoint, ...], tuple[Exclusion, ...]],
         ] = LRUCache(maxsize=4096)
+        self._geo_cache: LRUCache[tuple[float, float] | None, list[float]] = LRUCache(maxsize=1024)
 
     def _compliant(self, model: str, c: Constraints) -> tuple[tuple[Endpoint, ...], tuple[Exclusion, ...]]:
         key = (model, c.residency, c.tags, c.residency_label)
@@ -207,14 +209,25 @@ class Router:
 
     def baseline_ms(self, ep: Endpoint, rtt_ms: float | None, c: Constraints) -> float:
         """What we expect of an endpoint with no recent TTFT sample."""
-        p = self.policy
         if rtt_ms is not None:
-            return rtt_ms + p.default_ttft_ms * 0.25
-        if c.near is not None and ep.location is not None:
-            # ~1 ms of round trip per 100 km (fibre at 2/3 c, indirect routes) plus
-            # a fixed processing guess.
-            return distance_km(c.near, ep.location) / 100.0 + p.default_ttft_ms * 0.25
-        return p.default_ttft_ms
+            return rtt_ms + self.policy.default_ttft_ms * 0.25
+        return self._geo(c.near)[ep.index]
+
+    def _geo(self, near: tuple[float, float] | None) -> list[float]:
+        """Per endpoint, the prior TTFT without measurements: ~1 ms of round trip per
+        100 km of great-circle distance from the user (fibre at 2/3 c, indirect
+        routes) plus a fixed processing guess; the default without a location.
+        Memoised per location: distances are static."""
+        hit = self._geo_cache.get(near)
+        if hit is not None:
+            return hit
+        d = self.policy.default_ttft_ms
+        out = [
+            distance_km(near, ep.location) / 100.0 + d * 0.25 if near is not None and ep.location is not None else d
+            for ep in self.catalog.endpoints
+        ]
+        self._geo_cache[near] = out
+        return out
 
     def plan(
         self,
@@ -227,8 +240,12 @@ class Router:
         max_tokens: int | None = None,
         seed: float = 0.5,
         context_window: int | None = None,
+        limit: int | None = None,
     ) -> Plan:
-        """Rank the endpoints for one request. ``states`` is indexed like ``catalog.endpoints``."""
+        """Rank the endpoints for one request. ``states`` is indexed like ``catalog.endpoints``.
+
+        ``limit``: build only the first ``limit`` candidates (the executor needs a
+        handful: primary, hedges, failovers); ``None`` ranks them all (explain)."""
         p = self.policy
         compliant, static_out = self._compliant(model, constraints)
         excluded = list(static_out)
@@ -240,22 +257,36 @@ class Router:
                 f"the prompt (~{input_tokens} tokens) plus max_tokens ({max_tokens or 0}) exceeds the context "
                 f"window of {model!r} ({window} tokens); shorten the prompt or lower max_tokens",
             )
-        usable: list[tuple[Endpoint, EndpointView]] = []
-        full: list[tuple[Endpoint, EndpointView]] = []
+        geo = self._geo(constraints.near)
+        base_rtt = p.default_ttft_ms * 0.25
+        tau = p.decay_s
+        exp = math.exp
+        # One pass: health filter and prediction. Hot loop: no calls but exp().
+        usable: list[tuple[float, float, Endpoint]] = []  # (score, predicted, endpoint)
+        full: list[tuple[float, float, Endpoint]] = []
         ejected: list[tuple[Endpoint, EndpointView]] = []
         cooling: list[tuple[Endpoint, EndpointView]] = []
         for ep in compliant:
             st = states[ep.index]
-            if model in st.missing_models:
+            if st.missing_models and model in st.missing_models:
                 excluded.append(Exclusion(ep, f"/models no longer lists {ep.models[model]!r}", "missing_model"))
-            elif st.quota.until > now:
+                continue
+            if st.quota.until > now:
                 cooling.append((ep, st))
-            elif st.breaker == "open" and st.open_until > now:
+                continue
+            if st.breaker == "open" and st.open_until > now:
                 ejected.append((ep, st))
-            elif ep.max_concurrency is not None and st.inflight + st.remote_inflight >= ep.max_concurrency:
-                full.append((ep, st))
+                continue
+            rtt = st.rtt_ms
+            base = geo[ep.index] if rtt is None else rtt + base_rtt
+            est = st.ttft_ms
+            pred = base if est is None else base + (est - base) * exp((st.ttft_at - now) / tau)
+            busy = st.inflight + st.remote_inflight
+            item = (pred * (1.0 + busy + st.queue_waiting), pred, ep)
+            if ep.max_concurrency is not None and busy >= ep.max_concurrency:
+                full.append(item)
             else:
-                usable.append((ep, st))
+                usable.append(item)
         notes: list[str] = []
         readmitted: list[tuple[Endpoint, EndpointView]] = []
         if full and not usable:
@@ -263,7 +294,8 @@ class Router:
             # (its own queue or 429 will tell) beats failing outright.
             usable, full = full, []
             notes.append("every usable endpoint is at max_concurrency; trying them anyway")
-        for ep, st in full:
+        for _, _, ep in full:
+            st = states[ep.index]
             excluded.append(
                 Exclusion(ep, f"at max_concurrency ({st.inflight + st.remote_inflight}/{ep.max_concurrency})", "full")
             )
@@ -298,81 +330,104 @@ class Router:
         if not usable and not readmitted and cooling:
             wait_until = min(st.quota.until for _, st in cooling)
 
-        cands = [self._candidate(ep, st, now, constraints, input_tokens, max_tokens) for ep, st in usable]
-        cands = self._rank(cands, seed)
-        tail = [self._candidate(ep, st, now, constraints, input_tokens, max_tokens) for ep, st in readmitted]
-        for c in tail:
-            c.readmitted = True
-            c.note = "panic: least-bad ejected endpoint" if panic else "re-admitted (ejection cap)"
-        return Plan(model, p.strategy, cands + tail, excluded, constraints, wait_until, panic, notes)
+        out_tok = max_tokens if max_tokens is not None else 256
+        cands = self._rank(usable, seed, input_tokens, out_tok, limit)
+        for ep, st in readmitted:
+            rtt = st.rtt_ms
+            base = geo[ep.index] if rtt is None else rtt + base_rtt
+            est = st.ttft_ms
+            pred = base if est is None else base + (est - base) * exp((st.ttft_at - now) / tau)
+            cands.append(
+                Candidate(
+                    ep,
+                    pred,
+                    pred,
+                    _cost(ep, input_tokens, out_tok),
+                    "panic: least-bad ejected endpoint" if panic else "re-admitted (ejection cap)",
+                    readmitted=True,
+                )
+            )
+        return Plan(model, p.strategy, cands, excluded, constraints, wait_until, panic, notes)
 
-    def _candidate(
+    def _rank(
         self,
-        ep: Endpoint,
-        st: EndpointView,
-        now: float,
-        c: Constraints,
+        items: list[tuple[float, float, Endpoint]],
+        seed: float,
         input_tokens: int,
-        max_tokens: int | None,
-    ) -> Candidate:
-        base = self.baseline_ms(ep, st.rtt_ms, c)
-        est = st.ttft_ms
-        if est is None:
-            pred = base
-        else:
-            w = math.exp(-max(now - st.ttft_at, 0.0) / self.policy.decay_s)
-            pred = base + (est - base) * w
-        load = 1.0 + st.inflight + st.queue_waiting
-        cost = None
-        if ep.price is not None:
-            out_tok = max_tokens if max_tokens is not None else 256
-            cost = (input_tokens * ep.price[0] + out_tok * ep.price[1]) / 1e6
-        return Candidate(ep, pred, pred * load, cost)
-
-    def _rank(self, cands: list[Candidate], seed: float) -> list[Candidate]:
-        if len(cands) <= 1:
-            for c in cands:
-                c.note = "only usable endpoint"
-            return cands
+        out_tokens: int,
+        limit: int | None,
+    ) -> list[Candidate]:
+        """Order (score, predicted, endpoint) items by the strategy; Candidates for the
+        first ``limit``."""
+        n = len(items)
+        k = n if limit is None else min(limit, n)
+        if n == 0:
+            return []
+        if n == 1:
+            sc, pr, ep = items[0]
+            return [Candidate(ep, pr, sc, _cost(ep, input_tokens, out_tokens), "only usable endpoint")]
         p = self.policy
         s = p.strategy
+        inf = math.inf
+
+        def cost_of(ep: Endpoint) -> float:
+            return inf if ep.price is None else input_tokens * ep.price[0] + out_tokens * ep.price[1]
+
+        note = ""
         if s == "ordered":
-            cands.sort(key=lambda c: c.endpoint.index)
-            cands[0].note = "first in catalog order"
-            return cands
-        if s == "weighted":
+            items.sort(key=lambda t: t[2].index)
+            note = "first in catalog order"
+        elif s == "weighted":
             rng = random.Random(seed)
-            cands.sort(key=lambda c: -math.log(max(rng.random(), 1e-12)) / c.endpoint.weight)
-            cands[0].note = "weighted random pick"
-            return cands
-        if s == "cost":
-            cands.sort(key=lambda c: (math.inf if c.cost_usd is None else c.cost_usd, c.score))
-            cands[0].note = "cheapest usable endpoint"
-            return cands
-        cands.sort(key=lambda c: c.score)
-        best = cands[0].score
-        if s == "balanced":
-            limit = p.slo_ms if p.slo_ms is not None else best * (1.0 + p.slack) + p.slack_ms
-            # With an SLO nobody meets, the fastest is the only one "near" itself.
-            near = [c for c in cands if c.score <= limit] or cands[:1]
-            rest = cands[len(near) :]
-            near.sort(key=lambda c: (math.inf if c.cost_usd is None else c.cost_usd, c.score))
-            window = f"SLO {p.slo_ms:.0f} ms" if p.slo_ms is not None else f"{limit:.0f} ms of the fastest"
-            near[0].note = f"cheapest within {window}"
-            cands = near + rest
-            # p2c among equally cheap near-equals
-            key0 = cands[0].cost_usd
-            group = [c for c in near if c.cost_usd == key0 and c.score <= cands[0].score * (1 + p.near_equal)]
+            items.sort(key=lambda t: -math.log(max(rng.random(), 1e-12)) / t[2].weight)
+            note = "weighted random pick"
+        elif s == "cost":
+            items.sort(key=lambda t: (cost_of(t[2]), t[0]))
+            note = "cheapest usable endpoint"
         else:
-            cands[0].note = "lowest predicted TTFT × load"
-            group = [c for c in cands if c.score <= best * (1.0 + p.near_equal)]
-        if len(group) >= 2:
-            rng = random.Random(seed)
-            a, b = rng.sample(group, 2)
-            pick = a if a.score <= b.score else b
-            if pick is not cands[0]:
-                note = cands[0].note
-                cands.remove(pick)
-                cands.insert(0, pick)
-                pick.note = note + " (power of two choices among near-equals)"
-        return cands
+            items.sort(key=_score)
+            best = items[0][0]
+            if s == "balanced":
+                lim = p.slo_ms if p.slo_ms is not None else best * (1.0 + p.slack) + p.slack_ms
+                m = 0
+                while m < n and items[m][0] <= lim:
+                    m += 1
+                m = max(m, 1)  # with an SLO nobody meets, the fastest is "near" itself
+                near = items[:m]
+                near.sort(key=lambda t: (cost_of(t[2]), t[0]))
+                items[:m] = near
+                window = f"SLO {p.slo_ms:.0f} ms" if p.slo_ms is not None else f"{lim:.0f} ms of the fastest"
+                note = f"cheapest within {window}"
+                c0 = cost_of(items[0][2])
+                top = items[0][0] * (1.0 + p.near_equal)
+                g = 1
+                while g < m and cost_of(items[g][2]) == c0 and items[g][0] <= top:
+                    g += 1
+            else:
+                note = "lowest predicted TTFT × load"
+                top = best * (1.0 + p.near_equal)
+                g = 1
+                while g < n and items[g][0] <= top:
+                    g += 1
+            if g >= 2:
+                # Power of two choices among the g near-equal leaders: two distinct
+                # indices drawn from the seed, the less loaded one goes first.
+                i = int(seed * g) % g
+                j = (i + 1 + int(seed * 7919.0 % 1.0 * (g - 1))) % g
+                pick = i if items[i][0] <= items[j][0] else j
+                if pick != 0:
+                    items.insert(0, items.pop(pick))
+                    note += " (power of two choices among near-equals)"
+        out = [Candidate(ep, pr, sc, None if ep.price is None else cost_of(ep) / 1e6) for sc, pr, ep in items[:k]]
+        out[0].note = note
+        return out
+
+
+_score = operator.itemgetter(0)
+
+
+def _cost(ep: Endpoint, input_tokens: int, out_tokens: int) -> float | None:
+    """Expected USD of a request on an endpoint (None: price unknown)."""
+    if ep.price is None:
+        return None
+    return (input_tokens * ep.price[0] + out_tokens * ep.price[1]) / 1e6
