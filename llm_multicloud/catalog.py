@@ -237,7 +237,21 @@ class Catalog:
         try:
             spec = CatalogSpec.model_validate(data)
         except ValidationError as exc:
-            raise CatalogError(_format_validation(exc, data, origin)) from None
+            # Also report what is wrong in the endpoints that did parse (an unknown
+            # region...), so that one run lists every problem, not the first layer.
+            more: list[str] = []
+            raw = data.get("endpoints")
+            stub = CatalogSpec.model_construct(models=None, endpoints=[], policy=None)
+            for i, item in enumerate(raw if isinstance(raw, list) else []):
+                try:
+                    _resolve(i, EndpointSpec.model_validate(item), stub, more)
+                except ValidationError:
+                    if isinstance(item, dict):
+                        where = f"endpoints[{i}] (id={item.get('id')!r})"
+                        bad = _region_problem(where, str(item.get("provider", "")).lower(), str(item.get("region", "")))
+                        more += [bad] if bad else []
+            msg = _format_validation(exc, data, origin)
+            raise CatalogError("\n  ".join([msg, *more])) from None
         problems: list[str] = []
         endpoints = [_resolve(i, e, spec, problems) for i, e in enumerate(spec.endpoints)]
         seen: dict[str, int] = {}
@@ -318,7 +332,7 @@ def _format_validation(exc: ValidationError, data: Any, origin: str) -> str:
     for err in exc.errors():
         path = _loc_path(tuple(err["loc"]), data)
         bad = err.get("input")
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling; see docs/catalog.md for the allowed fields)"
         elif err["type"] == "missing":
@@ -339,13 +353,21 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _region_problem(where: str, provider: str, region: str) -> str | None:
+    """An unknown region of a provider that has a built-in table, with suggestions."""
+    if provider in regions.PROVIDERS and regions.lookup(provider, region) is None:
+        near = ", ".join(regions.suggest(provider, region)) or "see docs/regions.md"
+        return f"{where}.region: {region!r} is not a known {provider} region; did you mean: {near}?"
+    return None
+
+
 def _resolve(i: int, e: EndpointSpec, spec: CatalogSpec, problems: list[str]) -> Endpoint:
     where = f"endpoints[{i}] (id={e.id!r})"
     # -- region, country, location
     known = regions.lookup(e.provider, e.region)
-    if known is None and e.provider in regions.PROVIDERS:
-        near = ", ".join(regions.suggest(e.provider, e.region)) or "see docs/regions.md"
-        problems.append(f"{where}.region: {e.region!r} is not a known {e.provider} region; did you mean: {near}?")
+    bad_region = _region_problem(where, e.provider, e.region)
+    if bad_region:
+        problems.append(bad_region)
     country = known.country if known else None
     if e.country is not None:
         c = e.country.upper()

@@ -135,7 +135,7 @@ def _status(args: argparse.Namespace) -> int:
             )
     if args.json:
         print(json.dumps(rows, indent=2))
-        return 0
+        return 0 if all(r["state"] == "up" for r in rows) else 1
     header = (
         "endpoint",
         "provider",

@@ -129,14 +129,20 @@ class MultiCloud:
         totals: dict[str, dict[str, dict[str, float]]] = {"region": {}, "provider": {}}
         for e in eps:
             for key, name in (("region", f"{e['provider']}/{e['region']}"), ("provider", e["provider"])):
-                t = totals[key].setdefault(name, {"requests": 0, "failures": 0, "cost_usd": 0.0})
+                t = totals[key].setdefault(
+                    name, {"requests": 0, "failures": 0, "cost_usd": 0.0, "unpriced_requests": 0}
+                )
                 t["requests"] += e["requests"]
                 t["failures"] += e["failures"]
-                t["cost_usd"] = round(t["cost_usd"] + e["cost_usd"], 8)
+                if e["cost_usd"] is None:
+                    t["unpriced_requests"] += e["requests"]
+                else:
+                    t["cost_usd"] = round(t["cost_usd"] + e["cost_usd"], 8)
         return {
             "endpoints": eps,
             "totals": totals,
-            "cost_usd": round(sum(e["cost_usd"] for e in eps), 8),
+            "cost_usd": round(sum(e["cost_usd"] or 0.0 for e in eps), 8),
+            "unpriced_requests": sum(e["requests"] for e in eps if e["cost_usd"] is None),
             "shared_state": self._shared.status() if self._shared is not None else {"backend": "memory"},
             "budgets": {
                 "retry_balance": round(self.executor.retry_budget.balance(), 2),

@@ -150,7 +150,7 @@ def run_demo(requests: int = 24) -> int:
                             e["requests"],
                             e["failures"],
                             e["hedges"],
-                            f"{e['cost_usd']:.6f}",
+                            "unknown" if e["cost_usd"] is None else f"{e['cost_usd']:.6f}",
                         )
                         for e in snap["endpoints"]
                     ]

@@ -334,7 +334,8 @@ class EndpointState:
             "wasted": self.wasted,
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
-            "cost_usd": round(self.cost_usd, 8),
+            # an endpoint without a price has an unknown cost, never a silent zero
+            "cost_usd": round(self.cost_usd, 8) if ep.price is not None else None,
             "cost_estimated": self.cost_estimated,
             "price_known": ep.price is not None,
             "missing_models": sorted(self.missing_models),

@@ -94,6 +94,8 @@ MAX_VALUE = 1 << 20
 MIN_PUSH_S = 0.05
 #: Sample weight cap when blending other replicas' TTFT estimates.
 MAX_SAMPLE_WEIGHT = 100
+#: Least time allowed to set up a connection (TCP, TLS, AUTH); rounds get ``timeout_s``.
+CONNECT_S = 1.0
 #: At most this many distinct keys get their own bad-data warning.
 MAX_WARNED = 1000
 
@@ -162,6 +164,7 @@ class SharedState:
         self._secrets = [*mc.catalog.secrets(), *([password] if password else [])]
         # A heartbeat lives a few periods: a replica that died stops counting soon,
         # one that missed a round (GC pause, slow Redis) does not flicker.
+        self._connect_s = max(self.policy.timeout_s, CONNECT_S)
         self._ttl_ms = int((3.0 * self.policy.refresh_s + 2.0 * self.policy.timeout_s) * 1000)
         # What was pushed / adopted, by deadline value: a fact is pushed once, and a
         # fact adopted from another replica is never pushed back (no echo, no creep).
@@ -213,6 +216,11 @@ class SharedState:
                     try:
                         if client is None:
                             client = self._connect(aioredis)
+                            # A new connection (TCP, TLS, AUTH) gets a bound of its own: set-up
+                            # to a managed Redis can take longer than a round trip, and nothing
+                            # but this background loop waits for it.
+                            with anyio.fail_after(self._connect_s):
+                                await client.ping()
                         await self._round(client)
                     except Exception as exc:  # down, slow, auth, bad URL...: never raise
                         self._failed(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
@@ -270,9 +278,10 @@ class SharedState:
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
-        t = self.policy.timeout_s
-        # No client-side retries: the next round is the retry, and a round must fit in
-        # timeout_s. Connections are made lazily, inside the bounded round.
+        t = self._connect_s
+        # No client-side retries: the next round is the retry. The anyio deadlines
+        # around the connection and each round are the bounds; socket timeouts are a
+        # second line.
         client: Redis = aioredis.from_url(
             self.policy.url,
             socket_timeout=t,
@@ -599,7 +608,9 @@ async def _aclose(client: Redis, limit_s: float) -> None:
     """Close a client without waiting long on a dead or stuck server."""
     with anyio.move_on_after(limit_s, shield=True):
         try:
-            await client.aclose()
+            # aclose() since redis-py 5.0.1; close() before (the extra allows any 5.x).
+            closer = getattr(client, "aclose", None) or client.close
+            await closer()
         except Exception:
             log.debug("closing the Redis client failed", exc_info=True)
 
