@@ -183,14 +183,15 @@ class Prober:
 
 
 def parse_queue_depth(text: bytes) -> float | None:
-    """Sum of waiting requests in a Prometheus exposition (vLLM or SGLang names)."""
+    """Waiting requests in a Prometheus exposition (vLLM or SGLang names): the largest
+    series (servers repeat the engine-wide gauge per model label)."""
     vals = []
     for m in _QUEUE_METRICS.finditer(text):
         try:
             vals.append(float(m.group(1)))
         except ValueError:
             continue
-    return sum(vals) if vals else None
+    return max(vals) if vals else None
 
 
 def _model_ids(body: bytes) -> set[str] | None:

@@ -250,3 +250,50 @@ def test_caller_deadline_is_the_overall_deadline(clean: Fleet) -> None:
         client = mc.wrap(openai.OpenAI(api_key=PLACEHOLDER_KEY, timeout=0.5))
         with pytest.raises(openai.APITimeoutError):
             client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}])
+
+
+def test_queue_depth_from_prometheus_metrics_steers_traffic(clean: Fleet) -> None:
+    """vLLM's vllm:num_requests_waiting, read by the optional load probe, joins the
+    router's load term: a deep queue loses the primary spot."""
+    cat: dict[str, Any] = clean.catalog()
+    for ep in cat["endpoints"]:
+        ep["metrics_path"] = "/metrics"
+    policy = {"strategy": "latency", "probe": {"enabled": True, "interval_s": 0.05, "metrics": True}}
+    clean.set_waiting("aws-euc1", 0)
+    clean.set_waiting("gcp-euw4", 0)
+    with lmc.MultiCloud(cat, {**policy, "hedge": {"enabled": False}}) as mc:
+        client = mc.wrap(openai.OpenAI(api_key=PLACEHOLDER_KEY))
+        _send(client, 1)  # starts the prober
+        clean.set_waiting("aws-euc1", 500)
+        clean.wait_for(lambda: mc.snapshot()["endpoints"][0]["queue_waiting"] == 500)
+        assert mc.explain(MODEL, residency="EU").candidates[0].endpoint.id == "gcp-euw4"
+        assert _send(client, 3) == ["gcp-euw4"] * 3
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_stream_that_stalls_after_commit_raises_after_the_chunk_gap(clean: Fleet, kind: str) -> None:
+    clean.set_latency("aws-euc1", ttft_ms=2, ttft_jitter=0, itl_ms=3000)
+    with make_mc(clean, {"timeouts": {"chunk_gap_s": 0.3}}) as mc:
+        with pytest.raises(lmc.StreamInterrupted, match=r"no data for 0\.3s") as ei:
+            chat(mc, kind, stream=True, extra_headers=EU, max_tokens=5)
+        assert ei.value.delivered_text.startswith("[aws-euc1] w0")
+    clean.wait_for(lambda: chat_records(clean, "aws-euc1")[0].outcome == "disconnected")
+
+
+def test_retry_budget_keeps_a_wide_outage_from_multiplying_load(clean: Fleet) -> None:
+    for rid in clean.region_ids:
+        clean.set_fault(rid, mode="status", status=500)
+    # breakers out of the way: this is about the budget alone
+    policy = {
+        "retry": {"max_attempts": 4, "budget": 0.2, "min_per_s": 0.5},
+        "breaker": {"consecutive_failures": 10_000},
+    }
+    n = 60
+    with make_mc(clean, policy) as mc:
+        client = mc.wrap(openai.OpenAI(api_key=PLACEHOLDER_KEY))
+        for i in range(n):
+            with pytest.raises(openai.InternalServerError):
+                client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": f"{i}"}])
+    sent = sum(clean.counts().values())
+    # without a budget: 4 attempts each = 240; with it: the requests, + 20 %, + the floor
+    assert sent <= n + 0.2 * n + 0.5 * mc.policy.retry.window_s + 1
