@@ -624,11 +624,7 @@ class Executor:
             end_unix_nano=req.wall(now),
         )
         req.records.append(rec)
-        for hook in list(self.hooks):
-            try:
-                hook(rec)
-            except Exception:  # a broken hook must not break a request
-                log.exception("attempt hook failed")
+        _notify(self.hooks, rec)
 
     def _request_done(
         self, req: _Request, w: _Attempt | None, outcome: str, status: int | None, error_type: str | None
@@ -668,11 +664,7 @@ class Executor:
             cost_estimated=any(r.cost_estimated and r.cost_usd > 0 for r in req.records),
             otel_context=req.otel_context,
         )
-        for hook in list(self.request_hooks):
-            try:
-                hook(rec)
-            except Exception:  # a broken hook must not break a request
-                log.exception("request hook failed")
+        _notify(self.request_hooks, rec)
 
     def _cost(
         self, a: _Attempt, intent: Intent, usage: dict[str, Any] | None, outcome: str, delivered_tokens: int
@@ -817,6 +809,14 @@ def parse_retry_after(headers: list[tuple[str, str]], now_wall: float | None = N
         return None
     now = time.time() if now_wall is None else now_wall
     return max(when.timestamp() - now, 0.0)
+
+
+def _notify(hooks: list[Callable[[Any], None]], rec: Any) -> None:
+    for hook in list(hooks):
+        try:
+            hook(rec)
+        except Exception:  # a broken hook must not break a request
+            log.exception("hook %r failed", hook)
 
 
 def _int(v: Any) -> int | None:

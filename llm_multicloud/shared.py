@@ -173,7 +173,7 @@ class SharedState:
         self._pushed_cool: dict[str, float] = {}
         self._adopted_cool: dict[str, float] = {}
         self._adopted_ttft: dict[int, tuple[float, float]] = {}
-        self._prune: set[bytes] = set()
+        self._prune: set[bytes | str] = set()
         self._warned: set[str] = set()
         self._offset_ms = 0.0  # Redis server clock minus this host's wall clock (ms)
         self._rand = random.Random()
@@ -306,7 +306,7 @@ class SharedState:
                     pipe.eval(_FORWARD_ONLY, 1, p.key, str(p.remaining_ms), p.body, str(SCHEMA))
                 pipe.hset(self._k_replicas, self.id, entry)
                 pipe.pexpire(self._k_replicas, 4 * self._ttl_ms)
-                prune = sorted(self._prune)
+                prune = list(self._prune)
                 if prune:
                     pipe.hdel(self._k_replicas, *prune)
                 pipe.mget(self._k_eject)
@@ -434,14 +434,14 @@ class SharedState:
             if dom.until != before:
                 self._adopted_cool[name] = dom.until
 
-    def _merge_replicas(self, entries: dict[bytes, bytes], server_ms: float, t1: float) -> None:
+    def _merge_replicas(self, entries: dict[bytes | str, bytes | str], server_ms: float, t1: float) -> None:
         states = self.mc.health.states
         n = len(states)
         remote = [0] * n
         ttft: list[list[tuple[float, float, float]]] = [[] for _ in range(n)]
         live = 0
         for field, raw in entries.items():
-            rid = field.decode("utf-8", "replace")
+            rid = field.decode("utf-8", "replace") if isinstance(field, bytes) else str(field)
             key = f"{self._k_replicas}[{rid[:80]}]"
             obj = self._parse(key, raw)
             if obj is None:

@@ -109,8 +109,21 @@ class _Core:
     def error(self, err: RoutingError, request: Any) -> Any:
         return self.lib.Response(err.status, headers=err.headers(), content=err.body(), request=request)
 
-    def timeout(self, exc: DeadlineExceeded, request: Any) -> Exception:
-        return self.lib.ReadTimeout(str(exc), request=request)  # type: ignore[no-any-return]
+    async def run(self, it: intent_mod.Intent, upstream: Upstream, request: Any) -> Result:
+        """Execute, with routing errors as HTTP error results (the SDK raises its own
+        exception types for them) and a missed deadline as the library's ReadTimeout
+        (``openai.APITimeoutError``). The one place both transports translate."""
+        try:
+            return await self.mc.executor.execute(it, upstream)
+        except RoutingError as err:
+            return Result(err.status, [(k.decode(), v.decode()) for k, v in err.headers()], err.body(), None)
+        except DeadlineExceeded as exc:
+            raise self.lib.ReadTimeout(str(exc), request=request) from None
+
+    def response(self, result: Result, request: Any, stream: Any) -> Any:
+        if result.stream is None:
+            return self.lib.Response(result.status, headers=result.headers, content=result.body or b"", request=request)
+        return self.lib.Response(result.status, headers=result.headers, stream=stream, request=request)
 
 
 @functools.cache
@@ -155,11 +168,6 @@ def transport_classes(lib: ModuleType) -> tuple[type[Any], type[Any]]:
         async def aclose(self) -> None:
             await self._pt.aclose()
 
-    def build(core: _Core, result: Result, request: Any, stream: Any) -> Any:
-        if result.stream is None:
-            return lib.Response(result.status, headers=result.headers, content=result.body or b"", request=request)
-        return lib.Response(result.status, headers=result.headers, stream=stream, request=request)
-
     class SyncTransport(lib.BaseTransport):  # type: ignore[misc,name-defined]
         """Routes a sync client's requests (see the module docs)."""
 
@@ -171,24 +179,19 @@ def transport_classes(lib: ModuleType) -> tuple[type[Any], type[Any]]:
         def multicloud(self) -> MultiCloud:
             return self._core.mc
 
-        async def _run(self, it: intent_mod.Intent) -> Result:
-            if self._upstream is None:
+        async def _run(self, it: intent_mod.Intent, request: Any) -> Result:
+            if self._upstream is None:  # created in the portal's loop, where it is used
                 self._upstream = Upstream(lib)
-            return await self._core.mc.executor.execute(it, self._upstream)
+            return await self._core.run(it, self._upstream, request)
 
         def handle_request(self, request: Any) -> Any:
             core = self._core
             it, ready = core.prepare(request, request.read())
             if it is None:
                 return ready
-            try:
-                result = core.mc._portal().call(self._run, it)
-            except RoutingError as err:
-                return core.error(err, request)
-            except DeadlineExceeded as exc:
-                raise core.timeout(exc, request) from None
+            result = core.mc._portal().call(self._run, it, request)
             pt = result.stream
-            return build(core, result, request, SyncStream(core.mc, pt) if pt is not None else None)
+            return core.response(result, request, SyncStream(core.mc, pt) if pt is not None else None)
 
         def close(self) -> None:
             mc = self._core.mc
@@ -217,14 +220,9 @@ def transport_classes(lib: ModuleType) -> tuple[type[Any], type[Any]]:
             if self._upstream is None:
                 self._upstream = Upstream(lib)
             core.mc._started()
-            try:
-                result = await core.mc.executor.execute(it, self._upstream)
-            except RoutingError as err:
-                return core.error(err, request)
-            except DeadlineExceeded as exc:
-                raise core.timeout(exc, request) from None
+            result = await core.run(it, self._upstream, request)
             pt = result.stream
-            return build(core, result, request, AsyncStream(pt) if pt is not None else None)
+            return core.response(result, request, AsyncStream(pt) if pt is not None else None)
 
         async def aclose(self) -> None:
             up, self._upstream = self._upstream, None
