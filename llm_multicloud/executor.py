@@ -506,7 +506,10 @@ class Executor:
             if intent.body is not None
             else None
         )
-        budget = max(min(to.first_token_s, deadline - self.clock()), 0.001)
+        # Streams: until the first content event. Non-streamed answers arrive whole
+        # (servers send no headers before the body), so they get the longer response_s.
+        limit = to.first_token_s if intent.stream else to.response_s
+        budget = max(min(limit, deadline - self.clock()), 0.001)
         handed = False
         try:
             with send:

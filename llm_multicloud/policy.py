@@ -88,7 +88,11 @@ class Timeouts(_Strict):
     """Deadlines, each separate. The caller's openai ``timeout`` is the overall deadline."""
 
     connect_s: float = Field(2.0, gt=0.0)
+    #: Streams: the first content event must arrive within this.
     first_token_s: float = Field(10.0, gt=0.0)
+    #: Non-streamed answers arrive whole, after the whole generation: the longest one
+    #: may take (raise it per model for long generations).
+    response_s: float = Field(120.0, gt=0.0)
     #: Longest silence between two chunks of a stream after the first token.
     chunk_gap_s: float = Field(30.0, gt=0.0)
     #: Overall deadline when the caller gives none.

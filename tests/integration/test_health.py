@@ -114,7 +114,7 @@ def test_waits_for_a_short_cooldown_instead_of_failing(clean: Fleet) -> None:
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 def test_hang_times_out_on_first_token_and_fails_over(clean: Fleet, kind: str, stream: bool) -> None:
     clean.set_fault("aws-euc1", mode="hang")
-    with make_mc(clean, {"timeouts": {"first_token_s": 0.3}}) as mc:
+    with make_mc(clean, {"timeouts": {"first_token_s": 0.3, "response_s": 0.3}}) as mc:
         ans = chat(mc, kind, stream=stream, extra_headers=EU)
         assert ans.headers["x-llm-multicloud-endpoint"] == "gcp-euw4"
         assert ans.headers["x-llm-multicloud-attempts"] == "2"
