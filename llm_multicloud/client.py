@@ -143,7 +143,16 @@ class MultiCloud:
             "totals": totals,
             "cost_usd": round(sum(e["cost_usd"] or 0.0 for e in eps), 8),
             "unpriced_requests": sum(e["requests"] for e in eps if e["cost_usd"] is None),
-            "shared_state": self._shared.status() if self._shared is not None else {"backend": "memory"},
+            "shared_state": (
+                self._shared.status()
+                if self._shared is not None
+                else {
+                    "backend": self.policy.state.backend,
+                    "status": "local"
+                    if self.policy.state.backend == "memory"
+                    else "not started (starts with the first request)",
+                }
+            ),
             "budgets": {
                 "retry_balance": round(self.executor.retry_budget.balance(), 2),
                 "hedge_balance": round(self.executor.hedge_budget.balance(), 2),
