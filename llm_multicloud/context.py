@@ -126,6 +126,14 @@ def routing(
         _current.reset(token)
 
 
+async def _pinned(awaitable: Any, enter: Callable[[], Token[Constraints]]) -> Any:
+    token = enter()
+    try:
+        return await awaitable
+    finally:
+        _current.reset(token)
+
+
 class residency:
     """Pin calls to a residency: a decorator (sync, async, generator and async
     generator functions) and a context manager.
@@ -238,8 +246,14 @@ class residency:
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
             token = enter()
             try:
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
             finally:
                 _current.reset(token)
+            if inspect.isawaitable(result):
+                # A plain function (or an object with an async __call__) that returns
+                # an awaitable: the work happens when it is awaited, so the scope must
+                # be in force then, not only while the function returned it.
+                return _pinned(result, enter)
+            return result
 
         return cast(F, sync_wrapper)

@@ -552,6 +552,11 @@ class Executor:
                 except UpstreamError as exc:
                     a.fault = FaultKind.ENDPOINT
                     a.reason = f"{exc.kind} error: {redact(str(exc), self._secrets)}"
+                if a.fault is not None and a.resp is not None:
+                    # Failed after the response opened (timeout, broken or malformed
+                    # stream): close it now, so the endpoint stops generating.
+                    await a.resp.aclose()
+                    a.resp = None
                 a.ready_at = self.clock()
                 send.send_nowait(a)
                 handed = True

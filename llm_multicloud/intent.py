@@ -113,7 +113,7 @@ def parse(
 ) -> Intent:
     """Parse one SDK request. Raises :class:`RoutingError` (400) on bad input."""
     fwd: list[tuple[str, str]] = []
-    residency = near = tags = None
+    scopes: list[tuple[str, str]] = []  # routing headers, in order: each one narrows
     for k, hv in headers:
         lk, v = k.lower(), hv
         if lk.startswith(HEADER_PREFIX):
@@ -122,12 +122,8 @@ def parse(
                     400, "bad_routing_header", f"header {lk}: value is too long or has control characters"
                 )
             name = lk[len(HEADER_PREFIX) :]
-            if name == "residency":
-                residency = v
-            elif name == "near":
-                near = v
-            elif name == "tags":
-                tags = _parse_tags(v)
+            if name in ("residency", "near", "tags"):
+                scopes.append((name, v))
             else:
                 raise RoutingError(
                     400,
@@ -140,11 +136,18 @@ def parse(
             continue
         fwd.append((lk, v))
     constraints = context.current()
-    if residency is not None or near is not None or tags is not None:
-        try:
-            constraints = constraints.narrow(residency, near, tags)
-        except LLMMulticloudError as exc:
-            raise RoutingError(400, "bad_routing_header", str(exc)) from None
+    try:
+        # A repeated header narrows again (intersection), never replaces: a second
+        # residency header can only make a request more constrained.
+        for name, v in scopes:
+            if name == "residency":
+                constraints = constraints.narrow(residency=v)
+            elif name == "near":
+                constraints = constraints.narrow(near=v)
+            else:
+                constraints = constraints.narrow(tags=_parse_tags(v))
+    except LLMMulticloudError as exc:
+        raise RoutingError(400, "bad_routing_header", str(exc)) from None
     path = path.strip("/")
     obj: dict[str, Any] | None = None
     if body:
