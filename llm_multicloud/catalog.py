@@ -36,7 +36,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from . import regions
 from .errors import CatalogError
@@ -59,6 +59,17 @@ class Pricing(_Strict):
     gpu_hour: float | None = Field(None, ge=0.0, description="USD per GPU hour (self-hosted)")
     gpus: float = Field(1.0, gt=0.0)
     tokens_per_s: float | None = Field(None, gt=0.0, description="sustained output tokens/s of the deployment")
+
+    @model_validator(mode="after")
+    def _complete(self) -> Pricing:
+        per_tok = self.input_per_mtok is not None, self.output_per_mtok is not None
+        if any(per_tok) and not all(per_tok):
+            raise ValueError("give both input_per_mtok and output_per_mtok (a half price is not a price)")
+        if (self.gpu_hour is None) != (self.tokens_per_s is None) and not all(per_tok):
+            raise ValueError("a GPU-hour price needs tokens_per_s (sustained output tokens/s) to become per-token")
+        if not any(per_tok) and self.gpu_hour is None and self.cached_input_per_mtok is None:
+            raise ValueError("empty pricing: give input_per_mtok and output_per_mtok, or gpu_hour and tokens_per_s")
+        return self
 
     def resolved(self) -> tuple[float, float, float] | None:
         """(input, output, cached input) USD per million tokens, or None if unknown."""
@@ -222,6 +233,11 @@ class Catalog:
         if isinstance(source, Mapping):
             data: Any = dict(source)
             origin = "catalog"
+        elif not isinstance(source, str | os.PathLike):
+            raise CatalogError(
+                f"a catalog is a path, a mapping or a Catalog (got {type(source).__name__}); "
+                "the top level is a mapping with 'endpoints:'"
+            )
         else:
             path = Path(source)
             origin = str(path)
@@ -262,13 +278,7 @@ class Catalog:
                 )
             seen.setdefault(e.id, i)
         for name, m in (spec.models or {}).items():
-            if m.timeouts:
-                try:
-                    Timeouts.model_validate(m.timeouts)
-                except ValidationError as exc:
-                    problems.append(
-                        _format_validation(exc, m.timeouts, f"models.{name}.timeouts").replace("\n  ", "; ")
-                    )
+            problems += _timeout_problems(m.timeouts or {}, f"models.{name}.timeouts")
         if problems:
             raise CatalogError(f"{origin} is invalid:\n  " + "\n  ".join(problems))
         return cls(spec, endpoints)
@@ -353,6 +363,23 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _timeout_problems(timeouts: Mapping[str, Any], where: str) -> list[str]:
+    """Deadline overrides checked against the policy's Timeouts fields, one line each."""
+    if not timeouts:
+        return []
+    try:
+        Timeouts.model_validate(dict(timeouts))
+    except ValidationError as exc:
+        return [f"{where}.{_loc_path(tuple(err['loc']), timeouts)}: {_message(err)}" for err in exc.errors()]
+    return []
+
+
+def _message(err: Any) -> str:
+    if err["type"] == "extra_forbidden":
+        return f"unknown field (allowed: {', '.join(Timeouts.model_fields)})"
+    return f"{err['msg'].removeprefix('Value error, ')} (got {_short(err.get('input'))})"
+
+
 def _region_problem(where: str, provider: str, region: str) -> str | None:
     """An unknown region of a provider that has a built-in table, with suggestions."""
     if provider in regions.PROVIDERS and regions.lookup(provider, region) is None:
@@ -433,11 +460,10 @@ def _resolve(i: int, e: EndpointSpec, spec: CatalogSpec, problems: list[str]) ->
                 )
     # -- timeouts
     timeouts = dict(e.timeouts or {})
-    if timeouts:
-        try:
-            Timeouts.model_validate(timeouts)
-        except ValidationError as exc:
-            problems.append(_format_validation(exc, timeouts, f"{where}.timeouts").replace("\n  ", "; "))
+    if "total_s" in timeouts:
+        problems.append(f"{where}.timeouts.total_s: the overall deadline is per request; set it per model or in policy")
+    else:
+        problems += _timeout_problems(timeouts, f"{where}.timeouts")
     price = e.pricing.resolved() if e.pricing else None
     if price is not None and not all(math.isfinite(p) for p in price):
         problems.append(f"{where}.pricing: prices must be finite numbers")

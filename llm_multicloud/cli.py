@@ -63,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .catalog import Catalog
 
             cat = Catalog.load(args.catalog)
+            cat.policy()  # the policy section too
             print(f"ok: {len(cat.endpoints)} endpoints, models: {', '.join(sorted(cat.models))}")
             return 0
     except LLMMulticloudError as exc:
@@ -76,7 +77,13 @@ def _explain(args: argparse.Namespace) -> int:
 
     tags = None
     if args.tags:
-        tags = dict(kv.split("=", 1) for kv in args.tags.split(",") if "=" in kv)
+        from .intent import _parse_tags
+
+        try:
+            tags = _parse_tags(args.tags)
+        except LLMMulticloudError as exc:
+            print(f"error: --tags: {exc}", file=sys.stderr)
+            return 2
     with MultiCloud(args.catalog) as mc:
         plan = mc.explain(
             args.model,

@@ -103,20 +103,20 @@ class MultiCloud:
         """A copy of an ``openai`` client (sync or async, any version) that routes here."""
         return _wrap(self, client, owns=False)
 
-    def httpx_client(self, *, lib: str | None = None, **kwargs: Any) -> Any:
+    def httpx_client(self, *, lib: str | None = None, _owns: bool = False, **kwargs: Any) -> Any:
         """A sync ``httpx2.Client`` (or ``httpx.Client`` with ``lib="httpx"``) that routes here,
         for SDKs other than openai. Use base URL ``http://llm-multicloud.invalid/v1``."""
         mod = _lib(lib)
         sync_cls, _ = _transport_classes(mod)
         kwargs.setdefault("base_url", PLACEHOLDER_BASE_URL)
-        return mod.Client(transport=sync_cls(self), **kwargs)
+        return mod.Client(transport=sync_cls(self, owns=_owns), **kwargs)
 
-    def async_httpx_client(self, *, lib: str | None = None, **kwargs: Any) -> Any:
+    def async_httpx_client(self, *, lib: str | None = None, _owns: bool = False, **kwargs: Any) -> Any:
         """The async counterpart of :meth:`httpx_client`."""
         mod = _lib(lib)
         _, async_cls = _transport_classes(mod)
         kwargs.setdefault("base_url", PLACEHOLDER_BASE_URL)
-        return mod.AsyncClient(transport=async_cls(self), **kwargs)
+        return mod.AsyncClient(transport=async_cls(self, owns=_owns), **kwargs)
 
     # -- views --------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -199,6 +199,8 @@ class MultiCloud:
 
     def _started(self) -> None:
         """Called on each async request: make sure background probes run (lazily)."""
+        if self._closed:
+            raise RuntimeError("this MultiCloud is closed: requests through its clients are refused")
         if (
             self._portal_obj is None
             and not self._closed
@@ -337,11 +339,13 @@ def multicloud_of(client: Any) -> MultiCloud:
 
 def httpx_client(catalog: CatalogSource | MultiCloud, *, lib: str | None = None, **kwargs: Any) -> Any:
     """A sync httpx2/httpx client that routes over ``catalog`` (for other SDKs)."""
-    mc = catalog if isinstance(catalog, MultiCloud) else MultiCloud(catalog)
-    return mc.httpx_client(lib=lib, **kwargs)
+    if isinstance(catalog, MultiCloud):
+        return catalog.httpx_client(lib=lib, **kwargs)
+    return MultiCloud(catalog).httpx_client(lib=lib, _owns=True, **kwargs)  # closed with the client
 
 
 def async_httpx_client(catalog: CatalogSource | MultiCloud, *, lib: str | None = None, **kwargs: Any) -> Any:
     """An async httpx2/httpx client that routes over ``catalog`` (for other SDKs)."""
-    mc = catalog if isinstance(catalog, MultiCloud) else MultiCloud(catalog)
-    return mc.async_httpx_client(lib=lib, **kwargs)
+    if isinstance(catalog, MultiCloud):
+        return catalog.async_httpx_client(lib=lib, **kwargs)
+    return MultiCloud(catalog).async_httpx_client(lib=lib, _owns=True, **kwargs)  # closed with the client

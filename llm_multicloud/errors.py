@@ -89,7 +89,10 @@ def classify_status(status: int) -> FaultKind | None:
         return None
     if status in (401, 403, 429):
         return FaultKind.QUOTA
-    if status in (408, 409, 425) or status >= 500:
+    if status in (404, 408, 409, 425) or status >= 500:
+        # 404: the request names a model this endpoint is declared to serve (unknown
+        # models never leave the process), so a 404 means the endpoint is
+        # misconfigured (served name, path): its fault, and another may answer.
         # 408/425 are the server giving up on us; 409 "conflict" from some gateways
         # means "busy". All transient and specific to this endpoint.
         return FaultKind.ENDPOINT

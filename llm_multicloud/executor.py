@@ -308,7 +308,9 @@ class Executor:
         clock = self.clock
         intent = req.intent
         start = req.t0
-        total = min(intent.timeout_s or math.inf, self.policy.timeouts.total_s or math.inf)
+        spec = self.catalog.models.get(intent.model or "")
+        model_total = (spec.timeouts or {}).get("total_s") if spec is not None else None
+        total = min(intent.timeout_s or math.inf, model_total or self.policy.timeouts.total_s or math.inf)
         deadline = start + (total if math.isfinite(total) else 600.0)
         self.retry_budget.deposit()
         self.hedge_budget.deposit()
@@ -389,6 +391,13 @@ class Executor:
                     continue
                 return c, st, admitted
             return None
+
+        def has_hedge_target() -> bool:
+            """Another failure domain to hedge to (checked before spending budget)."""
+            domains = {a.ep.failure_domain for a in in_flight}
+            return any(
+                c.endpoint.index not in tried and c.endpoint.failure_domain not in domains for c in plan.candidates
+            )
 
         def launch(tg: anyio.abc.TaskGroup, kind: str, last: _Attempt | None = None) -> _Attempt | None:
             got = pick(kind, last)
@@ -677,20 +686,24 @@ class Executor:
     def _cost(
         self, a: _Attempt, intent: Intent, usage: dict[str, Any] | None, outcome: str, delivered_tokens: int
     ) -> tuple[float, bool]:
+        """USD of one attempt and whether it is an estimate. Tokens are counted even
+        where the price is unknown (the cost is then reported as unknown, not zero)."""
         price = a.ep.price
-        if price is None:
-            return 0.0, True
         if usage:
             inp = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
             out = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
-            details = usage.get("prompt_tokens_details") or {}
+            details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
             cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
             a.st.input_tokens += inp
             a.st.output_tokens += out
+            if price is None:
+                return 0.0, True
             return ((inp - cached) * price[0] + cached * price[2] + out * price[1]) / 1e6, False
-        if outcome == "failed" and a.fault is not FaultKind.ENDPOINT:
-            return 0.0, False  # refused (429/401/403): not billed
-        if outcome in ("failed",) and a.ttft is None:
+        if price is None:
+            return 0.0, True
+        if outcome == "request_error" or (outcome == "failed" and a.fault is not FaultKind.ENDPOINT):
+            return 0.0, False  # refused (4xx, 429/401/403): not billed
+        if outcome == "failed" and a.ttft is None:
             return 0.0, True
         # Cancelled hedge losers and interrupted streams: the prompt was processed.
         return (intent.input_tokens * price[0] + delivered_tokens * price[1]) / 1e6, True
@@ -714,7 +727,8 @@ class Executor:
             st.observe_stream((now - w.t0) * 1000.0, int((w.usage or {}).get("completion_tokens") or 0), None)
             self._finish_attempt(w, req, "won")
             cost = sum(r.cost_usd for r in req.records)
-            meta.append(("x-llm-multicloud-cost-usd", f"{cost:.8f}"))
+            priced = all(self.catalog.endpoints[x.st.endpoint.index].price is not None for x in req.attempts)
+            meta.append(("x-llm-multicloud-cost-usd", f"{cost:.8f}" if priced else "unknown"))
             self._request_done(req, w, "ok", w.status, None)
             return Result(w.status or 200, headers + meta, w.body or b"", None)
         strip = not intent.wants_usage and intent.operation in ("chat", "text_completion")

@@ -99,6 +99,7 @@ class EndpointState:
         "input_tokens",
         "last_error",
         "missing_models",
+        "on_half_open",
         "open_until",
         "opened_at",
         "output_tokens",
@@ -146,6 +147,8 @@ class EndpointState:
         self.half_open_inflight = 0
         self.window: deque[tuple[float, bool]] = deque()
         self.missing_models: frozenset[str] = frozenset()
+        #: Health.emit, so that the half-open transition reaches logs and hooks too
+        self.on_half_open: list[Callable[[Transition], None]] = []
         self.requests = 0
         self.successes = 0
         self.failures = 0
@@ -209,18 +212,26 @@ class EndpointState:
         """Take a slot for an attempt: the breaker state it was admitted under ("closed",
         "half_open": holding one of the bounded trial permits, or "open": re-admitted by
         the ejection cap or panic), or None when half-open permits are all taken."""
+        t = None
         with self._lock:
             if self.breaker == "open" and now >= self.open_until:
                 self.breaker = "half_open"
                 self.half_open_inflight = 0
-                log.info("endpoint %s: breaker half-open (trial requests admitted)", self.endpoint.id)
-            if self.breaker == "half_open":
-                if self.half_open_inflight >= self._policy.breaker.half_open_permits:
-                    return None
-                self.half_open_inflight += 1
-            self.inflight += 1
-            self.requests += 1
-            return self.breaker
+                t = Transition(
+                    self.endpoint.id, "open", "half_open", "ejection over: trial requests admitted", now, None
+                )
+            if self.breaker == "half_open" and self.half_open_inflight >= self._policy.breaker.half_open_permits:
+                admitted = None
+            else:
+                if self.breaker == "half_open":
+                    self.half_open_inflight += 1
+                self.inflight += 1
+                self.requests += 1
+                admitted = self.breaker
+        if t is not None:  # outside the lock: hooks may read this state
+            for fn in self.on_half_open:
+                fn(t)
+        return admitted
 
     def release(self, permit: bool) -> None:
         """Give the slot back (``permit``: it held a half-open trial permit)."""
@@ -241,7 +252,6 @@ class EndpointState:
                 old = self.breaker
                 self.breaker = "closed"
                 self.half_open_inflight = 0
-                # Forgive ejections slowly: one per success after recovery.
                 return Transition(self.endpoint.id, old, "closed", "trial request succeeded", now, None)
             if self.ejections and self.consecutive == 0 and now - self.opened_at > self._policy.breaker.max_ejection_s:
                 self.ejections = 0
@@ -359,6 +369,8 @@ class Health:
             for e in catalog.endpoints
         )
         self.listeners: list[Callable[[Transition], None]] = []
+        for st in self.states:
+            st.on_half_open.append(self.emit)
         self._rand = random.Random()
 
     def emit(self, t: Transition | None) -> None:
@@ -390,7 +402,7 @@ class Health:
             dom.reason = reason
             st.last_error = reason
             if not was:
-                self.emit(Transition(st.endpoint.id, "closed", "cooling", reason, now, until))
+                self.emit(Transition(st.endpoint.id, st.breaker, "cooling", reason, now, until))
 
     def apply_remote_ejection(self, st: EndpointState, until: float, reason: str, ejections: int) -> None:
         """Another replica ejected this endpoint until ``until`` (this process's monotonic

@@ -135,6 +135,9 @@ class Prober:
             return self._failed(st, f"probe {exc.kind} error: {exc}", None)
         rtt = (clock() - t0) * 1000.0
         fault = classify_status(status)
+        if status == 404:
+            # No /models here (or elsewhere): the probe path is wrong, not the endpoint.
+            return self._failed(st, f"probe got HTTP 404 for {path}: set probe_path", status, endpoint_fault=False)
         if fault is not None:
             return self._failed(st, f"probe got HTTP {status}", status, endpoint_fault=fault is FaultKind.ENDPOINT)
         st.observe_rtt(rtt)

@@ -88,6 +88,15 @@ def classify(data: bytes | None) -> tuple[EventKind, dict[str, Any] | None]:
         return EventKind.MALFORMED, None
     if not isinstance(obj, dict):
         return EventKind.MALFORMED, None
+    t = obj.get("type")
+    if isinstance(t, str) and (t.startswith("response.") or t == "error"):
+        # The Responses API: typed events, no [DONE]. Deltas carry content; the
+        # response.completed/incomplete event ends the stream (usage inside it).
+        if t in ("response.completed", "response.incomplete"):
+            return EventKind.DONE, obj
+        if t in ("response.failed", "error"):
+            return EventKind.ERROR, obj
+        return (EventKind.CONTENT if t.endswith(".delta") else EventKind.PREAMBLE), obj
     if "error" in obj and not obj.get("choices"):
         return EventKind.ERROR, obj
     choices = obj.get("choices")

@@ -102,13 +102,20 @@ class Passthrough:
                     out.append(ev)
                     continue
                 problem = None
-                if b'"usage"' in d or b'"error"' in d:
+                if b'"usage"' in d or b'"error"' in d or b'"response.' in d:
                     kind, obj = sse.classify(d)
                     if kind is sse.EventKind.ERROR:
                         problem = f"error event mid-stream: {error_message(ev)}"
                     else:
-                        if obj is not None and isinstance(obj.get("usage"), dict):
-                            a.usage = obj["usage"]
+                        if obj is not None:
+                            usage = obj.get("usage")
+                            inner = obj.get("response")
+                            if not isinstance(usage, dict) and isinstance(inner, dict):
+                                usage = inner.get("usage")  # Responses API: in response.completed
+                            if isinstance(usage, dict):
+                                a.usage = usage
+                        if kind is sse.EventKind.DONE:
+                            self._done = True  # response.completed ends a Responses stream
                         if kind is sse.EventKind.USAGE and self._strip:
                             continue
                 elif not sse.looks_like_json_object(d):

@@ -134,3 +134,16 @@ def test_bad_pricing_is_rejected_with_the_field(clean: Fleet) -> None:
     cat["endpoints"][0]["pricing"] = {"input_per_mtok": 1, "output_per_mtok": 1, "currency": "EUR"}
     with pytest.raises(lmc.CatalogError, match="unknown field"):
         lmc.MultiCloud(cat)
+
+
+def test_cost_header_says_unknown_for_an_unpriced_endpoint(clean: Fleet) -> None:
+    cat: dict[str, Any] = clean.catalog()
+    del cat["endpoints"][0]["pricing"]  # aws-euc1, first in order
+    with lmc.MultiCloud(cat, {"strategy": "ordered", "probe": {"enabled": False}}) as mc:
+        r = mc.wrap(openai.OpenAI(api_key=PLACEHOLDER_KEY)).chat.completions.with_raw_response.create(
+            model=MODEL, messages=[{"role": "user", "content": "x"}]
+        )
+        assert r.headers["x-llm-multicloud-endpoint"] == "aws-euc1"
+        assert r.headers["x-llm-multicloud-cost-usd"] == "unknown"
+        e = next(e for e in mc.snapshot()["endpoints"] if e["id"] == "aws-euc1")
+        assert e["cost_usd"] is None and e["output_tokens"] > 0  # tokens counted all the same

@@ -165,8 +165,8 @@ def test_recovery_through_half_open(clean: Fleet) -> None:
         assert _send(client, 3) == ["gcp-euw4"] * 3  # still ejected
         clock.advance(12)  # past base ejection (+ jitter)
         assert _send(client, 1) == ["aws-euc1"]  # the trial request
-        assert [t.new for t in transitions] == ["open", "closed"]
-        assert transitions[1].reason == "trial request succeeded"
+        assert [t.new for t in transitions] == ["open", "half_open", "closed"]
+        assert transitions[2].reason == "trial request succeeded"
         assert _send(client, 2) == ["aws-euc1"] * 2
         # a second ejection lasts longer (base × ejections)
         clean.set_fault("aws-euc1", mode="down")
@@ -297,3 +297,13 @@ def test_retry_budget_keeps_a_wide_outage_from_multiplying_load(clean: Fleet) ->
     sent = sum(clean.counts().values())
     # without a budget: 4 attempts each = 240; with it: the requests, + 20 %, + the floor
     assert sent <= n + 0.2 * n + 0.5 * mc.policy.retry.window_s + 1
+
+
+def test_an_endpoint_answering_404_for_its_served_name_is_failed_over(clean: Fleet) -> None:
+    """The catalog says aws-euc1 serves the model under a name it no longer knows:
+    its 404 is the endpoint's fault (unknown models never leave the process)."""
+    clean.set_models("aws-euc1", {MODEL: "renamed-by-the-provider"})
+    audit = Audit()
+    with make_mc(clean, on_attempt=audit) as mc:
+        assert _send(mc.wrap(openai.OpenAI(api_key=PLACEHOLDER_KEY)), 1) == ["gcp-euw4"]
+    assert [(a.endpoint, a.status) for a in audit.records] == [("aws-euc1", 404), ("gcp-euw4", 200)]

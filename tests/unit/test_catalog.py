@@ -420,16 +420,17 @@ def test_pricing_per_mtok(ep: Any) -> None:
             "endpoints": [
                 ep("a", pricing={"input_per_mtok": 0.1, "output_per_mtok": 0.3}),
                 ep("b", pricing={"input_per_mtok": 1.0, "output_per_mtok": 2.0, "cached_input_per_mtok": 0.25}),
-                ep("c", pricing={"input_per_mtok": 1.0}),  # half a price is no price
                 ep("d"),
             ]
         }
     )
-    a, b, c, d = cat.endpoints
+    a, b, d = cat.endpoints
     assert a.price == (0.1, 0.3, 0.1)  # cached input defaults to the input price
     assert b.price == (1.0, 2.0, 0.25)
-    assert c.price is None
-    assert d.price is None
+    assert d.price is None  # no price: unknown, never zero
+    # half a price is an error, not a silently unknown price
+    with pytest.raises(CatalogError, match=r"endpoints\[0\].*pricing.*both input_per_mtok and output_per_mtok"):
+        Catalog.load({"endpoints": [ep("c", pricing={"input_per_mtok": 1.0})]})
 
 
 def test_pricing_gpu_hour_conversion(ep: Any) -> None:

@@ -252,7 +252,7 @@ def test_success_in_half_open_closes(clock: Any) -> None:
     st.release(True)
     assert st.breaker == "closed"
     assert st.state_name(clock.now) == "closed"
-    assert [(t.old, t.new) for t in got] == [("closed", "open"), ("half_open", "closed")]
+    assert [(t.old, t.new) for t in got] == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
     assert st.admit(clock.now) and st.admit(clock.now)  # no trial limit any more
 
 

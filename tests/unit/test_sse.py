@@ -269,3 +269,13 @@ def test_text_of_legacy_completions_and_tool_calls() -> None:
     assert text_of([legacy, tool, legacy]) == "abcabc"
     assert text_of([]) == ""
     assert text_of([b"data: {broken\n\n"]) == ""
+
+
+def test_responses_api_events() -> None:
+    """The Responses API streams typed events and ends at response.completed (no [DONE])."""
+    assert classify(b'{"type":"response.created","response":{"id":"r"}}')[0] is EventKind.PREAMBLE
+    assert classify(b'{"type":"response.output_text.delta","delta":"Hi"}')[0] is EventKind.CONTENT
+    kind, obj = classify(b'{"type":"response.completed","response":{"usage":{"input_tokens":3,"output_tokens":2}}}')
+    assert kind is EventKind.DONE and obj is not None and obj["response"]["usage"]["output_tokens"] == 2
+    assert classify(b'{"type":"response.failed","response":{"error":{"message":"x"}}}')[0] is EventKind.ERROR
+    assert classify(b'{"type":"error","message":"boom"}')[0] is EventKind.ERROR
