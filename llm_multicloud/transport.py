@@ -137,9 +137,9 @@ def transport_classes(lib: ModuleType) -> tuple[type[Any], type[Any]]:
             self._closed = False
 
         def __iter__(self) -> Iterator[bytes]:
-            portal = self._mc._portal()
+            run = self._mc.run_sync
             while True:
-                chunk = portal.call(self._pt.next_chunk)
+                chunk = run(self._pt.next_chunk)
                 if chunk is None:
                     return
                 yield chunk
@@ -147,7 +147,7 @@ def transport_classes(lib: ModuleType) -> tuple[type[Any], type[Any]]:
         def close(self) -> None:
             if not self._closed:
                 self._closed = True
-                self._mc._portal().call(self._pt.aclose)
+                self._mc.run_sync(self._pt.aclose)
 
     class AsyncStream(lib.AsyncByteStream):  # type: ignore[misc,name-defined]
         # An iterator object rather than an async generator: the HTTP library may
@@ -189,7 +189,7 @@ def transport_classes(lib: ModuleType) -> tuple[type[Any], type[Any]]:
             it, ready = core.prepare(request, request.read())
             if it is None:
                 return ready
-            result = core.mc._portal().call(self._run, it, request)
+            result = core.mc.run_sync(self._run, it, request)
             pt = result.stream
             return core.response(result, request, SyncStream(core.mc, pt) if pt is not None else None)
 
@@ -197,7 +197,7 @@ def transport_classes(lib: ModuleType) -> tuple[type[Any], type[Any]]:
             mc = self._core.mc
             up, self._upstream = self._upstream, None
             if up is not None and mc._portal_alive():
-                mc._portal().call(up.aclose)
+                mc.run_sync(up.aclose)
             if self._core.owns:
                 mc.close()
 

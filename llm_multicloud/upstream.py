@@ -70,18 +70,20 @@ class UpstreamResponse:
                 await inner.aclose()
 
     async def read(self, limit: int = 64 * 1024 * 1024) -> bytes:
-        parts = []
-        size = 0
-        async for chunk in self.chunks():
-            parts.append(chunk)
-            size += len(chunk)
-            if size > limit:
-                raise UpstreamError("read", f"response body larger than {limit} bytes")
-        return b"".join(parts)
+        """The whole decoded body (a complete answer, or an error body)."""
+        try:
+            body: bytes = await self._resp.aread()
+        except Exception as exc:
+            raise translate(self._lib, exc) from exc
+        if len(body) > limit:
+            raise UpstreamError("read", f"response body larger than {limit} bytes")
+        return body
 
     async def aclose(self) -> None:
         """Close the response; an unfinished body closes its connection, so the server
         sees the disconnect and stops generating."""
+        if self._resp.is_closed and not self._gens:
+            return  # read to the end: the connection is already back in the pool
         with anyio.CancelScope(shield=True):
             gens, self._gens = self._gens, []
             for gen in gens:
@@ -111,17 +113,23 @@ def translate(lib: ModuleType, exc: BaseException) -> UpstreamError:
 
 
 class Upstream:
-    """A pooled async HTTP client for every endpoint, bound to one event loop."""
+    """A pooled async HTTP connection pool for every endpoint, bound to one event loop.
 
-    def __init__(self, lib: ModuleType, *, verify: bool | ssl.SSLContext = True, max_connections: int = 1000) -> None:
+    It drives the library's transport directly (``AsyncHTTPTransport``), not a full
+    ``AsyncClient``: requests are already complete (URL, headers, body, deadlines), so
+    the client layer (cookies, auth flows, redirects, event hooks) would only add
+    latency to every attempt. ``options`` reach the transport: ``verify`` (a CA
+    bundle path or an ``ssl.SSLContext``), ``cert``, ``proxy``, ``http2``...
+    """
+
+    def __init__(self, lib: ModuleType, *, max_connections: int = 1000, **options: Any) -> None:
         self.lib = lib
-        self._client = lib.AsyncClient(
-            verify=verify,
-            follow_redirects=False,
-            trust_env=False,
-            limits=lib.Limits(max_connections=max_connections, max_keepalive_connections=200, keepalive_expiry=30.0),
-            timeout=lib.Timeout(30.0),
+        options.setdefault("verify", True)  # TLS verification is on unless told otherwise
+        options.setdefault("trust_env", False)
+        options.setdefault(
+            "limits", lib.Limits(max_connections=max_connections, max_keepalive_connections=200, keepalive_expiry=30.0)
         )
+        self._transport = lib.AsyncHTTPTransport(**options)
 
     async def open(
         self,
@@ -134,13 +142,13 @@ class Upstream:
         read_s: float,
     ) -> UpstreamResponse:
         lib = self.lib
-        timeout = lib.Timeout(connect=connect_s, read=read_s, write=read_s, pool=connect_s)
+        timeout = {"connect": connect_s, "read": read_s, "write": read_s, "pool": connect_s}
         try:
-            req = self._client.build_request(method, url, headers=headers, content=content, timeout=timeout)
-            resp = await self._client.send(req, stream=True)
+            req = lib.Request(method, url, headers=headers, content=content, extensions={"timeout": timeout})
+            resp = await self._transport.handle_async_request(req)
         except Exception as exc:
             raise translate(lib, exc) from exc
         return UpstreamResponse(lib, resp)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._transport.aclose()
