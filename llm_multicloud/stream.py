@@ -27,8 +27,6 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-import anyio
-
 from . import sse
 from .errors import DeadlineExceeded, LLMMulticloudError, StreamInterrupted, error_message
 from .upstream import UpstreamError
@@ -76,17 +74,16 @@ class Passthrough:
                 assert a.iter is not None
                 problem = None
                 try:
-                    with anyio.fail_after(self._gap):
-                        chunk = await a.iter.__anext__()
+                    # The gap deadline is the connection's read timeout (chunk_gap_s,
+                    # set when the attempt opened): no cancel scope per chunk.
+                    chunk = await a.iter.__anext__()
                 except StopAsyncIteration:
                     if self._done and not a.splitter.pending.strip():
                         await self._finish("won")
                         return None
                     problem = "the stream ended without [DONE]"
-                except TimeoutError:
-                    problem = f"no data for {self._gap:.1f}s"
                 except UpstreamError as exc:
-                    problem = f"{exc.kind} error: {exc}"
+                    problem = f"no data for {self._gap:.1f}s" if exc.kind == "timeout" else f"{exc.kind} error: {exc}"
                 if problem is not None:
                     await self._broken(problem)  # raises, or resumed on another endpoint
                     continue

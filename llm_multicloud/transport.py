@@ -21,8 +21,11 @@ library's ``ReadTimeout``, which the SDK reports as ``APITimeoutError``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import json
+import queue
 from collections.abc import AsyncIterator, Iterator
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -131,23 +134,61 @@ def transport_classes(lib: ModuleType) -> tuple[type[Any], type[Any]]:
     """The (sync, async) transport classes for one HTTP library module."""
 
     class SyncStream(lib.SyncByteStream):  # type: ignore[misc,name-defined]
+        """A committed stream for a sync client. A pump task in the background loop
+        reads ahead into a thread-safe queue, so the caller's thread takes chunks
+        without a thread hop per chunk. The pump ends with the stream (it is bounded
+        by the answer's length) or when the caller closes it."""
+
         def __init__(self, mc: MultiCloud, pt: Passthrough) -> None:
             self._mc = mc
             self._pt = pt
             self._closed = False
+            self._queue: queue.SimpleQueue[bytes | BaseException | None] = queue.SimpleQueue()
+            self._pump: asyncio.Task[None] | None = None
+
+        async def _start(self) -> None:
+            self._pump = asyncio.get_running_loop().create_task(self._run())
+
+        async def _run(self) -> None:
+            q = self._queue
+            try:
+                while True:
+                    chunk = await self._pt.next_chunk()
+                    q.put(chunk)
+                    if chunk is None:
+                        return
+            except Exception as exc:  # StreamInterrupted & co: raised in the caller's thread
+                q.put(exc)
+            except asyncio.CancelledError:
+                # Closed by the caller, or the MultiCloud shut down: never leave a
+                # consumer blocked on the queue.
+                q.put(RuntimeError("the stream was closed before its end"))
+                raise
+
+        async def _stop(self) -> None:
+            pump = self._pump
+            if pump is not None and not pump.done():
+                pump.cancel()
+                with contextlib.suppress(BaseException):
+                    await pump
+            await self._pt.aclose()
 
         def __iter__(self) -> Iterator[bytes]:
-            run = self._mc.run_sync
+            if self._pump is None:
+                self._mc.run_sync(self._start)
+            get = self._queue.get
             while True:
-                chunk = run(self._pt.next_chunk)
-                if chunk is None:
+                item = get()
+                if item is None:
                     return
-                yield chunk
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
 
         def close(self) -> None:
             if not self._closed:
                 self._closed = True
-                self._mc.run_sync(self._pt.aclose)
+                self._mc.run_sync(self._stop)
 
     class AsyncStream(lib.AsyncByteStream):  # type: ignore[misc,name-defined]
         # An iterator object rather than an async generator: the HTTP library may
