@@ -62,9 +62,14 @@ class MultiCloud:
         on_request: Callable[[RequestRecord], None] | None = None,
         on_transition: Callable[[Transition], None] | None = None,
         telemetry: bool = True,
+        http_options: Mapping[str, Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.catalog = Catalog.load(catalog)
+        #: Passed to the HTTP library's transport for every endpoint connection:
+        #: ``verify`` (CA bundle path or ssl.SSLContext; TLS verification is on by
+        #: default), ``cert``, ``proxy``, ``http2``, ``limits``...
+        self.http_options: dict[str, Any] = dict(http_options or {})
         self.policy = self.catalog.policy(policy)
         self.clock = clock
         self.router = Router(self.catalog, self.policy)

@@ -73,7 +73,7 @@ class Prober:
         """Probe forever (until :meth:`stop`), the first round at once."""
         from .client import _lib
 
-        up = Upstream(_lib(None), max_connections=self.policy.concurrency * 2)
+        up = Upstream(_lib(None), max_connections=self.policy.concurrency * 2, **self.mc.http_options)
         try:
             with anyio.CancelScope() as scope:
                 self._scope = scope

@@ -222,7 +222,7 @@ def transport_classes(lib: ModuleType) -> tuple[type[Any], type[Any]]:
 
         async def _run(self, it: intent_mod.Intent, request: Any) -> Result:
             if self._upstream is None:  # created in the portal's loop, where it is used
-                self._upstream = Upstream(lib)
+                self._upstream = Upstream(lib, **self._core.mc.http_options)
             return await self._core.run(it, self._upstream, request)
 
         def handle_request(self, request: Any) -> Any:
@@ -259,7 +259,7 @@ def transport_classes(lib: ModuleType) -> tuple[type[Any], type[Any]]:
             if it is None:
                 return ready
             if self._upstream is None:
-                self._upstream = Upstream(lib)
+                self._upstream = Upstream(lib, **self._core.mc.http_options)
             core.mc._started()
             result = await core.run(it, self._upstream, request)
             pt = result.stream

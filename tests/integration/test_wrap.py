@@ -224,3 +224,14 @@ def test_malformed_catalog_error_names_field_and_fix(tmp_path: object) -> None:
     msg = str(ei.value)
     assert "endpoints[0] (id='gcp-x').region" in msg and "europe-wset4" in msg and "europe-west4" in msg
     assert "sk-very-secret-key" not in msg
+
+
+def test_http_options_reach_the_endpoint_connections(clean: Fleet) -> None:
+    """TLS and proxy settings for endpoint connections: here, an unusable proxy makes
+    every attempt fail, which shows the option is applied (nothing leaves loopback)."""
+    mc = make_mc(clean, http_options={"proxy": "http://127.0.0.1:9"})
+    with mc, pytest.raises(openai.InternalServerError, match="connect"):
+        mc.wrap(openai.OpenAI(api_key=PLACEHOLDER_KEY)).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "x"}]
+        )
+    assert not any(clean.counts().values())
