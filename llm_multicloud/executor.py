@@ -757,6 +757,7 @@ class Executor:
         else:
             st = a.st
             q = st.ttft_quantile(h.quantile) if st.ttft_samples >= h.min_samples else None
+            q = None if q is None else q * h.headroom
             if q is None:
                 pred = next(
                     (c.predicted_ms for c in plan.candidates if c.endpoint is a.ep), self.policy.default_ttft_ms
