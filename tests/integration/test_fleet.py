@@ -44,14 +44,30 @@ FAST = Latency(ttft_ms=2, ttft_jitter=0)
 def _spec() -> FleetSpec:
     return FleetSpec(
         regions=[
-            RegionSpec(id="aws-use1", provider="aws", region="us-east-1", api_key="key-aws",
-                       models={MODEL: SERVED, "bge-m3": EMBED_SERVED}, latency=FAST,
-                       pricing={"input_per_mtok": 0.02, "output_per_mtok": 0.2}),
-            RegionSpec(id="gcp-euw4", provider="gcp", region="europe-west4", api_key="key-gcp",
-                       models={MODEL: "llama-3.1-8b-instruct"}, latency=FAST),
+            RegionSpec(
+                id="aws-use1",
+                provider="aws",
+                region="us-east-1",
+                api_key="key-aws",
+                models={MODEL: SERVED, "bge-m3": EMBED_SERVED},
+                latency=FAST,
+                pricing={"input_per_mtok": 0.02, "output_per_mtok": 0.2},
+            ),
+            RegionSpec(
+                id="gcp-euw4",
+                provider="gcp",
+                region="europe-west4",
+                api_key="key-gcp",
+                models={MODEL: "llama-3.1-8b-instruct"},
+                latency=FAST,
+            ),
             # Slow enough per token that a client can leave in the middle of a stream.
-            RegionSpec(id="onprem", api_key="key-onprem", models={MODEL: SERVED},
-                       latency=Latency(ttft_ms=2, ttft_jitter=0, itl_ms=15)),
+            RegionSpec(
+                id="onprem",
+                api_key="key-onprem",
+                models={MODEL: SERVED},
+                latency=Latency(ttft_ms=2, ttft_jitter=0, itl_ms=15),
+            ),
         ]
     )
 
@@ -85,7 +101,8 @@ def only_chat(fleet: Fleet, region: str) -> list[Any]:
 def test_non_stream_names_region_and_counts_usage(fleet: Fleet) -> None:
     c = client(fleet, "aws-use1")
     r = c.chat.completions.create(
-        model=SERVED, max_tokens=5,
+        model=SERVED,
+        max_tokens=5,
         messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "one two three"}],
     )
     assert r.object == "chat.completion"
@@ -96,8 +113,11 @@ def test_non_stream_names_region_and_counts_usage(fleet: Fleet) -> None:
     assert r.usage is not None
     assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (5, 5, 10)
 
-    assert chat(client(fleet, "gcp-euw4"), model="llama-3.1-8b-instruct").choices[0].message.content.startswith(
-        "[gcp-euw4] ")
+    assert (
+        chat(client(fleet, "gcp-euw4"), model="llama-3.1-8b-instruct")
+        .choices[0]
+        .message.content.startswith("[gcp-euw4] ")
+    )
     (rec,) = only_chat(fleet, "aws-use1")
     assert rec.outcome == "ok" and rec.status == 200 and rec.model == SERVED and not rec.stream
     assert rec.headers["authorization"] == "Bearer key-aws"
@@ -120,8 +140,12 @@ def test_stream_role_chunk_then_content_then_done_with_usage(fleet: Fleet) -> No
     assert len(chunks) == 7
 
     rec = only_chat(fleet, "aws-use1")[-1]
-    assert rec.stream and rec.outcome == "ok" and rec.chunks_sent == 4 and rec.usage == chunks[6].usage.model_dump(
-        exclude_none=True)
+    assert (
+        rec.stream
+        and rec.outcome == "ok"
+        and rec.chunks_sent == 4
+        and rec.usage == chunks[6].usage.model_dump(exclude_none=True)
+    )
 
     # Without include_usage there is no usage chunk.
     assert all(ch.usage is None for ch in chat(client(fleet, "aws-use1"), stream=True))
@@ -132,8 +156,9 @@ def test_ttft_comes_after_headers_and_role_chunk(fleet: Fleet) -> None:
     body = {"model": SERVED, "stream": True, "max_tokens": 2, "messages": [{"role": "user", "content": "x"}]}
     with http_lib.Client() as http:
         t0 = time.monotonic()
-        with http.stream("POST", fleet.url("aws-use1") + "/chat/completions", json=body,
-                         headers={"authorization": "Bearer key-aws"}) as resp:
+        with http.stream(
+            "POST", fleet.url("aws-use1") + "/chat/completions", json=body, headers={"authorization": "Bearer key-aws"}
+        ) as resp:
             t_headers = time.monotonic() - t0
             events = []
             for line in resp.iter_lines():
@@ -150,7 +175,8 @@ def test_ttft_comes_after_headers_and_role_chunk(fleet: Fleet) -> None:
 def test_continue_final_message_continues_the_word_sequence(fleet: Fleet) -> None:
     c = client(fleet, "gcp-euw4")
     r = c.chat.completions.create(
-        model="llama-3.1-8b-instruct", max_tokens=3,
+        model="llama-3.1-8b-instruct",
+        max_tokens=3,
         messages=[{"role": "user", "content": "go"}, {"role": "assistant", "content": "[aws-use1] w0 w1"}],
         extra_body={"continue_final_message": True, "add_generation_prompt": False},
     )
@@ -175,7 +201,8 @@ def test_embeddings_float_and_base64(fleet: Fleet) -> None:
         assert a.embedding == pytest.approx(b.embedding, abs=1e-6)
     assert as_float.usage.prompt_tokens == 3 and as_float.usage.total_tokens == 3
     assert c.embeddings.create(model=EMBED_SERVED, input="single").data[0].embedding == pytest.approx(
-        c.embeddings.create(model=EMBED_SERVED, input=["single"]).data[0].embedding)
+        c.embeddings.create(model=EMBED_SERVED, input=["single"]).data[0].embedding
+    )
     assert fleet.counts()["aws-use1"] == 4
 
 
@@ -219,8 +246,11 @@ def test_unknown_model_is_404_model_not_found(fleet: Fleet) -> None:
 
 
 def test_invalid_json_is_400(fleet: Fleet) -> None:
-    resp = http_lib.post(fleet.url("aws-use1") + "/chat/completions", content=b"{nope",
-                       headers={"authorization": "Bearer key-aws", "content-type": "application/json"})
+    resp = http_lib.post(
+        fleet.url("aws-use1") + "/chat/completions",
+        content=b"{nope",
+        headers={"authorization": "Bearer key-aws", "content-type": "application/json"},
+    )
     assert resp.status_code == 400
     assert resp.json()["error"]["type"] == "invalid_request_error"
 
@@ -363,8 +393,12 @@ def test_catalog_points_at_the_fleet(fleet: Fleet) -> None:
     assert cat["policy"] == {"strategy": "latency"}
     aws = next(e for e in cat["endpoints"] if e["id"] == "aws-use1")
     assert aws == {
-        "id": "aws-use1", "provider": "aws", "region": "us-east-1", "base_url": fleet.url("aws-use1"),
-        "api_key": "key-aws", "models": {MODEL: SERVED, "bge-m3": EMBED_SERVED},
+        "id": "aws-use1",
+        "provider": "aws",
+        "region": "us-east-1",
+        "base_url": fleet.url("aws-use1"),
+        "api_key": "key-aws",
+        "models": {MODEL: SERVED, "bge-m3": EMBED_SERVED},
         "pricing": {"input_per_mtok": 0.02, "output_per_mtok": 0.2},
     }
     assert "pricing" not in next(e for e in cat["endpoints"] if e["id"] == "onprem")
