@@ -383,16 +383,7 @@ class Telemetry:
             attrs["cloud.region"] = rec.region
         if rec.response_model is not None:
             attrs["gen_ai.response.model"] = rec.response_model
-        if rec.server_address:
-            attrs["server.address"] = rec.server_address
-            if rec.server_port:
-                attrs["server.port"] = rec.server_port
-        if rec.input_tokens is not None:
-            attrs["gen_ai.usage.input_tokens"] = rec.input_tokens
-        if rec.output_tokens is not None:
-            attrs["gen_ai.usage.output_tokens"] = rec.output_tokens
-        if rec.status is not None:
-            attrs["http.response.status_code"] = rec.status
+        _wire_attrs(attrs, rec.server_address, rec.server_port, rec.status, rec.input_tokens, rec.output_tokens)
         error_type = _request_error_type(rec) if failed else None
         if error_type is not None:
             attrs["error.type"] = error_type
@@ -430,16 +421,7 @@ class Telemetry:
             "cloud.provider": provider,
             "cloud.region": a.region,
         }
-        if a.server_address:
-            attrs["server.address"] = a.server_address
-            if a.server_port:
-                attrs["server.port"] = a.server_port
-        if a.status is not None:
-            attrs["http.response.status_code"] = a.status
-        if a.input_tokens is not None:
-            attrs["gen_ai.usage.input_tokens"] = a.input_tokens
-        if a.output_tokens is not None:
-            attrs["gen_ai.usage.output_tokens"] = a.output_tokens
+        _wire_attrs(attrs, a.server_address, a.server_port, a.status, a.input_tokens, a.output_tokens)
         if a.ttft_ms is not None:
             attrs["llm_multicloud.ttft_ms"] = a.ttft_ms
         error_type = _attempt_error_type(a) if a.outcome in _FAILED_ATTEMPTS else None
@@ -587,3 +569,24 @@ def _bench_record(attempts: int = 1) -> RequestRecord:
         cost_usd=1e-5,
         cost_estimated=False,
     )
+
+
+def _wire_attrs(
+    attrs: dict[str, Any],
+    address: str | None,
+    port: int | None,
+    status: int | None,
+    input_tokens: int | None,
+    output_tokens: int | None,
+) -> None:
+    """The server, status and token attributes a request span and an attempt span share."""
+    if address:
+        attrs["server.address"] = address
+        if port:
+            attrs["server.port"] = port
+    if status is not None:
+        attrs["http.response.status_code"] = status
+    if input_tokens is not None:
+        attrs["gen_ai.usage.input_tokens"] = input_tokens
+    if output_tokens is not None:
+        attrs["gen_ai.usage.output_tokens"] = output_tokens

@@ -817,12 +817,19 @@ class RegionRuntime:
             ],
             "usage": usage,
         }
+        await self._complete(served, send, payload, usage, fault)
+        return
+
+    async def _complete(
+        self, served: _Served, send: Send, payload: dict[str, Any], usage: dict[str, int], fault: Fault | None
+    ) -> None:
+        """Send a whole non-streamed answer (chat or embeddings), or half of it for close_mid_stream."""
         if fault is not None and fault.mode == "close_mid_stream":
             await self._truncate(served, send, _dumps(payload))
             return
+        rec = served.rec
         rec.usage = usage
         await self._reply(send, rec, 200, payload, outcome=f"fault:{rec.fault}" if rec.fault else "ok")
-        return
 
     async def _truncate(self, served: _Served, send: Send, body: bytes) -> None:
         """Announce the full Content-Length, send half the body, then drop the connection."""
@@ -961,11 +968,7 @@ class RegionRuntime:
             data.append({"object": "embedding", "index": index, "embedding": embedding})
         usage = {"prompt_tokens": tokens, "total_tokens": tokens}
         payload = {"object": "list", "data": data, "model": model, "usage": usage}
-        if fault is not None and fault.mode == "close_mid_stream":
-            await self._truncate(served, send, _dumps(payload))
-            return
-        rec.usage = usage
-        await self._reply(send, rec, 200, payload, outcome=f"fault:{rec.fault}" if rec.fault else "ok")
+        await self._complete(served, send, payload, usage, fault)
         return
 
     async def _flapping_down(self, scope: Scope, receive: Receive, rec: Received) -> bool:
