@@ -146,6 +146,9 @@ class Policy(_Strict):
     #: the choice among them uses power of two choices, so that a fleet of clients
     #: does not herd onto one endpoint.
     near_equal: float = Field(0.1, ge=0.0)
+    #: Share of requests sent to an endpoint with no recent TTFT sample (none, or
+    #: older than 3 × decay_s), so that new and recovered endpoints get measured.
+    explore: float = Field(0.01, ge=0.0, le=1.0)
     #: TTFT assumed for an endpoint with no measurement and no location (ms).
     default_ttft_ms: float = Field(200.0, gt=0.0)
     #: Time constant τ of the latency estimates' decay (weight exp(-Δt/τ)), seconds.

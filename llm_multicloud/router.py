@@ -263,6 +263,8 @@ class Router:
         exp = math.exp
         # One pass: health filter and prediction. Hot loop: no calls but exp().
         usable: list[tuple[float, float, Endpoint]] = []  # (score, predicted, endpoint)
+        unexplored: list[tuple[float, float, Endpoint]] = []  # no TTFT sample, or a stale one
+        stale_after = 3.0 * tau
         full: list[tuple[float, float, Endpoint]] = []
         ejected: list[tuple[Endpoint, EndpointView]] = []
         cooling: list[tuple[Endpoint, EndpointView]] = []
@@ -287,6 +289,8 @@ class Router:
                 full.append(item)
             else:
                 usable.append(item)
+                if est is None or now - st.ttft_at > stale_after:
+                    unexplored.append(item)
         notes: list[str] = []
         readmitted: list[tuple[Endpoint, EndpointView]] = []
         if full and not usable:
@@ -332,6 +336,17 @@ class Router:
 
         out_tok = max_tokens if max_tokens is not None else 256
         cands = self._rank(usable, seed, input_tokens, out_tok, limit)
+        explore = (seed * 104729.0) % 1.0  # an independent draw from the same seed
+        if unexplored and len(usable) > 1 and explore < p.explore and p.strategy in ("latency", "balanced"):
+            # Exploration: a small share of requests goes to an endpoint we know
+            # nothing recent about, so that a recovered or never-tried region can
+            # show it is fast (the prior alone would keep it out for ever).
+            sc, pr, ep = unexplored[int(explore / p.explore * len(unexplored)) % len(unexplored)]
+            if cands and cands[0].endpoint is not ep:
+                cands = [c for c in cands if c.endpoint is not ep]
+                cands.insert(
+                    0, Candidate(ep, pr, sc, _cost(ep, input_tokens, out_tok), "exploration: no recent TTFT sample")
+                )
         for ep, st in readmitted:
             rtt = st.rtt_ms
             base = geo[ep.index] if rtt is None else rtt + base_rtt

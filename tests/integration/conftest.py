@@ -66,7 +66,13 @@ def clean(fleet: Fleet) -> Iterator[Fleet]:
 def make_mc(fleet: Fleet, policy: dict[str, Any] | None = None, **kw: Any) -> lmc.MultiCloud:
     """A MultiCloud over the fleet. Probes and hedging are off unless a test turns them
     on, so that what the servers receive is exactly what the test caused."""
-    base: dict[str, Any] = {"strategy": "ordered", "probe": {"enabled": False}, "hedge": {"enabled": False}}
+    # No exploration either: a test asserts where each request goes.
+    base: dict[str, Any] = {
+        "strategy": "ordered",
+        "probe": {"enabled": False},
+        "hedge": {"enabled": False},
+        "explore": 0.0,
+    }
     for k, v in (policy or {}).items():
         base[k] = {**base[k], **v} if isinstance(v, dict) and isinstance(base.get(k), dict) else v
     return lmc.MultiCloud(fleet.catalog(), base, **kw)

@@ -602,3 +602,39 @@ def test_plan_invariants(
     if plan.wait_until is not None:
         assert plan.candidates == []
         assert plan.wait_until > NOW
+
+
+def test_exploration_sends_a_share_to_endpoints_without_recent_samples() -> None:
+    """An endpoint with no recent TTFT sample would never win on its prior alone;
+    `explore` sends it a small share of requests so that it gets measured."""
+    import time as _time
+
+    from llm_multicloud.catalog import Catalog as _Catalog
+    from llm_multicloud.context import UNCONSTRAINED
+    from llm_multicloud.health import Health
+    from llm_multicloud.router import Router
+
+    def endpoint(i: str, region: str) -> dict[str, Any]:
+        return {
+            "id": i,
+            "provider": "aws",
+            "region": region,
+            "base_url": f"http://{i}.test/v1",
+            "api_key": "k",
+            "models": ["m"],
+        }
+
+    cat = _Catalog.load({"endpoints": [endpoint("fast", "eu-west-1"), endpoint("new", "eu-central-1")]})
+    for share, expect in ((0.0, 0), (0.25, None), (1.0, 400)):
+        policy = cat.policy({"strategy": "latency", "explore": share})
+        health = Health(cat, policy)
+        now = _time.monotonic()
+        health.states[0].ttft_ms, health.states[0].ttft_at = 10.0, now  # measured, fast
+        router = Router(cat, policy)
+        first = [router.plan("m", UNCONSTRAINED, health.states, now, seed=i / 400).candidates[0] for i in range(400)]
+        explored = [c for c in first if c.endpoint.id == "new"]
+        assert all("exploration" in c.note for c in explored)
+        if expect is None:
+            assert 0.15 * 400 <= len(explored) <= 0.35 * 400
+        else:
+            assert len(explored) == expect
