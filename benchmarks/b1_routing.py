@@ -288,12 +288,7 @@ def run(*, quick: bool = False, out_dir: str | Path | None = None, litellm: bool
         ax.set_title("B1 routing decision time (median)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = out / "b1_routing.png"
-        out.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        result["plots"].append(path.name)
+        common.save_plot(fig, out, "b1_routing.png", result)
     return common.finish(result, t_start)
 
 

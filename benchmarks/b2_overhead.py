@@ -614,12 +614,7 @@ def run(*, quick: bool = False, out_dir: str | Path | None = None, litellm: bool
         ax.set_title("B2 added latency per request (paired with the direct call)")
         ax.legend(fontsize=8)
         ax.grid(True, axis="y", which="both", alpha=0.3)
-        fig.tight_layout()
-        path = out / "b2_overhead.png"
-        out.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        result["plots"].append(path.name)
+        common.save_plot(fig, out, "b2_overhead.png", result)
     return common.finish(result, t_start)
 
 

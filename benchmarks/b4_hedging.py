@@ -294,12 +294,7 @@ def run(*, quick: bool = False, out_dir: str | Path | None = None, litellm: bool
         a2.axhline(0.001, color="grey", linestyle=":", linewidth=1)
         a2.grid(True, which="both", alpha=0.3)
         fig.suptitle(f"B4 hedging: {TAIL_PROB:.0%} of requests +{TAIL_MS:g} ms, {CONCURRENCY} in flight")
-        fig.tight_layout()
-        path = out / "b4_hedging_ttft.png"
-        out.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        result["plots"].append(path.name)
+        common.save_plot(fig, out, "b4_hedging_ttft.png", result)
     return common.finish(result, t_start)
 
 

@@ -401,12 +401,7 @@ def run(*, quick: bool = False, out_dir: str | Path | None = None, litellm: bool
             ax.legend(fontsize=7, loc="upper right")
         axes[-1, 0].set_xlabel("time (s)")
         fig.suptitle(f"B5 region outage: attempts per region over time ({RATE:g} req/s)")
-        fig.tight_layout()
-        path = out / "b5_outage_timeline.png"
-        out.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        result["plots"].append(path.name)
+        common.save_plot(fig, out, "b5_outage_timeline.png", result)
     return common.finish(result, t_start)
 
 

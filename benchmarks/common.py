@@ -435,3 +435,14 @@ def main_for(
         print("malformed result:\n  " + "\n  ".join(errs), file=sys.stderr)
         return 1
     return 0
+
+
+def save_plot(fig: Any, out: Path, filename: str, result: dict[str, Any]) -> None:
+    """Lay out, write and close a matplotlib figure, and list it in the result."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out / filename, dpi=110)
+    plt.close(fig)
+    result["plots"].append(filename)

@@ -870,10 +870,13 @@ class RegionRuntime:
         wait = ttft - (time.monotonic() - rec.time)
         if wait > 0 and await served.pause(wait):
             return
-        for i, piece in enumerate(pieces):
-            if i > 0 and itl > 0 and await served.pause(itl):
+        # The fault strikes before content chunk `after_chunks` (or before the finish
+        # chunk when the answer is shorter): one place for both cases.
+        point = min(fault_at, len(pieces)) if fault_at >= 0 else -1
+        for i in range(len(pieces) + 1):
+            if 0 < i < len(pieces) and itl > 0 and await served.pause(itl):
                 return
-            if i == fault_at:
+            if i == point:
                 if mode == "close_mid_stream":
                     rec.fault = mode
                     rec.outcome = "fault:close_mid_stream"
@@ -883,22 +886,18 @@ class RegionRuntime:
                 if mode == "malformed_sse":
                     rec.fault = mode
                     yield b"data: {not json\n\n"
+            if i == len(pieces):
+                break
             # Pieces are "w<i>", spaces and the region id (whose allowed
             # characters never need JSON escaping), so no json.dumps here.
             rec.chunks_sent += 1  # counted before the write: the client may look as soon as it has it
             yield (
-                head + b'"delta":{"content":"' + piece.encode() + b'"},"logprobs":null,"finish_reason":null}]' + tail
+                head
+                + b'"delta":{"content":"'
+                + pieces[i].encode()
+                + b'"},"logprobs":null,"finish_reason":null}]'
+                + tail
             )
-        if fault_at >= len(pieces):
-            if mode == "close_mid_stream":
-                rec.fault = mode
-                rec.outcome = "fault:close_mid_stream"
-                rec.end_time = time.monotonic()
-                await served.kill_connection(reset=False)
-                return
-            if mode == "malformed_sse":
-                rec.fault = mode
-                yield b"data: {not json\n\n"
         yield (
             head + b'"delta":{},"logprobs":null,"finish_reason":' + json.dumps(finish_reason).encode() + b"}]" + tail
         )
