@@ -16,9 +16,14 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import LLMMulticloudError
+
+if TYPE_CHECKING:
+    from .catalog import Endpoint
+    from .client import MultiCloud
+    from .probe import ProbeResult
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--json", action="store_true")
     v = sub.add_parser("validate", help="validate a catalog")
     v.add_argument("catalog")
+    v.add_argument(
+        "--probe", action="store_true", help="also ask each endpoint's /models and report served-name mismatches"
+    )
     args = p.parse_args(args_list)
     try:
         if args.cmd == "demo":
@@ -65,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             cat = Catalog.load(args.catalog)
             cat.policy()  # the policy section too
             print(f"ok: {len(cat.endpoints)} endpoints, models: {', '.join(sorted(cat.models))}")
+            if args.probe:
+                return _validate_probe(args)
             return 0
     except LLMMulticloudError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -100,23 +110,52 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status(args: argparse.Namespace) -> int:
+def _probe_once(mc: MultiCloud) -> dict[str, ProbeResult]:
+    """One probe round over every endpoint, outside the MultiCloud's background loop."""
     import anyio
 
-    from .client import MultiCloud, _lib
-    from .probe import Prober, ProbeResult
+    from .client import _lib
+    from .probe import Prober
     from .upstream import Upstream
 
+    async def once() -> list[ProbeResult]:
+        up = Upstream(_lib(None))
+        try:
+            return await Prober(mc).probe_all(up)
+        finally:
+            await up.aclose()
+
+    return {r.endpoint: r for r in anyio.run(once)}
+
+
+def _not_listed(ep: Endpoint, pr: ProbeResult) -> str:
+    """What to tell about served names this endpoint's /models did not list."""
+    shown = ", ".join(repr(i) for i in (pr.models_listed or [])[:8]) or "nothing"
+    names = ", ".join(f"{ep.models[m]!r} (model {m!r})" for m in pr.unlisted)
+    return f"endpoint {ep.id}: /models does not list {names}; it lists {shown}"
+
+
+def _validate_probe(args: argparse.Namespace) -> int:
+    from .client import MultiCloud
+
     with MultiCloud(args.catalog, {"probe": {"enabled": False}}) as mc:
+        results = _probe_once(mc)
+        for ep in mc.catalog.endpoints:
+            pr = results[ep.id]
+            if not pr.ok:
+                print(f"warning: endpoint {ep.id}: probe failed: {pr.error}")
+            elif pr.unlisted:
+                # A mismatch is a warning, not an error: many servers answer a name
+                # they do not list (llama.cpp answers any name with its one model).
+                print(f"warning: {_not_listed(ep, pr)}; requests naming it may still succeed")
+    return 0
 
-        async def once() -> list[ProbeResult]:
-            up = Upstream(_lib(None))
-            try:
-                return await Prober(mc).probe_all(up)
-            finally:
-                await up.aclose()
 
-        results = {r.endpoint: r for r in anyio.run(once)}
+def _status(args: argparse.Namespace) -> int:
+    from .client import MultiCloud
+
+    with MultiCloud(args.catalog, {"probe": {"enabled": False}}) as mc:
+        results = _probe_once(mc)
         rows: list[dict[str, Any]] = []
         snap = {e["id"]: e for e in mc.snapshot()["endpoints"]}
         for ep in mc.catalog.endpoints:
@@ -132,8 +171,13 @@ def _status(args: argparse.Namespace) -> int:
                     "residency": ",".join(ep.residency) or "unknown",
                     "rtt_ms": None if pr.rtt_ms is None else round(pr.rtt_ms, 1),
                     "models": {
-                        m: (m not in pr.missing) if pr.ok and pr.models_listed is not None else None for m in ep.models
+                        m: (m not in pr.missing and m not in pr.unlisted)
+                        if pr.ok and pr.models_listed is not None
+                        else None
+                        for m in ep.models
                     },
+                    "models_listed": pr.models_listed,
+                    "not_listed": _not_listed(ep, pr) if pr.unlisted else None,
                     "price_per_mtok": price,
                     "state": "up" if pr.ok else "down",
                     "error": pr.error,
@@ -155,11 +199,16 @@ def _status(args: argparse.Namespace) -> int:
     )
     table: list[tuple[str, ...]] = [header]
     for r in rows:
-        served = ", ".join(f"{m}{'' if ok else ('?' if ok is None else ' (missing)')}" for m, ok in r["models"].items())
+        served = ", ".join(
+            f"{m}{'' if ok else ('?' if ok is None else ' (not listed)')}" for m, ok in r["models"].items()
+        )
         rtt = "-" if r["rtt_ms"] is None else f"{r['rtt_ms']:.1f}"
         state = r["state"] if not r["error"] else f"{r['state']}: {r['error'][:60]}"
         table.append((r["id"], r["provider"], r["region"], r["residency"], rtt, served, r["price_per_mtok"], state))
     print(format_table(table))
+    for r in rows:
+        if r["not_listed"]:
+            print(f"note: {r['not_listed']}")
     return 0 if all(r["state"] == "up" for r in rows) else 1
 
 

@@ -36,7 +36,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -98,6 +98,8 @@ class EndpointState:
         "inflight",
         "input_tokens",
         "last_error",
+        "listed_models",
+        "listing",
         "missing_models",
         "on_half_open",
         "open_until",
@@ -115,6 +117,7 @@ class EndpointState:
         "ttft_at",
         "ttft_ms",
         "ttft_samples",
+        "unlisted_models",
         "wasted",
         "window",
     )
@@ -147,6 +150,13 @@ class EndpointState:
         self.half_open_inflight = 0
         self.window: deque[tuple[float, bool]] = deque()
         self.missing_models: frozenset[str] = frozenset()
+        #: logical models a probe has seen listed at least once: only these can go
+        #: "missing" (a served name never listed is a naming mismatch, not an outage)
+        self.listed_models: set[str] = set()
+        #: logical models whose served name the endpoint has never listed (warned once)
+        self.unlisted_models: frozenset[str] = frozenset()
+        #: the model ids the endpoint's /models listed last (None before a listing)
+        self.listing: tuple[str, ...] | None = None
         #: Health.emit, so that the half-open transition reaches logs and hooks too
         self.on_half_open: list[Callable[[Transition], None]] = []
         self.requests = 0
@@ -349,6 +359,8 @@ class EndpointState:
             "cost_estimated": self.cost_estimated,
             "price_known": ep.price is not None,
             "missing_models": sorted(self.missing_models),
+            "unlisted_models": sorted(self.unlisted_models),
+            "models_listed": None if self.listing is None else list(self.listing),
             "last_error": self.last_error,
         }
 
@@ -429,6 +441,41 @@ class Health:
         """Another replica saw a 429: cool this endpoint's quota domain until ``until``
         (monotonic; forward-only, capped like a local cooldown)."""
         self.cooldown(st, until - self.clock(), f"shared: {reason}")
+
+    def observe_listing(self, st: EndpointState, listing: Iterable[str]) -> tuple[list[str], list[str]]:
+        """Fold one ``/models`` listing into the endpoint's model presence.
+
+        A logical model counts as listed when its served name (or its logical name)
+        is in ``listing``. One that was listed before and is not now is *missing*:
+        the endpoint is taken out for it, as a deployment that dropped the model. One
+        that has never been listed is *unlisted*: servers list under names of their
+        own (llama.cpp: its alias or the model file's path; gateways: nothing at all)
+        and still answer the served name, so the endpoint keeps routing — real
+        requests decide — and one warning names what the endpoint does list.
+        Returns ``(missing, unlisted)``, sorted.
+        """
+        ids = tuple(sorted(set(listing)))
+        present = {m for m, served in st.endpoint.models.items() if served in ids or m in ids}
+        with st._lock:
+            st.listing = ids
+            st.listed_models |= present
+            gone = frozenset(m for m in st.endpoint.models if m not in present and m in st.listed_models)
+            unlisted = frozenset(m for m in st.endpoint.models if m not in st.listed_models)
+            new = unlisted - st.unlisted_models
+            st.unlisted_models = unlisted
+        for m in sorted(new):
+            shown = ", ".join(repr(i) for i in ids[:8]) + (f" and {len(ids) - 8} more" if len(ids) > 8 else "")
+            log.warning(
+                "endpoint %s: /models has never listed %r (the served name of %r); it lists %s. Routing to it "
+                "continues while its requests succeed. To silence this, make the server list that name (llama.cpp: "
+                "--alias / model_alias; vLLM: --served-model-name) or use a listed id as the served name",
+                st.endpoint.id,
+                st.endpoint.models[m],
+                m,
+                shown or "nothing",
+            )
+        self.set_model_presence(st, gone)
+        return sorted(gone), sorted(unlisted)
 
     def set_model_presence(self, st: EndpointState, missing: frozenset[str]) -> None:
         if missing != st.missing_models:

@@ -11,8 +11,12 @@ What a round feeds into health:
 
 * the round-trip time (an RTT estimate: the router's baseline before any real
   traffic, and what a recovered endpoint's estimate decays toward);
-* whether each logical model is still listed — an endpoint that stops listing it is
-  taken out for that model, with that reason, until it lists it again;
+* whether each logical model is still listed — an endpoint that stops listing a
+  model it listed before is taken out for that model, with that reason, until it
+  lists it again. A served name the endpoint has *never* listed is a naming
+  mismatch, not an outage (llama.cpp lists its alias or the model file's path,
+  some gateways list nothing): one warning names what it does list, and the
+  endpoint keeps routing while its real requests succeed;
 * a connect failure or 5xx counts as an endpoint fault (a dead region is detected
   without sacrificing user requests); 401/403 are recorded as the last error;
 * with ``probe.metrics: true``, Prometheus ``/metrics`` of vLLM
@@ -26,7 +30,7 @@ import json
 import logging
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -56,6 +60,8 @@ class ProbeResult:
     missing: list[str]
     queue_waiting: float | None
     error: str | None
+    #: logical models whose served name this endpoint has never listed (still routed)
+    unlisted: list[str] = field(default_factory=list)
 
 
 class Prober:
@@ -143,15 +149,17 @@ class Prober:
         st.observe_rtt(rtt)
         listed = _model_ids(body)
         missing: list[str] = []
+        unlisted: list[str] = []
         if listed is not None:
-            missing = sorted(m for m, served in ep.models.items() if served not in listed and m not in listed)
-            health.set_model_presence(st, frozenset(missing))
+            missing, unlisted = health.observe_listing(st, listed)
         queue = None
         if self.policy.metrics and ep.metrics_path is not None:
             queue = await self._queue_depth(up, ep)
             if queue is not None:
                 st.queue_waiting = queue
-        return ProbeResult(ep.id, True, rtt, status, None if listed is None else sorted(listed), missing, queue, None)
+        return ProbeResult(
+            ep.id, True, rtt, status, None if listed is None else sorted(listed), missing, queue, None, unlisted
+        )
 
     def _failed(
         self, st: EndpointState, reason: str, status: int | None, *, endpoint_fault: bool = True

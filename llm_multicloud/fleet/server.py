@@ -988,7 +988,9 @@ class RegionRuntime:
             if not self._authorized(rec.headers):
                 await self._reply(send, rec, 401, _error(*_STATUS_ERRORS[401]))
                 return
-            seen: dict[str, None] = dict.fromkeys(self.models.values())
+            seen: dict[str, None] = dict.fromkeys(
+                self.models.values() if self.spec.listed is None else self.spec.listed
+            )
             data = [
                 {"id": name, "object": "model", "created": self._created, "owned_by": self.spec.provider}
                 for name in seen

@@ -80,6 +80,11 @@ class RegionSpec(BaseModel):
     provider: str = "onprem"
     region: str = "local"
     models: dict[str, str] = Field(description="logical model -> served model name")
+    listed: list[str] | None = Field(
+        None,
+        description="ids /v1/models lists instead of the served names, as real servers do that list an "
+        "alias or a file path (llama.cpp) yet answer the served name",
+    )
     api_key: str
     latency: Latency = Field(default_factory=Latency)
     fault: Fault = Field(default_factory=Fault)

@@ -44,7 +44,7 @@ def test_status_probes_every_endpoint(clean: Fleet, catalog_file: Path) -> None:
     assert {p.region_id for p in probes} == {"aws-euc1", "gcp-euw4", "aws-use1"}
     assert all(p.headers["authorization"] == f"Bearer sk-{p.region_id}-secret" for p in probes)
     table = run("status", str(catalog_file)).stdout
-    assert "azure-jpe" in table and "down" in table and "(missing)" in table
+    assert "azure-jpe" in table and "down" in table and "(not listed)" in table
     assert "sk-" not in table  # keys never printed
 
 

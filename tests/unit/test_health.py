@@ -427,6 +427,38 @@ def test_model_presence_transitions(clock: Any) -> None:
     assert st.missing_models == frozenset()
 
 
+def test_a_name_never_listed_is_a_warning_not_an_exclusion(clock: Any, caplog: pytest.LogCaptureFixture) -> None:
+    h = _health(clock, n=1, models={"m": "served-m"})
+    got: list[Transition] = []
+    h.listeners.append(got.append)
+    st = h.states[0]
+    with caplog.at_level(logging.WARNING, "llm_multicloud.health"):
+        # llama.cpp lists its model file, not the served name: never listed
+        for _ in range(3):
+            assert h.observe_listing(st, ["/models/smol.gguf"]) == ([], ["m"])
+    assert st.missing_models == frozenset() and st.unlisted_models == {"m"}
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1  # once, not every round
+    assert "'served-m'" in warned[0] and "'/models/smol.gguf'" in warned[0]
+    assert got == []  # no transition: the endpoint keeps serving
+    snap = st.to_dict(clock.now, 0.0)
+    assert snap["unlisted_models"] == ["m"] and snap["models_listed"] == ["/models/smol.gguf"]
+
+
+def test_a_model_listed_before_and_now_gone_is_taken_out(clock: Any) -> None:
+    h = _health(clock, n=1, models={"m": "served-m"})
+    got: list[Transition] = []
+    h.listeners.append(got.append)
+    st = h.states[0]
+    assert h.observe_listing(st, ["/models/smol.gguf"]) == ([], ["m"])
+    assert h.observe_listing(st, ["served-m"]) == ([], [])  # the alias got fixed
+    assert h.observe_listing(st, ["other"]) == (["m"], [])  # listed before, gone now
+    assert st.missing_models == {"m"}
+    assert h.observe_listing(st, ["served-m", "other"]) == ([], [])
+    assert [(t.old, t.new) for t in got] == [("serving", "missing"), ("missing", "serving")]
+    assert "no longer lists" in got[0].reason
+
+
 # --------------------------------------------------------------------------- listeners
 
 
