@@ -112,7 +112,12 @@ class Replica:
             deadline = time.monotonic() + float(cmd.get("timeout", 5.0))
             while True:
                 eps = {e["id"]: e for e in self.mc.snapshot()["endpoints"]}
-                if eps[cmd["endpoint"]][cmd["field"]] == cmd["value"]:
+                # A state is set before its transition reaches the hooks (on the
+                # background loop): for a state, wait for the transition record too.
+                recorded = cmd["field"] != "state" or any(
+                    t["endpoint"] == cmd["endpoint"] and t["new"] == cmd["value"] for t in self.transitions
+                )
+                if eps[cmd["endpoint"]][cmd["field"]] == cmd["value"] and recorded:
                     return {"ok": True, "at": time.monotonic()}
                 if time.monotonic() >= deadline:
                     return {"ok": False, "entry": eps[cmd["endpoint"]]}
