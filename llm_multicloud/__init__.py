@@ -31,6 +31,7 @@ _EXPORTS = {
     "AttemptRecord": "executor",
     "RequestRecord": "executor",
     "Transition": "health",
+    "CatalogUpdate": "live",
     "LLMMulticloudError": "errors",
     "CatalogError": "errors",
     "ResidencyError": "errors",
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
     from .executor import AttemptRecord as AttemptRecord
     from .executor import RequestRecord as RequestRecord
     from .health import Transition as Transition
+    from .live import CatalogUpdate as CatalogUpdate
     from .policy import Policy as Policy
     from .router import Plan as Plan
 

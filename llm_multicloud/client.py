@@ -32,13 +32,18 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from .catalog import Catalog
 from .context import UNCONSTRAINED, Constraints
+from .errors import CatalogError
 from .executor import AttemptRecord, Executor, RequestRecord
 from .health import Health, Transition
+from .live import CatalogUpdate
 from .policy import Policy
 from .router import Plan, Router
 
 T = TypeVar("T")
 CatalogSource = str | os.PathLike[str] | Mapping[str, Any] | Catalog
+
+#: ``update_catalog(policy=...)`` default: keep the policy override given at construction.
+_KEEP: Any = object()
 
 #: Base URL given to wrapped clients. ``.invalid`` is reserved (RFC 2606): should a
 #: request ever bypass the transport, it cannot reach anything.
@@ -63,6 +68,7 @@ class MultiCloud:
         on_transition: Callable[[Transition], None] | None = None,
         telemetry: bool = True,
         http_options: Mapping[str, Any] | None = None,
+        watch: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.catalog = Catalog.load(catalog)
@@ -105,6 +111,13 @@ class MultiCloud:
         self._prober: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._shared: Any = None
+        # Live operations (live.py): catalog updates, drains, weights, the file watcher.
+        from .live import Operations
+
+        self._ops = Operations(self, catalog, policy)
+        self._watcher: Any = None
+        if watch:
+            self._start_watch()
 
     # -- wrapping -------------------------------------------------------------------
     def wrap(self, client: T) -> T:
@@ -125,6 +138,62 @@ class MultiCloud:
         _, async_cls = _transport_classes(mod)
         kwargs.setdefault("base_url", PLACEHOLDER_BASE_URL)
         return mod.AsyncClient(transport=async_cls(self, owns=_owns), **kwargs)
+
+    # -- live operations (mechanism in live.py) --------------------------------------
+    def update_catalog(
+        self, source: CatalogSource | None = None, *, policy: Mapping[str, Any] | Policy | None = _KEEP
+    ) -> CatalogUpdate:
+        """Swap in a new catalog (and/or policy) without a restart.
+
+        The new catalog is validated fully first: a bad one raises :class:`CatalogError`
+        and changes nothing. Endpoints keep their health history by id; removed ones
+        take no new attempts while their in-flight requests and streams finish;
+        wrapped clients see the change at once. ``source=None`` reloads the file this
+        MultiCloud was built from (or, with ``policy=``, keeps the catalog);
+        ``policy=`` changes the policy override given at construction: a dict merges
+        onto it key by key, a :class:`Policy` replaces it (the catalog's own
+        ``policy:`` section still applies under it)."""
+        keep = policy is _KEEP
+        return self._ops.update(source, None if keep else policy, keep_policy=keep)
+
+    def drain(
+        self,
+        endpoint_id: str | None = None,
+        *,
+        region: str | None = None,
+        provider: str | None = None,
+        reason: str = "drained by an operator",
+    ) -> list[str]:
+        """Send no new attempt (primary, hedge, retry, panic) to an endpoint, or to every
+        endpoint of a ``region`` / ``provider``; running ones finish. Shown with its
+        reason in ``snapshot()``, ``explain()`` and 503 messages; kept across catalog
+        updates; shared with other replicas when Redis shared state is on. Returns
+        the ids newly drained."""
+        return self._ops.drain(self._ops.select(endpoint_id, region, provider), reason)
+
+    def undrain(
+        self, endpoint_id: str | None = None, *, region: str | None = None, provider: str | None = None
+    ) -> list[str]:
+        """Undo :meth:`drain`. Returns the ids that were drained."""
+        return self._ops.undrain(self._ops.select(endpoint_id, region, provider))
+
+    def set_weight(self, endpoint_id: str, weight: float | None) -> CatalogUpdate:
+        """Override an endpoint's ``weight`` (strategy ``weighted``) at run time; kept
+        across catalog updates until ``set_weight(id, None)``."""
+        return self._ops.set_weight(endpoint_id, weight)
+
+    @property
+    def catalog_version(self) -> str:
+        """Fingerprint of the catalog's content (no secrets): equal on replicas that
+        loaded the same file."""
+        return self._ops.version
+
+    def _start_watch(self) -> None:
+        from .live import CatalogWatcher
+
+        if self._ops.path is None:
+            raise CatalogError("watch=True needs a catalog file path (got a mapping or a Catalog)")
+        self._watcher = CatalogWatcher(self._ops, self._ops.path)
 
     # -- views --------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -147,7 +216,18 @@ class MultiCloud:
                 else:
                     t["cost_usd"] = round(t["cost_usd"] + e["cost_usd"], 8)
         return {
+            "catalog_version": self._ops.version,
             "endpoints": eps,
+            "retired": [
+                {
+                    "id": st.endpoint.id,
+                    "provider": st.endpoint.provider,
+                    "region": st.endpoint.region,
+                    "in_flight": st.inflight,
+                }
+                for st in self.health.retired
+                if st.inflight > 0
+            ],
             "totals": totals,
             "cost_usd": round(sum(e["cost_usd"] or 0.0 for e in eps), 8),
             "unpriced_requests": sum(e["requests"] for e in eps if e["cost_usd"] is None),
@@ -180,9 +260,8 @@ class MultiCloud:
         """The plan a request with these properties would get now, with reasons.
         ``print(mc.explain(...).describe())`` for people, ``.to_dict()`` for scripts."""
         c: Constraints = UNCONSTRAINED.narrow(residency, near, tags)
-        return self.router.plan(
-            model, c, self.health.states, self.clock(), input_tokens=input_tokens, max_tokens=max_tokens
-        )
+        router, states = self.executor.view
+        return router.plan(model, c, states, self.clock(), input_tokens=input_tokens, max_tokens=max_tokens)
 
     # -- lifecycle ------------------------------------------------------------------
     def _portal(self) -> BlockingPortal:
@@ -260,6 +339,8 @@ class MultiCloud:
 
     def close(self) -> None:
         """Stop probes and the background loop. Idempotent; nothing keeps running after."""
+        if self._watcher is not None:
+            self._watcher.stop()
         with self._lock:
             if self._closed:
                 return

@@ -245,8 +245,11 @@ class Executor:
         r = policy.retry
         self.retry_budget = Budget(r.budget, min_per_s=r.min_per_s, window_s=r.window_s, clock=clock)
         self.hedge_budget = Budget(policy.hedge.budget, min_per_s=0.1, window_s=30.0, clock=clock)
-        self._timeouts: dict[tuple[int, str | None], Timeouts] = {}
+        self._timeouts: dict[tuple[Endpoint, str | None], Timeouts] = {}
         self._rand = random.Random()
+        #: (router, states) of one catalog generation, read together: a live catalog
+        #: update (:meth:`reconfigure`) replaces both at once.
+        self.view: tuple[Router, tuple[EndpointState, ...]] = (router, health.states)
 
     def resume_style(self, ep: Endpoint) -> str:
         """How an endpoint continues a partial answer: its catalog setting, else the policy's."""
@@ -255,7 +258,7 @@ class Executor:
     def timeouts_for(self, ep: Endpoint, model: str | None) -> Timeouts:
         """Deadlines for one endpoint and model: the policy's, overridden by the model's
         (reasoning models need a long first token), overridden by the endpoint's."""
-        key = (ep.index, model)
+        key = (ep, model)
         t = self._timeouts.get(key)
         if t is None:
             spec = self.catalog.models.get(model) if model is not None else None
@@ -264,13 +267,30 @@ class Executor:
             self._timeouts[key] = t
         return t
 
+    def reconfigure(self, catalog: Catalog, policy: Policy, router: Router, states: tuple[EndpointState, ...]) -> None:
+        """Adopt a new catalog generation (``MultiCloud.update_catalog``). Requests
+        already planned keep their plan; :meth:`Health.live` stops them from starting
+        attempts on endpoints that are gone. Budgets keep their history."""
+        self.view = (router, states)
+        self.catalog, self.policy, self.router = catalog, policy, router
+        self._secrets = list(dict.fromkeys([*self._secrets, *catalog.secrets()]))
+        self._timeouts = {}
+        r = policy.retry
+        self.retry_budget.ratio, self.retry_budget.min_per_s, self.retry_budget.window_s = (
+            r.budget,
+            r.min_per_s,
+            r.window_s,
+        )
+        self.hedge_budget.ratio = policy.hedge.budget
+
     # -- planning -----------------------------------------------------------------
     def plan(self, intent: Intent, now: float, seed: float) -> Plan:
         assert intent.model is not None
-        return self.router.plan(
+        router, states = self.view
+        return router.plan(
             intent.model,
             intent.constraints,
-            self.health.states,
+            states,
             now,
             input_tokens=intent.input_tokens,
             max_tokens=intent.max_tokens,
@@ -365,7 +385,7 @@ class Executor:
 
         def pick(kind: str, last: _Attempt | None) -> tuple[Candidate, EndpointState, str] | None:
             now = clock()
-            states = self.health.states
+            live = self.health.live
             pool = [c for c in plan.candidates if c.endpoint.index not in tried]
             if kind == "hedge":
                 domains = {a.ep.failure_domain for a in in_flight}
@@ -375,7 +395,9 @@ class Executor:
             elif not pool and last is not None and only_one:
                 pool = list(plan.candidates)
             for c in pool:
-                st = states[c.endpoint.index]
+                st = live(c.endpoint)
+                if st is None:
+                    continue  # drained, removed or redefined since the plan was made
                 if c.endpoint.id in intent.avoid or (
                     intent.resume_prefix is not None and self.resume_style(c.endpoint) == "none"
                 ):
@@ -384,7 +406,7 @@ class Executor:
                     continue  # cooled down during this request (e.g. its quota domain got a 429)
                 if st.breaker == "open" and st.open_until > now and not c.readmitted:
                     continue  # ejected during this request
-                if not complies(c.endpoint, intent.constraints):  # second lock; the router already filtered
+                if not complies(st.endpoint, intent.constraints):  # second lock; the router already filtered
                     raise RoutingError(500, "residency_violation_prevented", f"refused to send to {c.endpoint.id}")
                 admitted = st.admit(now)
                 if admitted is None:
@@ -727,7 +749,7 @@ class Executor:
             st.observe_stream((now - w.t0) * 1000.0, int((w.usage or {}).get("completion_tokens") or 0), None)
             self._finish_attempt(w, req, "won")
             cost = sum(r.cost_usd for r in req.records)
-            priced = all(self.catalog.endpoints[x.st.endpoint.index].price is not None for x in req.attempts)
+            priced = all(x.ep.price is not None for x in req.attempts)
             meta.append(("x-llm-multicloud-cost-usd", f"{cost:.8f}" if priced else "unknown"))
             self._request_done(req, w, "ok", w.status, None)
             return Result(w.status or 200, headers + meta, w.body or b"", None)

@@ -30,6 +30,7 @@ sent to listeners (hooks).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -89,6 +90,8 @@ class EndpointState:
         "consecutive",
         "cost_estimated",
         "cost_usd",
+        "drained",
+        "drained_at",
         "ejections",
         "endpoint",
         "failures",
@@ -109,6 +112,7 @@ class EndpointState:
         "quota",
         "remote_inflight",
         "requests",
+        "retired",
         "retries",
         "rtt_ms",
         "successes",
@@ -171,6 +175,24 @@ class EndpointState:
         self.input_tokens = 0
         self.output_tokens = 0
         self.last_error: str | None = None
+        #: An operator drained it (``MultiCloud.drain``): the reason. No new attempt of
+        #: any kind goes to a drained endpoint; attempts already running finish.
+        self.drained: str | None = None
+        self.drained_at = 0.0
+        #: Removed from the catalog (or replaced by a redefinition): only its in-flight
+        #: attempts still use it.
+        self.retired = False
+
+    def inherit(self, old: EndpointState) -> None:
+        """Take over the health history of ``old`` (same endpoint id, redefined by a
+        catalog update): estimates, breaker, counters, drain. In-flight attempts stay
+        with ``old``, which they release."""
+        with old._lock:
+            for name in _HISTORY:
+                setattr(self, name, getattr(old, name))
+            self._ring = list(old._ring)
+            self.window = deque(old.window)
+        self._sorted_at = -1
 
     # -- estimates --------------------------------------------------------------
     def observe_ttft(self, ms: float, now: float, *, censored: bool = False) -> None:
@@ -307,6 +329,8 @@ class EndpointState:
 
     # -- views --------------------------------------------------------------------
     def state_name(self, now: float) -> str:
+        if self.drained is not None:
+            return "drained"
         if self.breaker == "open":
             return "open" if now < self.open_until else "half_open"
         if self.quota.until > now:
@@ -326,6 +350,8 @@ class EndpointState:
             reason, until = self.last_error, at(self.open_until)
         elif state == "cooling":
             reason, until = self.quota.reason, at(self.quota.until)
+        elif state == "drained":
+            reason = self.drained
         return {
             "id": ep.id,
             "provider": ep.provider,
@@ -333,6 +359,12 @@ class EndpointState:
             "residency": list(ep.residency),
             "state": state,
             "reason": reason,
+            "breaker": self.breaker if self.breaker != "open" or now < self.open_until else "half_open",
+            "drained": self.drained is not None,
+            "drained_reason": self.drained,
+            "drained_at": at(self.drained_at) if self.drained is not None else None,
+            "cooldown_remaining_s": round(max(self.quota.until - now, 0.0), 3),
+            "weight": ep.weight,
             "opened_at": at(self.opened_at) if self.ejections else None,
             "until": until,
             "ejections": self.ejections,
@@ -365,12 +397,25 @@ class EndpointState:
         }
 
 
+#: What a redefined endpoint inherits from its previous state (see EndpointState.inherit).
+_HISTORY = (
+    "ttft_ms", "ttft_at", "ttft_samples", "tpot_ms", "total_ms", "rtt_ms", "baseline_ms", "_ring_n",
+    "queue_waiting", "breaker", "consecutive", "ejections", "opened_at", "open_until", "missing_models",
+    "requests", "successes", "failures", "retries", "hedges", "hedge_wins", "wasted", "cost_usd",
+    "cost_estimated", "input_tokens", "output_tokens", "last_error", "drained", "drained_at",
+)  # fmt: skip
+
+
 def _r(v: float | None) -> float | None:
     return None if v is None else round(v, 3)
 
 
 class Health:
-    """All endpoints' states, the quota domains, and the hooks."""
+    """All endpoints' states, the quota domains, and the hooks.
+
+    ``states`` is indexed like the current catalog's endpoints and replaced as a
+    whole by :meth:`retarget` (a live catalog update): readers take the tuple once.
+    """
 
     def __init__(self, catalog: Catalog, policy: Policy, *, clock: Clock = time.monotonic) -> None:
         self.clock = clock
@@ -380,21 +425,122 @@ class Health:
             EndpointState(e, self.domains.setdefault(e.quota_domain, QuotaDomain(e.quota_domain)), policy)
             for e in catalog.endpoints
         )
+        #: The current state of each endpoint id (what new attempts may use).
+        self.by_id: dict[str, EndpointState] = {st.endpoint.id: st for st in self.states}
+        #: States no longer in the catalog that still have attempts in flight.
+        self.retired: list[EndpointState] = []
+        #: Removed endpoints' states, by id: an endpoint added back gets its history back.
+        self._removed: dict[str, EndpointState] = {}
         self.listeners: list[Callable[[Transition], None]] = []
         for st in self.states:
             st.on_half_open.append(self.emit)
         self._rand = random.Random()
+        self._swap_lock = threading.Lock()
 
-    def emit(self, t: Transition | None) -> None:
+    def emit(self, t: Transition | None, ep: Endpoint | None = None) -> None:
         if t is None:
             return
-        level = logging.WARNING if t.new == "open" else logging.INFO
-        log.log(level, "endpoint %s: %s -> %s (%s)", t.endpoint, t.old, t.new, t.reason)
+        level = logging.WARNING if t.new in ("open", "drained", "removed") else logging.INFO
+        if ep is None:
+            st = self.by_id.get(t.endpoint)
+            ep = st.endpoint if st is not None else None
+        log.log(
+            level,
+            "endpoint %s: %s -> %s (%s)",
+            t.endpoint,
+            t.old,
+            t.new,
+            t.reason,
+            extra=log_fields(ep if ep is not None else t.endpoint, t.old, t.new, t.reason),
+        )
         for fn in list(self.listeners):
             try:
                 fn(t)
             except Exception:  # a broken hook must not break routing
                 log.exception("health listener failed")
+
+    # -- live operations -------------------------------------------------------------
+    def live(self, ep: Endpoint) -> EndpointState | None:
+        """The state a *new* attempt to ``ep`` (from a plan, perhaps made before a catalog
+        update) may use: the endpoint's current state if it is still in the catalog with
+        the same target (URL, credentials, residency, tags...) and not drained; else None."""
+        st = self.by_id.get(ep.id)
+        if st is None or st.drained is not None:
+            return None
+        cur = st.endpoint
+        if cur is not ep and not same_target(cur, ep):
+            return None
+        return st
+
+    def drain(self, st: EndpointState, reason: str) -> bool:
+        """Mark an endpoint drained (no new attempts). False if it already was, for that reason."""
+        if st.drained == reason:
+            return False
+        old = st.drained
+        st.drained = reason
+        now = self.clock()
+        st.drained_at = now
+        self.emit(Transition(st.endpoint.id, "drained" if old is not None else "serving", "drained", reason, now, None))
+        return True
+
+    def undrain(self, st: EndpointState, reason: str = "") -> bool:
+        if st.drained is None:
+            return False
+        st.drained = None
+        self.emit(Transition(st.endpoint.id, "drained", "serving", reason or "undrained", self.clock(), None))
+        return True
+
+    def retarget(self, catalog: Catalog, policy: Policy) -> tuple[EndpointState, ...]:
+        """States for a new catalog, keeping each endpoint's history by id.
+
+        An endpoint whose definition differs only in routing weights (index, weight,
+        max_concurrency, price) keeps its state object; one with another target
+        (URL, key, residency, tags, timeouts...) gets a new state that inherits the
+        history, so that an attempt already running never changes where it sends.
+        Removed endpoints are retired: their in-flight attempts finish on them.
+        Returns the new states tuple; the caller publishes it (with the router).
+        """
+        with self._swap_lock:
+            domains: dict[str, QuotaDomain] = {}
+            states: list[EndpointState] = []
+            keep: set[str] = set()
+            for e in catalog.endpoints:
+                dom = domains.get(e.quota_domain) or self.domains.get(e.quota_domain) or QuotaDomain(e.quota_domain)
+                domains[e.quota_domain] = dom
+                old = self.by_id.get(e.id) or self._removed.pop(e.id, None)
+                if old is not None and same_target(old.endpoint, e):
+                    old.retired = False
+                    old.endpoint = e
+                    old.quota = dom
+                    old._policy = policy
+                    st = old
+                else:
+                    st = EndpointState(e, dom, policy)
+                    st.on_half_open.append(self.emit)
+                    if old is not None:
+                        st.inherit(old)
+                        old.retired = True
+                        self.retired.append(old)
+                states.append(st)
+                keep.add(e.id)
+            now = self.clock()
+            removed = [st for eid, st in self.by_id.items() if eid not in keep]
+            for st in removed:
+                st.retired = True
+                self.retired.append(st)
+                self._removed[st.endpoint.id] = st
+            while len(self._removed) > 1000:  # bounded: ids come and go in a long life
+                del self._removed[next(iter(self._removed))]
+            self.policy = policy
+            self.domains = domains
+            new = tuple(states)
+            self.by_id = {st.endpoint.id: st for st in new}
+            self.states = new
+            self.retired = [st for st in self.retired if st.inflight > 0 and st.retired]
+        for st in removed:
+            t = Transition(st.endpoint.id, st.state_name(now), "removed", "removed from the catalog", now, None)
+            self.emit(t, st.endpoint)
+        return new
 
     def endpoint_fault(self, st: EndpointState, reason: str) -> None:
         self.emit(st.record_failure(self.clock(), reason, self._rand.random()))
@@ -489,3 +635,24 @@ class Health:
                 )
             else:
                 self.emit(Transition(st.endpoint.id, "missing", "serving", "/models lists the model again", now, None))
+
+
+def same_target(a: Endpoint, b: Endpoint) -> bool:
+    """Do two definitions of an endpoint send the same bytes to the same place under the
+    same rules? Everything but the routing weights (index, weight, max_concurrency, price)."""
+    if a is b:
+        return True
+    return all(getattr(a, f) == getattr(b, f) for f in _TARGET_FIELDS)
+
+
+_TARGET_FIELDS = tuple(
+    f.name for f in dataclasses.fields(Endpoint) if f.name not in ("index", "weight", "max_concurrency", "price")
+)
+
+
+def log_fields(ep: Endpoint | str, old: str, new: str, reason: str) -> dict[str, Any]:
+    """The structured fields of a state-change log record (``extra=``): JSON log
+    formatters (python-json-logger, structlog's stdlib bridge) show them as keys."""
+    if isinstance(ep, str):
+        return {"endpoint": ep, "provider": None, "region": None, "from": old, "to": new, "reason": reason}
+    return {"endpoint": ep.id, "provider": ep.provider, "region": ep.region, "from": old, "to": new, "reason": reason}

@@ -80,6 +80,8 @@ class EndpointView(Protocol):
     def missing_models(self) -> frozenset[str]: ...
     @property
     def quota(self) -> QuotaView: ...
+    @property
+    def drained(self) -> str | None: ...
 
 
 @dataclass(slots=True)
@@ -97,7 +99,7 @@ class Candidate:
 class Exclusion:
     endpoint: Endpoint
     reason: str
-    #: residency | tags | missing_model | cooling | ejected
+    #: residency | tags | missing_model | cooling | ejected | full | drained
     kind: str = "residency"
 
 
@@ -270,6 +272,9 @@ class Router:
         cooling: list[tuple[Endpoint, EndpointView]] = []
         for ep in compliant:
             st = states[ep.index]
+            if st.drained is not None:  # an operator's drain: never re-admitted, not even in panic
+                excluded.append(Exclusion(ep, f"drained: {st.drained}", "drained"))
+                continue
             if st.missing_models and model in st.missing_models:
                 excluded.append(Exclusion(ep, f"/models no longer lists {ep.models[model]!r}", "missing_model"))
                 continue
