@@ -30,6 +30,7 @@ import anyio
 import anyio.to_thread
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from . import hrw
 from .catalog import Catalog
 from .context import UNCONSTRAINED, Constraints
 from .errors import CatalogError
@@ -256,12 +257,25 @@ class MultiCloud:
         tags: Mapping[str, str] | None = None,
         input_tokens: int = 0,
         max_tokens: int | None = None,
+        session: str | None = None,
     ) -> Plan:
         """The plan a request with these properties would get now, with reasons.
+        ``session``: the affinity key (``plan.affinity`` says whether it decided).
         ``print(mc.explain(...).describe())`` for people, ``.to_dict()`` for scripts."""
-        c: Constraints = UNCONSTRAINED.narrow(residency, near, tags)
+        c: Constraints = UNCONSTRAINED.narrow(residency, near, tags, session)
+        key = None
+        if session is not None and self.policy.affinity.enabled:
+            key = (hrw.key_hash("session:" + session), "session")
         router, states = self.executor.view
-        return router.plan(model, c, states, self.clock(), input_tokens=input_tokens, max_tokens=max_tokens)
+        return router.plan(
+            model,
+            c,
+            states,
+            self.clock(),
+            input_tokens=input_tokens,
+            max_tokens=max_tokens,
+            affinity=key,
+        )
 
     # -- lifecycle ------------------------------------------------------------------
     def _portal(self) -> BlockingPortal:

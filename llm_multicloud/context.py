@@ -43,12 +43,16 @@ class Constraints:
     near_label: str | None = None
     #: Endpoint tags the request requires (all must match).
     tags: tuple[tuple[str, str], ...] = field(default=())
+    #: Session key for prompt-cache affinity (a preference, like ``near``: the
+    #: innermost wins). Never a constraint: it cannot override residency or health.
+    session: str | None = None
 
     def narrow(
         self,
         residency: str | Iterable[str] | None = None,
         near: str | None = None,
         tags: Mapping[str, str] | None = None,
+        session: str | None = None,
     ) -> Constraints:
         """This scope narrowed by another one (intersection; raises on an empty one)."""
         res, label = self.residency, self.residency_label
@@ -70,7 +74,16 @@ class Constraints:
             if k in merged and merged[k] != v:
                 raise ResidencyError(f"routing tags do not intersect: {k}={merged[k]!r} (outer) vs {k}={v!r} (inner)")
             merged[k] = v
-        return Constraints(res, label, near_xy, near_label, tuple(sorted(merged.items())))
+        if session is not None:
+            session = check_session(session)
+        return Constraints(
+            res,
+            label,
+            near_xy,
+            near_label,
+            tuple(sorted(merged.items())),
+            self.session if session is None else session,
+        )
 
 
 UNCONSTRAINED = Constraints()
@@ -100,6 +113,19 @@ def parse_residency(value: str | Iterable[str]) -> tuple[frozenset[str], str]:
     return frozenset(allowed), "|".join(tags)
 
 
+#: Longest session key accepted (it is hashed, never sent anywhere).
+MAX_SESSION = 512
+
+
+def check_session(value: object) -> str:
+    """A session key as given to ``routing(session=...)`` or the session header."""
+    if not isinstance(value, str) or not value.strip():
+        raise ResidencyError(f"session must be a non-empty string (got {value!r}), e.g. a conversation id")
+    if len(value) > MAX_SESSION:
+        raise ResidencyError(f"session key is {len(value)} characters; at most {MAX_SESSION} (hash longer ids)")
+    return value
+
+
 def locate(place: str) -> tuple[float, float]:
     xy = regions.locate(place.strip())
     if xy is None:
@@ -116,9 +142,14 @@ def routing(
     residency: str | Iterable[str] | None = None,
     near: str | None = None,
     tags: Mapping[str, str] | None = None,
+    session: str | None = None,
 ) -> Iterator[Constraints]:
-    """Constrain every request made inside the block (see the module docs)."""
-    narrowed = _current.get().narrow(residency, near, tags)
+    """Constrain every request made inside the block (see the module docs).
+
+    ``session``: a conversation or user id; requests with the same key prefer the
+    same endpoint (prompt-cache affinity, see docs/affinity.md) among those that are
+    compliant, healthy and near the best. The innermost session wins."""
+    narrowed = _current.get().narrow(residency, near, tags, session)
     token = _current.set(narrowed)
     try:
         yield narrowed

@@ -284,7 +284,7 @@ class Executor:
         self.hedge_budget.ratio = policy.hedge.budget
 
     # -- planning -----------------------------------------------------------------
-    def plan(self, intent: Intent, now: float, seed: float) -> Plan:
+    def plan(self, intent: Intent, now: float, seed: float, affinity: tuple[int, str] | None = None) -> Plan:
         assert intent.model is not None
         router, states = self.view
         return router.plan(
@@ -297,6 +297,7 @@ class Executor:
             seed=seed,
             # a request needs a handful of candidates: primary, hedges, failovers
             limit=self.policy.retry.max_attempts + self.policy.hedge.max_in_flight + 2,
+            affinity=affinity,
         )
 
     # -- the core -----------------------------------------------------------------
@@ -338,7 +339,9 @@ class Executor:
         failures: list[_Attempt] = []
         attempts_left = self.policy.retry.max_attempts
         note: str | None = None
-        plan = self.plan(intent, start, seed)
+        aff = self.policy.affinity
+        key = intent.affinity_key(prefix=aff.prefix, min_tokens=aff.prefix_min_tokens) if aff.enabled else None
+        plan = self.plan(intent, start, seed, key)
         for _ in range(16):  # bounded: each round waits for a cooldown to end, or races
             now = clock()
             if not plan.candidates:
@@ -346,7 +349,7 @@ class Executor:
                     # Everything compliant is cooling down (429 + Retry-After) but one
                     # comes back before the deadline: wait for it rather than fail.
                     await anyio.sleep(max(plan.wait_until - now, 0.0) + 0.001)
-                    plan = self.plan(intent, clock(), seed)
+                    plan = self.plan(intent, clock(), seed, key)
                     continue
                 break
             try:
@@ -362,7 +365,7 @@ class Executor:
                 ):
                     break
                 # Only quota refusals: their cooldowns may end within the deadline.
-                plan = self.plan(intent, clock(), seed)
+                plan = self.plan(intent, clock(), seed, key)
         code = "all_attempts_failed" if failures else "no_endpoint_available"
         raise RoutingError(503, code, self._unavailable(plan, failures, deadline, note))
 

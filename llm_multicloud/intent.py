@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import context
+from . import context, hrw
 from .context import Constraints
 from .errors import LLMMulticloudError, RoutingError
 
@@ -75,6 +75,22 @@ class Intent:
     avoid: frozenset[str] = frozenset()
     resumes: int = 0
 
+    def affinity_key(self, *, prefix: bool, min_tokens: int) -> tuple[int, str] | None:
+        """The prompt-cache affinity key: (64-bit hash, source). An explicit session
+        (``routing(session=)`` or the session header) wins; else, with ``prefix``, a
+        hash of the prompt's stable prefix — the instructions/system messages and
+        the first user message, which every later turn of a conversation repeats —
+        when it is at least ``min_tokens`` long (estimated). None: no affinity."""
+        s = self.constraints.session
+        if s is not None:
+            return hrw.key_hash("session:" + s), "session"
+        if not prefix or self.body is None:
+            return None
+        parts = _stable_prefix(self.body)
+        if not parts or sum(len(x) for x in parts) // 4 < min_tokens:
+            return None
+        return hrw.key_hash("\x1e".join(parts)), "prefix"
+
     def body_for(self, served_model: str, *, add_usage: bool, resume_style: str = "vllm") -> bytes:
         """The body to send to an endpoint that serves the model as ``served_model``
         (and, when resuming a broken stream, continues ``resume_prefix`` in that
@@ -122,14 +138,14 @@ def parse(
                     400, "bad_routing_header", f"header {lk}: value is too long or has control characters"
                 )
             name = lk[len(HEADER_PREFIX) :]
-            if name in ("residency", "near", "tags"):
+            if name in ("residency", "near", "tags", "session"):
                 scopes.append((name, v))
             else:
                 raise RoutingError(
                     400,
                     "bad_routing_header",
                     f"unknown routing header {lk}; known: {HEADER_PREFIX}residency, {HEADER_PREFIX}near, "
-                    f"{HEADER_PREFIX}tags",
+                    f"{HEADER_PREFIX}tags, {HEADER_PREFIX}session",
                 )
             continue
         if lk in _DROP:
@@ -144,6 +160,8 @@ def parse(
                 constraints = constraints.narrow(residency=v)
             elif name == "near":
                 constraints = constraints.narrow(near=v)
+            elif name == "session":
+                constraints = constraints.narrow(session=v)
             else:
                 constraints = constraints.narrow(tags=_parse_tags(v))
     except LLMMulticloudError as exc:
@@ -200,6 +218,33 @@ def _parse_tags(v: str) -> dict[str, str]:
                 400, "bad_routing_header", f"{HEADER_PREFIX}tags: {part!r} is not key=value (e.g. tier=gold)"
             )
         out[k.strip()] = val.strip()
+    return out
+
+
+def _stable_prefix(obj: dict[str, Any]) -> list[str]:
+    """The part of a prompt that later turns of the same conversation repeat
+    verbatim: system/developer messages and instructions up to and including the
+    first user message (chat, Responses), else the start of a plain prompt."""
+    out: list[str] = []
+    msgs = obj.get("messages")
+    if not isinstance(msgs, list):
+        msgs = obj.get("input") if isinstance(obj.get("input"), list) else None
+        ins = obj.get("instructions")
+        if isinstance(ins, str):
+            out.append("instructions\x1f" + ins)
+    if isinstance(msgs, list):
+        for m in msgs:
+            if not isinstance(m, dict):
+                break
+            role = m.get("role")
+            c = m.get("content")
+            out.append(f"{role}\x1f" + (c if isinstance(c, str) else json.dumps(c, sort_keys=True)))
+            if role == "user":
+                break
+        return out
+    p = obj.get("prompt", obj.get("input"))
+    if isinstance(p, str):
+        out.append("prompt\x1f" + p[:4096])
     return out
 
 

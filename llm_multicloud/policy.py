@@ -113,6 +113,28 @@ class ResumePolicy(_Strict):
     max_resumes: int = Field(1, ge=1, le=5)
 
 
+class AffinityPolicy(_Strict):
+    """Prompt-cache affinity: requests of one session (or one prompt prefix) prefer one
+    endpoint, chosen by rendezvous hashing among the compliant, healthy candidates
+    near the strategy's best. See docs/affinity.md."""
+
+    enabled: bool = True
+    #: Without an explicit session, key on a hash of the prompt's stable prefix
+    #: (system prompt and first user message)...
+    prefix: bool = True
+    #: ...when that prefix is long enough for a cache to matter (estimated tokens).
+    prefix_min_tokens: int = Field(256, ge=0)
+    #: The pin is eligible while its predicted TTFT is within ``slack`` (a fraction)
+    #: plus ``slack_ms`` of the strategy's first choice...
+    slack: float = Field(0.5, ge=0.0)
+    slack_ms: float = Field(50.0, ge=0.0)
+    #: ...its expected cost within ``cost_slack`` of the first choice's...
+    cost_slack: float = Field(0.25, ge=0.0)
+    #: ...and its load-adjusted score (TTFT × (1 + in-flight + queue)) at most
+    #: ``overload`` times the first choice's: past that it counts as overloaded.
+    overload: float = Field(3.0, ge=1.0)
+
+
 class StatePolicy(_Strict):
     """Where health state lives: in this process (default) or shared through Redis."""
 
@@ -164,6 +186,7 @@ class Policy(_Strict):
     timeouts: Timeouts = Timeouts()
     state: StatePolicy = StatePolicy()
     resume: ResumePolicy = ResumePolicy()
+    affinity: AffinityPolicy = AffinityPolicy()
 
     @model_validator(mode="after")
     def _check(self) -> Policy:

@@ -28,6 +28,13 @@ Steps:
    Efraimidis–Spirakis), ``ordered`` (catalog order). Near-equal leaders are broken
    by the *power of two choices* (Mitzenmacher 2001) on in-flight load, so that a
    fleet of clients with the same view does not herd onto one endpoint.
+5. **Affinity** (a session key, or a hash of the prompt's stable prefix): among the
+   ranked usable endpoints whose predicted TTFT, expected cost and load are within
+   ``policy.affinity``'s slack of the strategy's first choice, rendezvous hashing
+   (:mod:`.hrw`) picks the key's pin and orders the failovers, so a conversation
+   returns to the endpoint that holds its prompt cache. It acts only after steps
+   1-2: it never reaches a non-compliant, ejected, cooling or full endpoint, and a
+   large latency or cost gap or an overloaded pin takes it out of the window.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from typing import Protocol
 
 from cachetools import LRUCache
 
+from . import hrw
 from .catalog import Catalog, Endpoint
 from .context import Constraints
 from .errors import RoutingError
@@ -116,6 +124,8 @@ class Plan:
     wait_until: float | None = None
     panic: bool = False
     notes: list[str] = field(default_factory=list)
+    #: How affinity decided the first candidate ("session" / "prefix" pin), or None.
+    affinity: str | None = None
 
     def describe(self, now: float | None = None) -> str:
         """One line per endpoint: rank and reason, or why it is excluded."""
@@ -137,6 +147,7 @@ class Plan:
             "strategy": self.strategy,
             "constraints": _describe_constraints(self.constraints),
             "panic": self.panic,
+            "affinity": self.affinity,
             "notes": list(self.notes),
             "candidates": [
                 {
@@ -243,11 +254,13 @@ class Router:
         seed: float = 0.5,
         context_window: int | None = None,
         limit: int | None = None,
+        affinity: tuple[int, str] | None = None,
     ) -> Plan:
         """Rank the endpoints for one request. ``states`` is indexed like ``catalog.endpoints``.
 
         ``limit``: build only the first ``limit`` candidates (the executor needs a
-        handful: primary, hedges, failovers); ``None`` ranks them all (explain)."""
+        handful: primary, hedges, failovers); ``None`` ranks them all (explain).
+        ``affinity``: (64-bit key hash, "session" | "prefix") for prompt-cache affinity."""
         p = self.policy
         compliant, static_out = self._compliant(model, constraints)
         excluded = list(static_out)
@@ -341,8 +354,17 @@ class Router:
 
         out_tok = max_tokens if max_tokens is not None else 256
         cands = self._rank(usable, seed, input_tokens, out_tok, limit)
+        pinned = None
+        if affinity is not None and len(usable) > 1 and p.affinity.enabled and p.strategy != "ordered":
+            cands, pinned = self._affine(cands, usable, affinity, input_tokens, out_tok, limit)
         explore = (seed * 104729.0) % 1.0  # an independent draw from the same seed
-        if unexplored and len(usable) > 1 and explore < p.explore and p.strategy in ("latency", "balanced"):
+        if (
+            pinned is None
+            and unexplored
+            and len(usable) > 1
+            and explore < p.explore
+            and p.strategy in ("latency", "balanced")
+        ):
             # Exploration: a small share of requests goes to an endpoint we know
             # nothing recent about, so that a recovered or never-tried region can
             # show it is fast (the prior alone would keep it out for ever).
@@ -367,7 +389,58 @@ class Router:
                     readmitted=True,
                 )
             )
-        return Plan(model, p.strategy, cands, excluded, constraints, wait_until, panic, notes)
+        return Plan(model, p.strategy, cands, excluded, constraints, wait_until, panic, notes, pinned)
+
+    def _affine(
+        self,
+        ranked: list[Candidate],
+        usable: list[tuple[float, float, Endpoint]],
+        affinity: tuple[int, str],
+        input_tokens: int,
+        out_tokens: int,
+        limit: int | None,
+    ) -> tuple[list[Candidate], str | None]:
+        """Put the key's rendezvous pin first, among the usable endpoints near the
+        strategy's first choice; the rest of the window follows in rendezvous order
+        (where the key goes if its pin leaves), then the other ranked candidates."""
+        a = self.policy.affinity
+        lead = ranked[0]
+        inf = math.inf
+        lead_cost = inf if lead.cost_usd is None else lead.cost_usd
+        lat_lim = lead.predicted_ms * (1.0 + a.slack) + a.slack_ms
+        load_lim = lead.score * a.overload + a.slack_ms
+        cost_lim = lead_cost * (1.0 + a.cost_slack) + 1e-12
+        window: list[tuple[float, float, Endpoint]] = []
+        for item in usable:
+            sc, pr, ep = item
+            if pr > lat_lim or sc > load_lim:
+                continue
+            if ep.price is not None:
+                if (input_tokens * ep.price[0] + out_tokens * ep.price[1]) / 1e6 > cost_lim:
+                    continue
+            elif lead_cost != inf:
+                continue  # unknown price against a priced first choice: not "near" it
+            window.append(item)
+        if len(window) < 2:
+            return ranked, None  # nothing else is near the first choice: nothing to decide
+        kh, source = affinity
+        uniform = hrw.uniform_weights([ep.weight for _, _, ep in window])
+        order = hrw.rank(kh, window, _ident, None if uniform else _weight)
+        k = len(usable) if limit is None else min(limit, len(usable))
+        chosen = {ep.index for _, _, ep in order}
+        out = [Candidate(ep, pr, sc, _cost(ep, input_tokens, out_tokens)) for sc, pr, ep in order[:k]]
+        for c in ranked:
+            if len(out) >= k:
+                break
+            if c.endpoint.index not in chosen:
+                c.note = ""
+                out.append(c)
+        pin = out[0]
+        same = pin.endpoint is lead.endpoint
+        pin.note = f"affinity: {source} pin (rendezvous among {len(window)} within slack of " + (
+            "the strategy's choice, which it is)" if same else f"{lead.endpoint.id}: {lead.note})"
+        )
+        return out, source
 
     def _rank(
         self,
@@ -444,6 +517,14 @@ class Router:
 
 
 _score = operator.itemgetter(0)
+
+
+def _ident(item: tuple[float, float, Endpoint]) -> str:
+    return item[2].id
+
+
+def _weight(item: tuple[float, float, Endpoint]) -> float:
+    return item[2].weight
 
 
 def _cost(ep: Endpoint, input_tokens: int, out_tokens: int) -> float | None:

@@ -17,7 +17,7 @@ from .demo import demo_spec
 from .fleet import Fleet, FleetBase
 from .process import FleetProcess, start_fleet_process
 from .records import Received
-from .spec import Fault, FaultMode, FleetSpec, Latency, RegionSpec
+from .spec import Fault, FaultMode, FleetSpec, Latency, PrefixCache, RateLimits, RegionSpec
 
 __all__ = [
     "Fault",
@@ -27,6 +27,8 @@ __all__ = [
     "FleetProcess",
     "FleetSpec",
     "Latency",
+    "PrefixCache",
+    "RateLimits",
     "Received",
     "RegionSpec",
     "demo_spec",

@@ -46,6 +46,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from .capacity import PrefixCacheSim, RateLimiterSim
 from .records import Received
 from .spec import Fault, Latency, RegionSpec
 
@@ -373,6 +374,8 @@ class RegionRuntime:
             (b"cache-control", b"no-cache"),
             *self.static_headers,
         ]
+        self.prefix_cache = PrefixCacheSim(spec.prefix_cache) if spec.prefix_cache is not None else None
+        self.limiter = RateLimiterSim(spec.limits) if spec.limits is not None else None
         self._uvicorn_kwargs = uvicorn_kwargs
         self._server: uvicorn.Server | None = None
         self._sock: socket.socket | None = None  # reserved port while down / before start
@@ -497,7 +500,12 @@ class RegionRuntime:
         self.disconnects = 0
 
     def restore_config(self) -> None:
-        """Back to the spec's latency, models, waiting gauge and RNG state (fault: see ``reset``)."""
+        """Back to the spec's latency, models, waiting gauge, RNG, cache and quota state
+        (fault: see ``reset``)."""
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
+        if self.limiter is not None:
+            self.limiter = RateLimiterSim(self.limiter.spec)
         self.latency = self.spec.latency
         self.apply_models(self.spec.models)
         self.waiting = 0
@@ -524,6 +532,10 @@ class RegionRuntime:
             "in_flight": self.in_flight,
             "disconnects": self.disconnects,
             "records": len(self.records),
+            "prefix_cache": None
+            if self.prefix_cache is None
+            else {"hits": self.prefix_cache.hits, "misses": self.prefix_cache.misses},
+            "limits": None if self.limiter is None else self.limiter.state(),
         }
 
     @property
@@ -749,7 +761,22 @@ class RegionRuntime:
                 )
                 return
             prefix = _content_text(messages[-1].get("content"))
-        prompt_tokens = sum(_content_words(m.get("content")) for m in messages)
+        words = [_content_words(m.get("content")) for m in messages]
+        prompt_tokens = sum(words)
+        if self.limiter is not None:
+            wait = self.limiter.take(prompt_tokens + n_tokens)
+            if wait is not None:
+                hdrs = [(b"retry-after", b"3600")]
+                if not math.isinf(wait):
+                    hdrs = [(b"retry-after", str(math.ceil(wait)).encode())]
+                    hdrs.append((b"retry-after-ms", str(math.ceil(wait * 1000.0)).encode()))
+                await self._reply(send, rec, 429, _error(*_STATUS_ERRORS[429]), headers=hdrs)
+                return
+        cached = 0
+        if self.prefix_cache is not None:
+            cached = self.prefix_cache.admit(
+                [f"{m.get('role')}\x1f{_content_text(m.get('content'))}" for m in messages], words
+            )
 
         served = _Served(self, rec, scope, receive)
         fault = self._draw_fault()
@@ -757,6 +784,8 @@ class RegionRuntime:
             return
         latency = self.latency
         ttft = self._sample_ttft(latency, slow=fault is not None and fault.mode == "slow")
+        if self.prefix_cache is not None:
+            ttft += self.prefix_cache.prefill_s(prompt_tokens - cached)
         rec.ttft_ms = ttft * 1000.0
         if fault is not None and fault.mode == "slow":
             rec.fault = "slow"
@@ -770,11 +799,13 @@ class RegionRuntime:
             start = sum(1 for w in prefix.split() if not (w.startswith("[") and w.endswith("]")))
             sep = "" if not prefix or prefix[-1].isspace() else " "
             pieces = [f"{sep}w{start}", *(f" w{i}" for i in range(start + 1, start + n_tokens))]
-        usage = {
+        usage: dict[str, Any] = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": n_tokens,
             "total_tokens": prompt_tokens + n_tokens,
         }
+        if self.prefix_cache is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": cached}
 
         if rec.stream:
             stream_options = body.get("stream_options")
@@ -821,7 +852,7 @@ class RegionRuntime:
         return
 
     async def _complete(
-        self, served: _Served, send: Send, payload: dict[str, Any], usage: dict[str, int], fault: Fault | None
+        self, served: _Served, send: Send, payload: dict[str, Any], usage: dict[str, Any], fault: Fault | None
     ) -> None:
         """Send a whole non-streamed answer (chat or embeddings), or half of it for close_mid_stream."""
         if fault is not None and fault.mode == "close_mid_stream":
@@ -849,7 +880,7 @@ class RegionRuntime:
         model: str,
         pieces: list[str],
         finish_reason: str,
-        usage: dict[str, int] | None,
+        usage: dict[str, Any] | None,
         ttft: float,
         itl: float,
         fault: Fault | None,

@@ -19,7 +19,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["DEFAULT_CONTEXT_WINDOW", "Fault", "FaultMode", "FleetSpec", "Latency", "RegionSpec"]
+__all__ = [
+    "DEFAULT_CONTEXT_WINDOW",
+    "Fault",
+    "FaultMode",
+    "FleetSpec",
+    "Latency",
+    "PrefixCache",
+    "RateLimits",
+    "RegionSpec",
+]
 
 FaultMode = Literal["none", "down", "status", "hang", "close_mid_stream", "malformed_sse", "slow"]
 
@@ -70,6 +79,33 @@ class Fault(BaseModel):
     body: str | None = Field(None, description="custom error body for mode=status")
 
 
+class PrefixCache(BaseModel):
+    """A simulated prompt (prefix) cache, as vLLM's automatic prefix caching and the
+    providers' prompt caching: the leading messages of a prompt this region saw
+    within ``ttl_s`` are not prefilled again. Each uncached prompt token adds
+    ``prefill_ms_per_token`` to the time to first token, and the answer's usage
+    reports the cached ones in ``prompt_tokens_details.cached_tokens``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prefill_ms_per_token: float = Field(0.1, ge=0, description="extra TTFT per uncached prompt token (ms)")
+    ttl_s: float = Field(300.0, gt=0, description="how long a prefix stays cached after its last use")
+    max_entries: int = Field(100_000, ge=1, description="cached prefixes kept (least recently used evicted)")
+
+
+class RateLimits(BaseModel):
+    """Per-region request and token limits, enforced like a cloud deployment's quota:
+    token buckets holding ``burst_s`` seconds' worth, refilled continuously at
+    ``rpm``/``tpm`` per minute. A request's tokens are its prompt plus the completion it
+    asks for, counted on arrival; a request over a limit gets 429 with Retry-After."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rpm: float | None = Field(None, gt=0, description="requests per minute")
+    tpm: float | None = Field(None, gt=0, description="tokens per minute")
+    burst_s: float = Field(60.0, gt=0, description="bucket capacity in seconds of the limit")
+
+
 class RegionSpec(BaseModel):
     """One simulated deployment: an OpenAI-compatible server in a "region"."""
 
@@ -95,6 +131,8 @@ class RegionSpec(BaseModel):
     catalog: dict[str, Any] | None = Field(
         None, description="extra keys merged into this region's catalog endpoint (country, residency, tags...)"
     )
+    prefix_cache: PrefixCache | None = Field(None, description="simulate a prompt-prefix cache (TTFT, cached_tokens)")
+    limits: RateLimits | None = Field(None, description="rpm/tpm limits answered with 429 + Retry-After")
 
 
 class FleetSpec(BaseModel):

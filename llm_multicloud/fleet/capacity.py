@@ -1,0 +1,128 @@
+"""What a real deployment's capacity does to requests, simulated: a prompt-prefix
+cache (time to first token and ``cached_tokens`` depend on whether this region saw
+the prompt's leading messages recently) and rpm/tpm quotas answered with 429.
+
+Both are per region, touched only from the fleet's event loop, and read the
+monotonic clock given to them, so tests can reason about them exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+from .spec import PrefixCache, RateLimits
+
+
+class PrefixCacheSim:
+    """Cumulative hashes of each request's leading messages, LRU with a TTL."""
+
+    def __init__(self, spec: PrefixCache, clock: Callable[[], float] = time.monotonic) -> None:
+        self.spec = spec
+        self._clock = clock
+        self._seen: OrderedDict[bytes, float] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def admit(self, texts: Sequence[str], tokens: Sequence[int]) -> int:
+        """Look the prompt up and remember it; returns the cached prompt tokens (the
+        longest run of leading messages seen within the TTL)."""
+        now = self._clock()
+        ttl = self.spec.ttl_s
+        seen = self._seen
+        h = hashlib.blake2b(digest_size=16)
+        cached = 0
+        hit = True
+        for text, n in zip(texts, tokens, strict=True):
+            h.update(text.encode("utf-8", "replace") + b"\x1e")
+            d = h.digest()
+            t = seen.get(d)
+            if hit and t is not None and now - t <= ttl:
+                cached += n
+            else:
+                hit = False
+            seen[d] = now
+            seen.move_to_end(d)
+        while len(seen) > self.spec.max_entries:
+            seen.popitem(last=False)
+        if cached:
+            self.hits += 1
+        else:
+            self.misses += 1
+        return cached
+
+    def prefill_s(self, uncached_tokens: int) -> float:
+        return uncached_tokens * self.spec.prefill_ms_per_token / 1000.0
+
+    def clear(self) -> None:
+        self._seen.clear()
+        self.hits = self.misses = 0
+
+
+class _Bucket:
+    __slots__ = ("at", "capacity", "level", "rate")
+
+    def __init__(self, per_minute: float, burst_s: float, now: float) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = max(self.rate * burst_s, 1.0)
+        self.level = self.capacity
+        self.at = now
+
+    def refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self.at) * self.rate)
+        self.at = now
+
+    def wait_for(self, amount: float) -> float:
+        """Seconds until ``amount`` is available (0: now); inf if it never fits."""
+        if amount > self.capacity:
+            return math.inf
+        return max(amount - self.level, 0.0) / self.rate
+
+
+class RateLimiterSim:
+    """rpm and tpm token buckets; a request is admitted only if both have room."""
+
+    def __init__(self, spec: RateLimits, clock: Callable[[], float] = time.monotonic) -> None:
+        self.spec = spec
+        self._clock = clock
+        now = clock()
+        self._rpm = _Bucket(spec.rpm, spec.burst_s, now) if spec.rpm else None
+        self._tpm = _Bucket(spec.tpm, spec.burst_s, now) if spec.tpm else None
+        self.admitted = 0
+        self.limited = 0
+        self.tokens = 0
+
+    def take(self, tokens: int) -> float | None:
+        """Admit a request of ``tokens`` (None) or say how many seconds to wait."""
+        now = self._clock()
+        wait = 0.0
+        for b, amount in ((self._rpm, 1.0), (self._tpm, float(tokens))):
+            if b is not None:
+                b.refill(now)
+                wait = max(wait, b.wait_for(amount))
+        if wait > 0:
+            self.limited += 1
+            return wait
+        if self._rpm is not None:
+            self._rpm.level -= 1.0
+        if self._tpm is not None:
+            self._tpm.level -= tokens
+        self.admitted += 1
+        self.tokens += tokens
+        return None
+
+    def state(self) -> dict[str, float | int | None]:
+        now = self._clock()
+        for b in (self._rpm, self._tpm):
+            if b is not None:
+                b.refill(now)
+        return {
+            "admitted": self.admitted,
+            "limited": self.limited,
+            "tokens": self.tokens,
+            "requests_left": None if self._rpm is None else round(self._rpm.level, 3),
+            "tokens_left": None if self._tpm is None else round(self._tpm.level, 3),
+        }
