@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from . import regions
 from .errors import CatalogError
+from .limits import Limits
 from .policy import Policy, Timeouts, merge_dicts
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
@@ -90,6 +91,21 @@ class ModelSpec(_Strict):
     timeouts: dict[str, float] | None = None
 
 
+class LimitsSpec(_Strict):
+    """A deployment's quota: requests and tokens per minute (see docs/limits.md)."""
+
+    rpm: float | None = Field(None, gt=0.0)
+    tpm: float | None = Field(None, gt=0.0)
+    #: The bucket holds this many seconds' worth of each limit (the largest burst).
+    burst_s: float = Field(10.0, gt=0.0, le=3600.0)
+
+    @model_validator(mode="after")
+    def _some(self) -> LimitsSpec:
+        if self.rpm is None and self.tpm is None:
+            raise ValueError("give rpm, tpm or both (e.g. limits: {rpm: 600, tpm: 100000})")
+        return self
+
+
 class EndpointSpec(_Strict):
     id: str
     provider: str
@@ -120,6 +136,8 @@ class EndpointSpec(_Strict):
     #: How this endpoint continues a partial assistant message (stream resume):
     #: vllm (continue_final_message), prefix (prefix: true), none (cannot).
     resume: Literal["vllm", "prefix", "none"] | None = None
+    #: rpm/tpm quota; endpoints of one quota domain share one bucket.
+    limits: LimitsSpec | None = None
 
     @field_validator("id")
     @classmethod
@@ -183,6 +201,7 @@ class Endpoint:
     metrics_path: str | None
     timeouts: Mapping[str, float]  # overrides of the policy's Timeouts
     resume: str | None
+    limits: Limits | None = None  # rpm/tpm quota of its quota domain
 
     @property
     def has_key(self) -> bool:
@@ -279,6 +298,7 @@ class Catalog:
             seen.setdefault(e.id, i)
         for name, m in (spec.models or {}).items():
             problems += _timeout_problems(m.timeouts or {}, f"models.{name}.timeouts")
+        problems += _limit_problems(endpoints)
         if problems:
             raise CatalogError(f"{origin} is invalid:\n  " + "\n  ".join(problems))
         return cls(spec, endpoints)
@@ -361,6 +381,23 @@ def _format_validation(exc: ValidationError, data: Any, origin: str) -> str:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _limit_problems(endpoints: list[Endpoint]) -> list[str]:
+    """Endpoints of one quota domain share one bucket: their limits must agree."""
+    first: dict[str, Endpoint] = {}
+    out = []
+    for e in endpoints:
+        if e.limits is None:
+            continue
+        seen = first.setdefault(e.quota_domain, e)
+        if seen.limits != e.limits:
+            out.append(
+                f"endpoints[{e.index}] (id={e.id!r}).limits: {_short(e.limits)} differs from "
+                f"{seen.id!r}'s {_short(seen.limits)} in the same quota domain {e.quota_domain!r}; "
+                "give the domain's limits once (or identically)"
+            )
+    return out
 
 
 def _timeout_problems(timeouts: Mapping[str, Any], where: str) -> list[str]:
@@ -500,4 +537,5 @@ def _resolve(i: int, e: EndpointSpec, spec: CatalogSpec, problems: list[str]) ->
         metrics_path=e.metrics_path,
         timeouts=timeouts,
         resume=e.resume,
+        limits=None if e.limits is None else Limits(e.limits.rpm, e.limits.tpm, e.limits.burst_s),
     )

@@ -92,6 +92,7 @@ class MultiCloud:
 
             self.telemetry: Telemetry | None = Telemetry()
             self.telemetry.bind_catalog(self.catalog)
+            self.telemetry.bind_capacity(self.capacity)
             self.request_hooks.append(self.telemetry.on_request)
             self.health.listeners.append(self.telemetry.on_transition)
         else:
@@ -246,7 +247,16 @@ class MultiCloud:
                 "retry_balance": round(self.executor.retry_budget.balance(), 2),
                 "hedge_balance": round(self.executor.hedge_budget.balance(), 2),
             },
+            "limits": self.capacity(),
         }
+
+    def capacity(self) -> list[dict[str, Any]]:
+        """Per quota domain with ``limits:``: the limits and what this replica may still
+        send now (``remaining_requests``/``remaining_tokens``), tokens reserved by
+        requests in flight, tokens settled, and the bucket's mode (``local``,
+        ``local 1/N`` while Redis is unreachable, ``shared``)."""
+        now = self.clock()
+        return [b.to_dict(now) for b in self.health.buckets.values()]
 
     def explain(
         self,

@@ -50,6 +50,7 @@ from .catalog import Catalog, Endpoint
 from .errors import DeadlineExceeded, FaultKind, RoutingError, classify_status, error_message, redact
 from .health import EndpointState, Health
 from .intent import Intent
+from .limits import estimate_tokens
 from .policy import Policy, Timeouts
 from .router import Candidate, Plan, Router, complies
 from .upstream import Upstream, UpstreamError, UpstreamResponse
@@ -69,10 +70,12 @@ _HOP = frozenset(
 class _AllFailed(Exception):
     """Every attempt of one race failed (internal: execute() decides what follows)."""
 
-    def __init__(self, failures: list[_Attempt], note: str | None) -> None:
+    def __init__(self, failures: list[_Attempt], note: str | None, *, starved: bool = False) -> None:
         super().__init__(f"{len(failures)} attempts failed")
         self.failures = failures
         self.note = note
+        #: nothing could even start: every candidate's capacity was taken since the plan
+        self.starved = starved
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +173,7 @@ class _Attempt:
         "permit",
         "ready_at",
         "reason",
+        "reserved",
         "resp",
         "retry_after",
         "splitter",
@@ -204,6 +208,8 @@ class _Attempt:
         self.ttft: float | None = None
         self.ready_at: float | None = None
         self.usage: dict[str, Any] | None = None
+        #: tokens reserved in the endpoint's capacity bucket, settled when it ends
+        self.reserved = 0
 
 
 @dataclass(slots=True)
@@ -342,19 +348,30 @@ class Executor:
         aff = self.policy.affinity
         key = intent.affinity_key(prefix=aff.prefix, min_tokens=aff.prefix_min_tokens) if aff.enabled else None
         plan = self.plan(intent, start, seed, key)
-        for _ in range(16):  # bounded: each round waits for a cooldown to end, or races
+        rounds = starved = 0
+        while rounds < 16:  # bounded: races are counted; each wait ends before the deadline
             now = clock()
             if not plan.candidates:
                 if plan.wait_until is not None and plan.wait_until + 0.001 < deadline and attempts_left > 0:
-                    # Everything compliant is cooling down (429 + Retry-After) but one
-                    # comes back before the deadline: wait for it rather than fail.
+                    # Everything compliant is cooling down (429 + Retry-After) or out of
+                    # capacity, but one comes back before the deadline: wait for it
+                    # rather than fail.
                     await anyio.sleep(max(plan.wait_until - now, 0.0) + 0.001)
                     plan = self.plan(intent, clock(), seed, key)
                     continue
                 break
+            rounds += 1
             try:
                 return await self._race(req, plan, upstream, deadline, attempts_left)
             except _AllFailed as exc:
+                if exc.starved:
+                    # Other requests took the planned endpoints' capacity between the
+                    # plan and the attempt: plan again (it waits for room, or fails).
+                    rounds -= 1
+                    starved += 1
+                    if starved <= 1000:
+                        plan = self.plan(intent, clock(), seed, key)
+                        continue
                 failures.extend(exc.failures)
                 attempts_left -= len(exc.failures)
                 note = exc.note
@@ -385,6 +402,8 @@ class Executor:
         # Revisiting an endpoint within one request is allowed only when it is the one
         # compliant endpoint there is (then retrying is the only way to ride out a blip).
         only_one = len(plan.candidates) == 1 and not any(x.kind in ("ejected", "cooling") for x in plan.excluded)
+        need = estimate_tokens(intent.input_tokens, intent.max_tokens)
+        refused = [0]  # reservations refused: capacity taken since the plan
 
         def pick(kind: str, last: _Attempt | None) -> tuple[Candidate, EndpointState, str] | None:
             now = clock()
@@ -411,8 +430,14 @@ class Executor:
                     continue  # ejected during this request
                 if not complies(st.endpoint, intent.constraints):  # second lock; the router already filtered
                     raise RoutingError(500, "residency_violation_prevented", f"refused to send to {c.endpoint.id}")
+                b = st.bucket
+                if b is not None and not b.reserve(now, need):
+                    refused[0] += 1
+                    continue  # its quota is spent (by other requests since the plan)
                 admitted = st.admit(now)
                 if admitted is None:
+                    if b is not None:
+                        b.settle(need, 0, refund_request=True)
                     continue
                 return c, st, admitted
             return None
@@ -430,6 +455,8 @@ class Executor:
                 return None
             c, st, admitted = got
             a = _Attempt(len(everyone) + 1, kind, st, admitted, clock())
+            if st.bucket is not None:
+                a.reserved = need
             tried.add(c.endpoint.index)
             everyone.append(a)
             in_flight.append(a)
@@ -518,7 +545,7 @@ class Executor:
             if everyone and clock() >= deadline and not failures:
                 raise DeadlineExceeded(f"no endpoint answered within the deadline ({deadline - start:.1f}s)")
             note = "retry budget exhausted (a wide outage must not multiply load)" if budget_refused else None
-            raise _AllFailed(failures, note)
+            raise _AllFailed(failures, note, starved=not tried and refused[0] > 0)
         return self._commit(winner, req)
 
     # -- one attempt --------------------------------------------------------------
@@ -635,6 +662,10 @@ class Executor:
         """Release the attempt's slot, account its cost, tell the hooks. Called once per attempt."""
         intent = req.intent
         a.st.release(a.permit)
+        if a.reserved and a.st.bucket is not None:
+            used = self._used_tokens(a, intent, outcome, delivered_tokens)
+            a.st.bucket.settle(a.reserved, used, refund_request=a.status is None or a.status == 429)
+            a.reserved = 0
         cost, estimated = self._cost(a, intent, a.usage, outcome, delivered_tokens)
         a.st.cost_usd += cost
         a.st.cost_estimated = a.st.cost_estimated or (estimated and cost > 0)
@@ -707,6 +738,25 @@ class Executor:
             otel_context=req.otel_context,
         )
         _notify(self.request_hooks, rec)
+
+    def _used_tokens(self, a: _Attempt, intent: Intent, outcome: str, delivered_tokens: int) -> int:
+        """What an attempt consumed of its endpoint's token quota: the reported usage;
+        else nothing if it was refused or never answered; else the prompt estimate
+        plus the tokens delivered (a stream that ended early, broke or was
+        cancelled); for a complete answer without usage, the whole reservation."""
+        u = a.usage
+        if u:
+            total = u.get("total_tokens")
+            if isinstance(total, int) and not isinstance(total, bool) and total >= 0:
+                return total
+            inp = u.get("prompt_tokens", u.get("input_tokens")) or 0
+            out = u.get("completion_tokens", u.get("output_tokens")) or 0
+            return int(inp) + int(out) if isinstance(inp, int) and isinstance(out, int) else a.reserved
+        if a.status is None or outcome == "request_error" or (a.status is not None and a.status >= 300):
+            return 0
+        if outcome == "won" and not intent.stream:
+            return a.reserved
+        return intent.input_tokens + delivered_tokens
 
     def _cost(
         self, a: _Attempt, intent: Intent, usage: dict[str, Any] | None, outcome: str, delivered_tokens: int
@@ -794,7 +844,7 @@ class Executor:
     def _saturated(self, plan: Plan) -> bool:
         """Suppress hedging while the fleet is saturated: most compliant endpoints
         are cooling down (429s) or ejected. Hedges would only add load."""
-        out = sum(1 for x in plan.excluded if x.kind in ("cooling", "ejected"))
+        out = sum(1 for x in plan.excluded if x.kind in ("cooling", "ejected", "limited"))
         return plan.panic or out > len(plan.candidates)
 
     # -- messages -------------------------------------------------------------------

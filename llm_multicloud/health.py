@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .catalog import Catalog, Endpoint
+from .limits import Bucket
 from .policy import Policy
 
 log = logging.getLogger("llm_multicloud.health")
@@ -87,6 +88,7 @@ class EndpointState:
         "_sorted_at",
         "baseline_ms",
         "breaker",
+        "bucket",
         "consecutive",
         "cost_estimated",
         "cost_usd",
@@ -182,6 +184,8 @@ class EndpointState:
         #: Removed from the catalog (or replaced by a redefinition): only its in-flight
         #: attempts still use it.
         self.retired = False
+        #: rpm/tpm bucket of its quota domain (catalog ``limits:``), shared by the domain
+        self.bucket: Bucket | None = None
 
     def inherit(self, old: EndpointState) -> None:
         """Take over the health history of ``old`` (same endpoint id, redefined by a
@@ -394,6 +398,7 @@ class EndpointState:
             "unlisted_models": sorted(self.unlisted_models),
             "models_listed": None if self.listing is None else list(self.listing),
             "last_error": self.last_error,
+            "limits": None if self.bucket is None else self.bucket.to_dict(now),
         }
 
 
@@ -434,6 +439,9 @@ class Health:
         self.listeners: list[Callable[[Transition], None]] = []
         for st in self.states:
             st.on_half_open.append(self.emit)
+        #: capacity buckets per quota domain with ``limits:`` (see limits.py)
+        self.buckets: dict[str, Bucket] = {}
+        self._assign_buckets(self.states, policy)
         self._rand = random.Random()
         self._swap_lock = threading.Lock()
 
@@ -533,6 +541,7 @@ class Health:
                 del self._removed[next(iter(self._removed))]
             self.policy = policy
             self.domains = domains
+            self._assign_buckets(states, policy)
             new = tuple(states)
             self.by_id = {st.endpoint.id: st for st in new}
             self.states = new
@@ -541,6 +550,24 @@ class Health:
             t = Transition(st.endpoint.id, st.state_name(now), "removed", "removed from the catalog", now, None)
             self.emit(t, st.endpoint)
         return new
+
+    def _assign_buckets(self, states: list[EndpointState] | tuple[EndpointState, ...], policy: Policy) -> None:
+        """One capacity bucket per quota domain with ``limits:``; a domain whose limits
+        did not change keeps its bucket (and what it holds) across catalog updates."""
+        now = self.clock()
+        buckets: dict[str, Bucket] = {}
+        for st in states:
+            lim = st.endpoint.limits
+            name = st.quota.name
+            if lim is not None and name not in buckets:
+                old = self.buckets.get(name)
+                same = old is not None and old.limits == lim and old.headroom == policy.limits.headroom
+                buckets[name] = (
+                    old if same and old is not None else Bucket(name, lim, now, headroom=policy.limits.headroom)
+                )
+        for st in states:
+            st.bucket = buckets.get(st.quota.name)
+        self.buckets = buckets
 
     def endpoint_fault(self, st: EndpointState, reason: str) -> None:
         self.emit(st.record_failure(self.clock(), reason, self._rand.random()))

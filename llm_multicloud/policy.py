@@ -135,6 +135,15 @@ class AffinityPolicy(_Strict):
     overload: float = Field(3.0, ge=1.0)
 
 
+class LimitsPolicy(_Strict):
+    """How the catalog's ``limits:`` (rpm/tpm per quota domain) are applied."""
+
+    #: Refill at this share of each limit. The server counts a request when it
+    #: arrives, a little after the client reserved it, and that delay varies: a few
+    #: percent of headroom absorbs the variation, so the 429s do not happen.
+    headroom: float = Field(0.95, gt=0.0, le=1.0)
+
+
 class StatePolicy(_Strict):
     """Where health state lives: in this process (default) or shared through Redis."""
 
@@ -187,6 +196,7 @@ class Policy(_Strict):
     state: StatePolicy = StatePolicy()
     resume: ResumePolicy = ResumePolicy()
     affinity: AffinityPolicy = AffinityPolicy()
+    limits: LimitsPolicy = LimitsPolicy()
 
     @model_validator(mode="after")
     def _check(self) -> Policy:

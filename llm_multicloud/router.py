@@ -52,6 +52,7 @@ from . import hrw
 from .catalog import Catalog, Endpoint
 from .context import Constraints
 from .errors import RoutingError
+from .limits import DEFAULT_OUTPUT_TOKENS, Bucket, estimate_tokens
 from .policy import Policy
 from .regions import distance_km
 
@@ -90,6 +91,8 @@ class EndpointView(Protocol):
     def quota(self) -> QuotaView: ...
     @property
     def drained(self) -> str | None: ...
+    @property
+    def bucket(self) -> Bucket | None: ...
 
 
 @dataclass(slots=True)
@@ -107,7 +110,7 @@ class Candidate:
 class Exclusion:
     endpoint: Endpoint
     reason: str
-    #: residency | tags | missing_model | cooling | ejected | full | drained
+    #: residency | tags | missing_model | cooling | ejected | full | drained | limited
     kind: str = "residency"
 
 
@@ -283,6 +286,8 @@ class Router:
         full: list[tuple[float, float, Endpoint]] = []
         ejected: list[tuple[Endpoint, EndpointView]] = []
         cooling: list[tuple[Endpoint, EndpointView]] = []
+        limited: list[tuple[Endpoint, Bucket]] = []
+        need = estimate_tokens(input_tokens, max_tokens)
         for ep in compliant:
             st = states[ep.index]
             if st.drained is not None:  # an operator's drain: never re-admitted, not even in panic
@@ -296,6 +301,10 @@ class Router:
                 continue
             if st.breaker == "open" and st.open_until > now:
                 ejected.append((ep, st))
+                continue
+            b = st.bucket
+            if b is not None and not b.fits(now, need):
+                limited.append((ep, b))
                 continue
             rtt = st.rtt_ms
             base = geo[ep.index] if rtt is None else rtt + base_rtt
@@ -321,7 +330,7 @@ class Router:
             excluded.append(
                 Exclusion(ep, f"at max_concurrency ({st.inflight + st.remote_inflight}/{ep.max_concurrency})", "full")
             )
-        n_ok = len(usable) + len(ejected) + len(cooling)
+        n_ok = len(usable) + len(ejected) + len(cooling) + len(limited)
         if ejected:
             ejected.sort(key=lambda es: es[1].open_until)
             cap = math.floor(p.breaker.max_ejection_fraction * n_ok)
@@ -349,10 +358,14 @@ class Router:
             excluded.append(
                 Exclusion(ep, f"cooling down for {st.quota.until - now:.1f}s more: {st.quota.reason}", "cooling")
             )
-        if not usable and not readmitted and cooling:
-            wait_until = min(st.quota.until for _, st in cooling)
+        for ep, b in limited:
+            excluded.append(Exclusion(ep, f"over its capacity limit: {b.describe(now, need)}", "limited"))
+        if not usable and not readmitted and (cooling or limited):
+            # Nothing can take it now: the earliest time one can (the executor waits
+            # for it within the request's deadline, or says why it cannot).
+            wait_until = min([st.quota.until for _, st in cooling] + [b.ready_at(now, need) for _, b in limited])
 
-        out_tok = max_tokens if max_tokens is not None else 256
+        out_tok = max_tokens if max_tokens is not None else DEFAULT_OUTPUT_TOKENS
         cands = self._rank(usable, seed, input_tokens, out_tok, limit)
         pinned = None
         if affinity is not None and len(usable) > 1 and p.affinity.enabled and p.strategy != "ordered":

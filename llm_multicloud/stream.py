@@ -142,7 +142,11 @@ class Passthrough:
             ex.health.success(a.st, trial=a.trial)
             out_tokens = int((a.usage or {}).get("completion_tokens") or len(self._delivered))
             a.st.observe_stream((ex.clock() - a.t0) * 1000.0, out_tokens, None if a.ttft is None else a.ttft * 1000.0)
-        ex._finish_attempt(a, self._req, outcome, delivered_tokens=len(self._delivered))
+        # Without usage, the tokens delivered are the content events (one token each on
+        # OpenAI-compatible servers): what a stream that ended early, broke or was
+        # closed cost, for the cost ledger and the capacity bucket alike.
+        delivered = len(self._delivered) if a.usage else _content_events(self._delivered)
+        ex._finish_attempt(a, self._req, outcome, delivered_tokens=delivered)
         if request_done:
             ex._request_done(
                 self._req,
@@ -179,7 +183,7 @@ class Passthrough:
         intent = self._intent
         # Tokens already delivered (content events; one token each on OpenAI-compatible
         # servers) come off max_tokens, so the whole answer keeps the caller's limit.
-        delivered = sum(1 for ev in self._delivered if sse.classify(sse.data_of(ev))[0] is sse.EventKind.CONTENT)
+        delivered = _content_events(self._delivered)
         cont = dataclasses.replace(
             intent,
             resume_prefix=text,
@@ -210,6 +214,10 @@ class Passthrough:
             await self._next.aclose()
         if not self._finished:
             await self._finish("won" if self._done else "closed_by_caller")
+
+
+def _content_events(events: list[bytes]) -> int:
+    return sum(1 for ev in events if sse.classify(sse.data_of(ev))[0] is sse.EventKind.CONTENT)
 
 
 def _resumable(pt: Passthrough) -> bool:

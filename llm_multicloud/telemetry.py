@@ -70,7 +70,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -113,6 +113,8 @@ HEDGES = "llm_multicloud.hedges"
 FAILOVERS = "llm_multicloud.failovers"
 TRANSITIONS = "llm_multicloud.breaker.transitions"
 COST = "llm_multicloud.cost"
+CAPACITY_TOKENS = "llm_multicloud.capacity.remaining_tokens"
+CAPACITY_REQUESTS = "llm_multicloud.capacity.remaining_requests"
 
 #: Semconv ExplicitBucketBoundaries for the GenAI client duration / TTFC histograms (s).
 DURATION_BUCKETS: tuple[float, ...] = (
@@ -179,9 +181,9 @@ def _is_proxy_meter_provider(mp: object) -> bool:
 
 
 class _Instruments:
-    __slots__ = ("cost", "duration", "failovers", "hedges", "tokens", "transitions", "ttfc")
+    __slots__ = ("capacity", "cost", "duration", "failovers", "hedges", "tokens", "transitions", "ttfc")
 
-    def __init__(self, meter: metrics.Meter) -> None:
+    def __init__(self, meter: metrics.Meter, capacity: Callable[[], list[dict[str, Any]]] | None = None) -> None:
         self.duration = _histogram(meter, OPERATION_DURATION, "s", "GenAI operation duration.", DURATION_BUCKETS)
         self.tokens = _histogram(
             meter, TOKEN_USAGE, "{token}", "Number of input and output tokens used.", TOKEN_BUCKETS
@@ -202,6 +204,38 @@ class _Instruments:
             TRANSITIONS, "{transition}", "Circuit-breaker and cooldown transitions (by new state)."
         )
         self.cost = meter.create_counter(COST, "USD", "Spend, from usage x pricing (by the attempt's endpoint).")
+        self.capacity: list[Any] = []
+        if capacity is not None:
+            src = capacity
+
+            def observe(field: str) -> Callable[[metrics.CallbackOptions], list[metrics.Observation]]:
+                def cb(_: metrics.CallbackOptions) -> list[metrics.Observation]:
+                    try:
+                        rows = src()
+                    except Exception:  # never break the SDK's collection
+                        return []
+                    return [
+                        metrics.Observation(r[field], {"llm_multicloud.quota_domain": r["quota_domain"]})
+                        for r in rows
+                        if r.get(field) is not None
+                    ]
+
+                return cb
+
+            self.capacity = [
+                meter.create_observable_gauge(
+                    CAPACITY_TOKENS,
+                    [observe("remaining_tokens")],
+                    "{token}",
+                    "Tokens this replica may still send now under a quota domain's tpm limit.",
+                ),
+                meter.create_observable_gauge(
+                    CAPACITY_REQUESTS,
+                    [observe("remaining_requests")],
+                    "{request}",
+                    "Requests this replica may still send now under a quota domain's rpm limit.",
+                ),
+            ]
 
 
 def _histogram(meter: metrics.Meter, name: str, unit: str, description: str, buckets: Sequence[float]) -> Any:
@@ -236,6 +270,7 @@ class Telemetry:
         self._inst: _Instruments | None = None
         self._lock = threading.Lock()
         self._endpoints: dict[str, tuple[str, str]] = {}
+        self._capacity: Callable[[], list[dict[str, Any]]] | None = None
         self._failures = 0
         self._tp_env = _TP_ENV in os.environ
         self._mp_env = _MP_ENV in os.environ
@@ -288,7 +323,7 @@ class Telemetry:
                 ):
                     meter = mp.get_meter(SCOPE, _VERSION)
                     if not isinstance(meter, metrics.NoOpMeter):
-                        inst = _Instruments(meter)
+                        inst = _Instruments(meter, self._capacity)
                 self._inst = inst
                 self._mp_seen = mp
             return self._inst
@@ -306,6 +341,11 @@ class Telemetry:
         eps: Iterable[Any] = getattr(catalog, "endpoints", catalog)
         for e in eps:
             self._endpoints[str(e.id)] = (cloud_provider(str(e.provider)), str(e.region))
+
+    def bind_capacity(self, source: Callable[[], list[dict[str, Any]]]) -> None:
+        """Where the capacity gauges read from: one dict per quota-domain bucket (as in
+        ``snapshot()``), read when the SDK collects."""
+        self._capacity = source
 
     # -- hooks ----------------------------------------------------------------------
     def on_request(self, rec: RequestRecord) -> None:

@@ -1,0 +1,231 @@
+"""Client-side capacity limits: requests- and tokens-per-minute token buckets.
+
+Why: clouds enforce rpm/tpm per deployment (per quota domain). Learning them from
+429s costs a refused request, a cooldown and a failover each time; knowing them, the
+library sends only what the quota can take, so the 429s do not happen.
+
+One :class:`Bucket` per quota domain with ``limits:`` in the catalog (endpoints of
+one domain share it). It holds ``burst_s`` seconds' worth of each limit and refills
+continuously at ``limit / 60`` per second (a token bucket, the shape the clouds'
+quotas have). A request's token cost is *estimated* before it is sent — prompt
+estimate + ``max_tokens`` (or ``limits.default_max_tokens``) — and *reserved*; when
+the attempt ends it is *settled* with what was really used: the usage the server
+reported, else the prompt estimate plus the tokens delivered (a stream that ended
+early, broke, or was cancelled), or nothing for a refused attempt. The difference
+goes back into the bucket (or, for an under-estimate, comes off it).
+
+The router reads :meth:`Bucket.fits` and :meth:`Bucket.ready_at` (pure, ``now`` is
+an argument): an endpoint whose bucket cannot take the request is skipped, and if
+nothing else can serve, the plan says when it can (the executor waits for it within
+the request's deadline). The executor :meth:`reserve`\\ s right before an attempt
+(under a lock, so two requests cannot both take the last tokens).
+
+**Across replicas** (``policy.state.backend: redis``): a replica's bucket is fed by
+*leases* from one bucket in Redis instead of refilling by itself (see
+:mod:`llm_multicloud.shared`): the hot path still only touches local memory. While
+Redis is unreachable the bucket refills locally at ``1 / replicas`` of the limit
+(the last known number of live replicas), so a fleet of N replicas stays under the
+quota without Redis.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+#: Output tokens assumed for a request that sets no max_tokens (cost and capacity).
+DEFAULT_OUTPUT_TOKENS = 256
+
+
+def estimate_tokens(input_tokens: int, max_tokens: int | None) -> int:
+    """What a request may consume: its prompt estimate plus its output limit."""
+    return input_tokens + (max_tokens if max_tokens is not None else DEFAULT_OUTPUT_TOKENS)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """A quota as given in the catalog (``limits: {rpm, tpm, burst_s}``)."""
+
+    rpm: float | None
+    tpm: float | None
+    burst_s: float
+
+
+class Bucket:
+    """The rpm and tpm buckets of one quota domain (see the module docs).
+
+    Levels may go below zero (an under-estimate settled, or a request larger than
+    the whole bucket let through when it was full): the debt is paid by the refill.
+    """
+
+    __slots__ = (
+        "_lock",
+        "at",
+        "cap_req",
+        "cap_tok",
+        "granted_req",
+        "granted_tok",
+        "headroom",
+        "leased",
+        "level_req",
+        "level_tok",
+        "limits",
+        "name",
+        "rate_req",
+        "rate_tok",
+        "requests",
+        "reserved_tok",
+        "settled_tok",
+        "share",
+        "skipped",
+        "waits",
+    )
+
+    def __init__(self, name: str, limits: Limits, now: float, *, headroom: float = 1.0) -> None:
+        self.name = name
+        self.limits = limits
+        self.headroom = headroom
+        self._lock = threading.Lock()
+        self.share = 1.0
+        #: fed by leases (shared state) instead of its own refill
+        self.leased = False
+        self.at = now
+        self.rate_req = self.rate_tok = 0.0
+        self.cap_req = self.cap_tok = math.inf
+        self._rates()
+        self.level_req = self.cap_req
+        self.level_tok = self.cap_tok
+        self.reserved_tok = 0
+        self.settled_tok = 0
+        self.requests = 0
+        self.skipped = 0
+        self.waits = 0
+        # leases granted (shared state): consumed since the last round
+        self.granted_req = 0.0
+        self.granted_tok = 0.0
+
+    def _rates(self) -> None:
+        lim = self.limits
+        s = self.share
+        h = self.headroom
+        if lim.rpm is not None:
+            self.rate_req = lim.rpm / 60.0 * s * h
+            self.cap_req = max(lim.rpm / 60.0 * lim.burst_s * s, 1.0)
+        if lim.tpm is not None:
+            self.rate_tok = lim.tpm / 60.0 * s * h
+            self.cap_tok = max(lim.tpm / 60.0 * lim.burst_s * s, 1.0)
+
+    # -- pure reads (the router) ------------------------------------------------------
+    def _levels(self, now: float) -> tuple[float, float]:
+        if self.leased:
+            return self.level_req, self.level_tok
+        dt = max(now - self.at, 0.0)
+        return (
+            min(self.cap_req, self.level_req + dt * self.rate_req),
+            min(self.cap_tok, self.level_tok + dt * self.rate_tok),
+        )
+
+    def fits(self, now: float, tokens: int) -> bool:
+        """Can a request of ``tokens`` go now? A request larger than the whole bucket
+        fits when the bucket is full (it would never fit otherwise)."""
+        r, t = self._levels(now)
+        return r >= min(1.0, self.cap_req) and t >= min(float(tokens), self.cap_tok)
+
+    def ready_at(self, now: float, tokens: int) -> float:
+        """When the request fits, at the current refill rate (inf: leased and no lease)."""
+        r, t = self._levels(now)
+        need_r = min(1.0, self.cap_req) - r
+        need_t = min(float(tokens), self.cap_tok) - t
+        wait = 0.0
+        for need, rate in ((need_r, self.rate_req), (need_t, self.rate_tok)):
+            if need > 0:
+                if self.leased or rate <= 0:
+                    rate = rate or 1e-9
+                wait = max(wait, need / rate)
+        return now + wait
+
+    def describe(self, now: float, tokens: int) -> str:
+        r, t = self._levels(now)
+        parts = []
+        if self.limits.rpm is not None:
+            parts.append(f"{max(r, 0.0):.1f} of {self.limits.rpm:g} rpm left")
+        if self.limits.tpm is not None:
+            parts.append(f"{max(t, 0.0):.0f} tokens of {self.limits.tpm:g} tpm left, ~{tokens} needed")
+        wait = self.ready_at(now, tokens) - now
+        return f"{', '.join(parts)}; room in {wait:.2f}s ({self.name})"
+
+    # -- reservations (the executor) -------------------------------------------------------
+    def reserve(self, now: float, tokens: int) -> bool:
+        """Take one request and ``tokens`` if they fit (atomic); False: skip this endpoint."""
+        with self._lock:
+            self._refill(now)
+            if not (self.level_req >= min(1.0, self.cap_req) and self.level_tok >= min(float(tokens), self.cap_tok)):
+                self.skipped += 1
+                return False
+            if self.limits.rpm is not None:
+                self.level_req -= 1.0
+                self.granted_req += 1.0
+            if self.limits.tpm is not None:
+                self.level_tok -= tokens
+                self.granted_tok += tokens
+            self.reserved_tok += tokens
+            self.requests += 1
+            return True
+
+    def settle(self, reserved: int, used: int, *, refund_request: bool = False) -> None:
+        """An attempt ended: it used ``used`` tokens of the ``reserved`` ones. The
+        difference goes back (or, if it used more, comes off). ``refund_request``: the
+        attempt was refused before the server counted it."""
+        with self._lock:
+            self.reserved_tok -= reserved
+            self.settled_tok += used
+            if self.limits.tpm is not None:
+                self.level_tok += reserved - used
+                self.granted_tok -= reserved - used
+            if refund_request and self.limits.rpm is not None:
+                self.level_req += 1.0
+                self.granted_req -= 1.0
+
+    def _refill(self, now: float) -> None:
+        if not self.leased:
+            self.level_req, self.level_tok = self._levels(now)
+        self.at = max(self.at, now)
+
+    # -- shared state -------------------------------------------------------------------
+    def set_share(self, share: float, now: float) -> None:
+        """Refill locally at ``share`` of the limit (1 / live replicas without Redis)."""
+        with self._lock:
+            self._refill(now)
+            self.leased = False
+            if share != self.share:
+                self.share = share
+                self._rates()
+                self.level_req = min(self.level_req, self.cap_req)
+                self.level_tok = min(self.level_tok, self.cap_tok)
+
+    def take_usage(self) -> tuple[float, float]:
+        """What this replica consumed since the last call (requests, tokens): the
+        amounts a shared-state round charges to the Redis bucket."""
+        with self._lock:
+            r, t = self.granted_req, self.granted_tok
+            self.granted_req = self.granted_tok = 0.0
+            return r, t
+
+    def to_dict(self, now: float) -> dict[str, Any]:
+        r, t = self._levels(now)
+        lim = self.limits
+        return {
+            "quota_domain": self.name,
+            "rpm": lim.rpm,
+            "tpm": lim.tpm,
+            "burst_s": lim.burst_s,
+            "mode": "shared" if self.leased else ("local" if self.share == 1.0 else f"local 1/{round(1 / self.share)}"),
+            "remaining_requests": None if lim.rpm is None else round(r, 3),
+            "remaining_tokens": None if lim.tpm is None else round(t, 1),
+            "reserved_tokens": self.reserved_tok,
+            "settled_tokens": self.settled_tok,
+            "requests": self.requests,
+            "skipped": self.skipped,
+        }

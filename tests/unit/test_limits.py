@@ -1,0 +1,96 @@
+"""Capacity limits: token buckets (limits.py), their catalog form, and the router's use."""
+
+from __future__ import annotations
+
+import pytest
+
+from llm_multicloud.catalog import Catalog
+from llm_multicloud.errors import CatalogError
+from llm_multicloud.limits import Bucket, Limits, estimate_tokens
+
+from .test_router import NOW, Setup, _ep, ids
+
+
+def test_bucket_holds_burst_s_of_the_limit_and_refills_continuously() -> None:
+    b = Bucket("d", Limits(rpm=60, tpm=6000, burst_s=10), now=0.0)  # 1 req/s, 100 tok/s
+    assert b.to_dict(0.0)["remaining_requests"] == 10 and b.to_dict(0.0)["remaining_tokens"] == 1000
+    for _ in range(10):
+        assert b.reserve(0.0, 50)
+    assert not b.fits(0.0, 50) and not b.reserve(0.0, 50)  # rpm spent
+    assert b.ready_at(0.0, 50) == pytest.approx(1.0)
+    assert b.fits(1.0, 50) and b.reserve(1.0, 50)
+    # tokens: 1000 - 11 x 50 + 100 refilled = 550 left
+    assert b.to_dict(1.0)["remaining_tokens"] == pytest.approx(550)
+    assert b.to_dict(1.0)["reserved_tokens"] == 550
+
+
+def test_settlement_returns_the_difference_and_charges_an_underestimate() -> None:
+    b = Bucket("d", Limits(rpm=None, tpm=600, burst_s=60), now=0.0)  # 600 tokens, 10/s
+    assert b.reserve(0.0, 300)
+    b.settle(300, 120)  # it used less: 180 back
+    assert b.to_dict(0.0)["remaining_tokens"] == pytest.approx(480)
+    assert b.reserve(0.0, 100)
+    b.settle(100, 250)  # it used more: the extra 150 comes off
+    d = b.to_dict(0.0)
+    assert d["remaining_tokens"] == pytest.approx(230) and d["reserved_tokens"] == 0 and d["settled_tokens"] == 370
+    # a request larger than the whole bucket goes only when the bucket is full
+    assert not b.fits(0.0, 5000)
+    assert b.fits(100.0, 5000)
+
+
+def test_share_divides_the_limit_while_replicas_cannot_coordinate() -> None:
+    b = Bucket("d", Limits(rpm=120, tpm=None, burst_s=30), now=0.0)
+    b.set_share(0.25, 0.0)
+    d = b.to_dict(0.0)
+    assert d["remaining_requests"] == 15 and d["mode"] == "local 1/4"
+    assert b.ready_at(0.0, 1) == 0.0
+    for _ in range(15):
+        assert b.reserve(0.0, 1)
+    assert b.ready_at(0.0, 1) == pytest.approx(2.0)  # 0.5 req/s for this replica
+
+
+def test_estimate_is_prompt_plus_max_tokens() -> None:
+    assert estimate_tokens(100, 50) == 150
+    assert estimate_tokens(100, None) == 356
+
+
+def test_catalog_limits_are_validated_and_shared_by_the_quota_domain() -> None:
+    cat = Catalog.load(
+        {
+            "endpoints": [
+                _ep("a", limits={"tpm": 1000}, quota_domain="acct"),
+                _ep("b", quota_domain="acct"),
+                _ep("c"),
+            ]
+        }
+    )
+    assert cat.endpoints[0].limits == Limits(None, 1000, 10.0)
+    from llm_multicloud.health import Health
+
+    h = Health(cat, cat.policy(), clock=lambda: NOW)
+    assert h.states[0].bucket is h.states[1].bucket is not None and h.states[2].bucket is None
+    with pytest.raises(CatalogError, match=r"limits.*give rpm, tpm or both"):
+        Catalog.load({"endpoints": [_ep("a", limits={})]})
+    with pytest.raises(CatalogError, match="same quota domain 'acct'"):
+        Catalog.load(
+            {
+                "endpoints": [
+                    _ep("a", limits={"tpm": 1000}, quota_domain="acct"),
+                    _ep("b", limits={"tpm": 2000}, quota_domain="acct"),
+                ]
+            }
+        )
+
+
+def test_router_skips_an_endpoint_over_its_limit_and_waits_when_nothing_else_can_serve() -> None:
+    s = Setup([_ep("a", limits={"rpm": 60, "burst_s": 1}), _ep("b", limits={"rpm": 60, "burst_s": 1})])
+    assert sorted(ids(s.plan())) == ["a", "b"]
+    assert s.st("a").bucket.reserve(NOW, 10)
+    plan = s.plan(max_tokens=10)
+    assert ids(plan) == ["b"]
+    (x,) = plan.excluded
+    assert x.kind == "limited" and "rpm left" in x.reason and "room in 1.00s" in x.reason
+    assert s.st("b").bucket.reserve(NOW, 10)
+    plan = s.plan(max_tokens=10)
+    assert plan.candidates == [] and plan.wait_until == pytest.approx(NOW + 1.0)
+    assert ids(s.plan(max_tokens=10, now=NOW + 1.0)) != []
