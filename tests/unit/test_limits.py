@@ -83,7 +83,10 @@ def test_catalog_limits_are_validated_and_shared_by_the_quota_domain() -> None:
 
 
 def test_router_skips_an_endpoint_over_its_limit_and_waits_when_nothing_else_can_serve() -> None:
-    s = Setup([_ep("a", limits={"rpm": 60, "burst_s": 1}), _ep("b", limits={"rpm": 60, "burst_s": 1})])
+    s = Setup(
+        [_ep("a", limits={"rpm": 60, "burst_s": 1}), _ep("b", limits={"rpm": 60, "burst_s": 1})],
+        {"limits": {"headroom": 1.0}},
+    )
     assert sorted(ids(s.plan())) == ["a", "b"]
     assert s.st("a").bucket.reserve(NOW, 10)
     plan = s.plan(max_tokens=10)
