@@ -44,6 +44,50 @@ from .limits import Limits
 from .policy import Policy, Timeouts, merge_dicts
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+#: An HTTP header name (RFC 9110 token).
+_TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+#: A header value we send: printable ASCII, spaces and tabs only between visible characters.
+_VALUE_RE = re.compile(r"^(?:[\x21-\x7e](?:[ \t]*[\x21-\x7e])*)?$")
+#: A credential: printable ASCII without spaces (it goes into a header as it is).
+_KEY_RE = re.compile(r"^[\x21-\x7e]+$")
+
+
+def header_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be an HTTP header name (None: it can)."""
+    if not _TOKEN_RE.fullmatch(name):
+        return (
+            f"{_short(name)} is not a valid HTTP header name: use letters, digits and - "
+            "(no spaces, colons, CR/LF or other control characters)"
+        )
+    return None
+
+
+def header_value_problem(value: str) -> str | None:
+    """Why ``value`` cannot be sent as an HTTP header value (None: it can)."""
+    if not _VALUE_RE.fullmatch(value):
+        return (
+            "is not a valid HTTP header value: printable ASCII only, no CR/LF or other control "
+            "characters, no leading or trailing whitespace"
+        )
+    return None
+
+
+def clean_key(raw: str) -> tuple[str, str | None]:
+    """A credential as read from the catalog, an environment variable or a mounted file:
+    surrounding whitespace (the newline at the end of a secret file) is stripped;
+    spaces or control characters inside, or non-ASCII characters, are a problem. The
+    problem never shows the value."""
+    key = raw.strip()
+    if not key:
+        return key, "is empty (or only whitespace)"
+    if not _KEY_RE.fullmatch(key):
+        bad = next(c for c in key if not ("\x21" <= c <= "\x7e"))
+        what = "a space" if bad == " " else "non-ASCII text" if ord(bad) > 0x7E else "a control character"
+        return key, (
+            f"contains {what} (value hidden: it is a secret); a key is printable ASCII without "
+            "spaces: fix the secret where it is stored"
+        )
+    return key, None
 
 
 class _Strict(BaseModel):
@@ -157,12 +201,40 @@ class EndpointSpec(_Strict):
     @field_validator("base_url")
     @classmethod
     def _url(cls, v: str) -> str:
+        if any(c <= " " or c == "\x7f" for c in v):
+            raise ValueError("must not contain spaces or control characters (CR/LF, tabs...)")
         parts = urlsplit(v)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an absolute http(s) URL such as https://host/v1")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError("has a port that is not a number from 1 to 65535, e.g. https://host:8443/v1") from None
+        if port == 0:
+            raise ValueError("port 0 cannot be connected to: use a port from 1 to 65535")
         if parts.query or parts.fragment:
             raise ValueError("must not carry a query string or fragment")
         return v.rstrip("/")
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            bad = header_name_problem(name)
+            if bad is not None:
+                raise ValueError(bad)
+            bad = header_value_problem(value)
+            if bad is not None:
+                raise ValueError(f"the value of header {name!r} {bad}")
+        return v
+
+    @field_validator("auth_header")
+    @classmethod
+    def _auth_header(cls, v: str) -> str:
+        bad = header_name_problem(v)
+        if bad is not None:
+            raise ValueError(bad + " (e.g. authorization, api-key, x-api-key)")
+        return v
 
 
 class CatalogSpec(_Strict):
@@ -261,10 +333,10 @@ class Catalog:
             path = Path(source)
             origin = str(path)
             try:
-                text = path.read_text(encoding="utf-8")
+                content = path.read_bytes()
             except OSError as exc:
                 raise CatalogError(f"cannot read catalog {path}: {exc.strerror or exc}") from None
-            data = _parse_text(text, path)
+            data = _parse_text(_decode(content, path), path)
         if not isinstance(data, dict):
             raise CatalogError(
                 f"{origin}: the top level must be a mapping with 'endpoints:' (got {type(data).__name__})"
@@ -328,6 +400,30 @@ class Catalog:
         return f"Catalog({len(self.endpoints)} endpoints, models={sorted(self.models)})"
 
 
+def _decode(raw: bytes, path: Path) -> str:
+    """A catalog file's text: UTF-8 (a BOM is accepted), else a CatalogError that says
+    what the file seems to be instead."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise CatalogError(f"{path}: the file is UTF-16 encoded; save the catalog as UTF-8")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        binary = b"\0" in raw[:8192]
+        what = "a binary file, not a text catalog" if binary else "not UTF-8 text (another encoding?)"
+        raise CatalogError(
+            f"{path}: {what}: byte 0x{raw[exc.start]:02x} at offset {exc.start} is not UTF-8; "
+            "give the path of a YAML, JSON or TOML catalog saved as UTF-8"
+        ) from None
+    bad = next((i for i, c in enumerate(text) if c < " " and c not in "\t\n\r"), None)
+    if bad is not None:
+        line = text.count("\n", 0, bad) + 1
+        raise CatalogError(
+            f"{path}: line {line} contains the control character {text[bad]!r} (a binary file, or a "
+            "pasted escape?); a catalog is plain text: remove it"
+        )
+    return text
+
+
 def _parse_text(text: str, path: Path) -> Any:
     suffix = path.suffix.lower()
     try:
@@ -337,7 +433,9 @@ def _parse_text(text: str, path: Path) -> Any:
             return tomllib.loads(text)
         if suffix in (".yaml", ".yml", ""):
             return yaml.safe_load(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+    except (ValueError, yaml.YAMLError, RecursionError) as exc:
+        # json/toml errors are ValueErrors, and so are YAML values that parse but do
+        # not exist (a timestamp like 2024-13-45).
         raise CatalogError(f"{path}: not valid {suffix.lstrip('.').upper() or 'YAML'}: {exc}") from None
     raise CatalogError(f"{path}: unknown catalog format {suffix!r}; use .yaml, .yml, .json or .toml")
 
@@ -367,7 +465,10 @@ def _format_validation(exc: ValidationError, data: Any, origin: str) -> str:
             msg = "unknown field (check the spelling; see docs/catalog.md for the allowed fields)"
         elif err["type"] == "missing":
             msg = "required field is missing"
-        secret = any(isinstance(p, str) and ("key" in p or "secret" in p or "token" in p) for p in err["loc"])
+        # Header values carry credentials too (x-api-key...): never shown either.
+        secret = any(
+            isinstance(p, str) and ("key" in p or "secret" in p or "token" in p or p == "headers") for p in err["loc"]
+        )
         if err["type"] in ("missing", "extra_forbidden"):
             shown = ""
         elif secret:
@@ -479,11 +580,17 @@ def _resolve(i: int, e: EndpointSpec, spec: CatalogSpec, problems: list[str]) ->
     if e.api_key is not None and e.api_key_env is not None:
         problems.append(f"{where}: give api_key or api_key_env, not both")
     if e.api_key is not None:
-        key = e.api_key.get_secret_value()
+        key, key_problem = clean_key(e.api_key.get_secret_value())
+        if key_problem is not None:
+            problems.append(f"{where}.api_key: {key_problem}")
     elif e.api_key_env is not None:
         key = os.environ.get(e.api_key_env)
         if not key:
             problems.append(f"{where}.api_key_env: environment variable {e.api_key_env!r} is not set or empty")
+        else:
+            key, key_problem = clean_key(key)
+            if key_problem is not None:
+                problems.append(f"{where}.api_key_env: the value of {e.api_key_env} {key_problem}")
     # -- models
     models = {m: m for m in e.models} if isinstance(e.models, list) else dict(e.models)
     if not models:

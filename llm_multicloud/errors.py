@@ -128,11 +128,11 @@ class RoutingError(LLMMulticloudError):
 
 
 def redact(text: str, secrets: list[str]) -> str:
-    """Replace every occurrence of a secret by ``***`` (for messages that echo upstream text)."""
-    for s in secrets:
-        if s and len(s) >= 4:
-            text = text.replace(s, "***")
-    return text
+    """Replace every printed form of a secret by ``***`` (for messages that echo upstream
+    text; see :mod:`llm_multicloud.redaction`)."""
+    from .redaction import redactor
+
+    return redactor(secrets)(text)
 
 
 def error_message(body: bytes) -> str:

@@ -47,7 +47,7 @@ from opentelemetry.context import get_current as _otel_current
 from . import sse
 from .budget import Budget
 from .catalog import Catalog, Endpoint
-from .errors import DeadlineExceeded, FaultKind, RoutingError, classify_status, error_message, redact
+from .errors import DeadlineExceeded, FaultKind, RoutingError, classify_status, error_message
 from .health import EndpointState, Health
 from .intent import Intent
 from .limits import estimate_tokens
@@ -185,7 +185,9 @@ class _Attempt:
         "usage",
     )
 
-    def __init__(self, n: int, kind: str, st: EndpointState, admitted: str, t0: float) -> None:
+    def __init__(
+        self, n: int, kind: str, st: EndpointState, admitted: str, t0: float, event_bytes: int = sse.MAX_EVENT_BYTES
+    ) -> None:
         self.n = n
         self.kind = kind
         self.st = st
@@ -197,7 +199,7 @@ class _Attempt:
         self.t0 = t0
         self.resp: UpstreamResponse | None = None
         self.iter: AsyncIterator[bytes] | None = None
-        self.splitter = sse.EventSplitter()
+        self.splitter = sse.EventSplitter(event_bytes)
         self.buffered: list[bytes] = []
         self.status: int | None = None
         self.headers: list[tuple[str, str]] = []
@@ -248,6 +250,8 @@ class Executor:
         self.request_hooks: list[RequestHook] = request_hooks if request_hooks is not None else []
         self.clock = clock
         self._secrets = catalog.secrets()
+        #: masks keys in every string derived from upstream bytes (reasons, messages)
+        self.redact = health.redact
         r = policy.retry
         self.retry_budget = Budget(r.budget, min_per_s=r.min_per_s, window_s=r.window_s, clock=clock)
         self.hedge_budget = Budget(policy.hedge.budget, min_per_s=0.1, window_s=30.0, clock=clock)
@@ -384,7 +388,7 @@ class Executor:
                 # Only quota refusals: their cooldowns may end within the deadline.
                 plan = self.plan(intent, clock(), seed, key)
         code = "all_attempts_failed" if failures else "no_endpoint_available"
-        raise RoutingError(503, code, self._unavailable(plan, failures, deadline, note))
+        raise RoutingError(503, code, self._unavailable(plan, failures, deadline, note, attempts_left))
 
     async def _race(self, req: _Request, plan: Plan, upstream: Upstream, deadline: float, attempts: int) -> Result:
         intent = req.intent
@@ -454,7 +458,7 @@ class Executor:
             if got is None:
                 return None
             c, st, admitted = got
-            a = _Attempt(len(everyone) + 1, kind, st, admitted, clock())
+            a = _Attempt(len(everyone) + 1, kind, st, admitted, clock(), policy.read_limits.event_bytes)
             if st.bucket is not None:
                 a.reserved = need
             tried.add(c.endpoint.index)
@@ -570,6 +574,7 @@ class Executor:
         # Streams: until the first content event. Non-streamed answers arrive whole
         # (servers send no headers before the body), so they get the longer response_s.
         limit = to.first_token_s if intent.stream else to.response_s
+        limits = self.policy.read_limits
         budget = max(min(limit, deadline - self.clock()), 0.001)
         handed = False
         try:
@@ -587,10 +592,22 @@ class Executor:
                         a.status = resp.status
                         a.headers = resp.headers
                         a.fault = classify_status(resp.status)
+                        redirect = 300 <= resp.status < 400
+                        if redirect:
+                            # Never followed (the credential would go where the catalog
+                            # does not say) and never an answer: the endpoint's fault.
+                            a.fault = FaultKind.ENDPOINT
                         if a.fault is not None:
-                            raw = await resp.read(limit=1 << 20)
-                            a.body = redact(raw.decode("utf-8", "replace"), self._secrets).encode()
-                            a.reason = f"HTTP {resp.status}: {error_message(a.body)}"
+                            raw = await resp.read(limit=limits.error_body_bytes, truncate=True)
+                            a.body = self.redact.bytes(raw)
+                            if redirect:
+                                where = self.redact(resp.header("location") or "nowhere")[:200]
+                                a.reason = (
+                                    f"HTTP {resp.status} redirect to {where} (redirects are not followed; "
+                                    "fix the endpoint's base_url)"
+                                )
+                            else:
+                                a.reason = f"HTTP {resp.status}: {self.message(a.body)}"
                             a.retry_after = parse_retry_after(resp.headers)
                             await resp.aclose()
                             a.resp = None
@@ -602,8 +619,8 @@ class Executor:
                                 )
                             await self._until_first_token(a)
                         else:
-                            a.body = await resp.read()
-                            a.usage = _usage_of_body(a.body, resp.header("content-type"))
+                            a.body = await resp.read(limit=limits.answer_body_bytes)
+                            a.usage = self._answer_usage(intent.operation, a.body, resp.status)
                             await resp.aclose()
                             a.resp = None
                             a.ttft = self.clock() - a.t0
@@ -612,7 +629,7 @@ class Executor:
                     a.reason = f"no first token within {budget:.2f}s"
                 except UpstreamError as exc:
                     a.fault = FaultKind.ENDPOINT
-                    a.reason = f"{exc.kind} error: {redact(str(exc), self._secrets)}"
+                    a.reason = f"{exc.kind} error: {self.redact(str(exc))}"
                 if a.fault is not None and a.resp is not None:
                     # Failed after the response opened (timeout, broken or malformed
                     # stream): close it now, so the endpoint stops generating.
@@ -636,18 +653,47 @@ class Executor:
             except StopAsyncIteration:
                 raise UpstreamError("read", "stream ended before the first token") from None
             committed = False
-            for ev in a.splitter.feed(chunk):
+            try:
+                events = a.splitter.feed(chunk)
+            except sse.EventTooLarge as exc:
+                raise UpstreamError("protocol", f"before the first token: {exc}") from None
+            for ev in events:
                 kind, _ = sse.classify(sse.data_of(ev))
                 if kind is sse.EventKind.ERROR:
-                    raise UpstreamError("protocol", f"error event before the first token: {error_message(ev)}")
+                    raise UpstreamError("protocol", f"error event before the first token: {self.message(ev)}")
                 if kind is sse.EventKind.MALFORMED:
-                    raise UpstreamError("protocol", f"malformed event before the first token: {ev[:80]!r}")
+                    raise UpstreamError("protocol", f"malformed event before the first token: {self.excerpt(ev)}")
                 if kind is sse.EventKind.CONTENT or kind is sse.EventKind.DONE:
                     committed = True
                 a.buffered.append(ev)
             if committed:
                 a.ttft = self.clock() - a.t0
                 return
+
+    def message(self, body: bytes) -> str:
+        """The human part of an upstream error body or event, keys masked (before the
+        text is shortened, and again after JSON escapes are decoded)."""
+        return self.redact(error_message(self.redact.bytes(body)))
+
+    def excerpt(self, data: bytes, n: int = 80) -> str:
+        """A short, key-free excerpt of upstream bytes, for a reason or a message."""
+        return repr(self.redact.bytes(data[: 4 * n]))[:n]
+
+    def _answer_usage(self, operation: str, body: bytes, status: int) -> dict[str, Any] | None:
+        """Usage of a complete 2xx answer, which must be an answer of the routed API:
+        anything else (an HTML page, ``{"error": ...}``, broken JSON) is the endpoint's
+        fault, never a result for the caller."""
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            raise UpstreamError("protocol", f"HTTP {status} is not JSON: {self.excerpt(body)}") from None
+        problem = _not_an_answer(operation, obj)
+        if problem is not None:
+            if isinstance(obj, dict) and obj.get("error"):
+                problem = f"{problem}; it carries an error: {self.message(body)}"
+            raise UpstreamError("protocol", f"HTTP {status} is not a valid answer: {problem}")
+        usage = obj.get("usage")
+        return usage if isinstance(usage, dict) else None
 
     # -- outcome bookkeeping ----------------------------------------------------
     def _penalize(self, a: _Attempt) -> None:
@@ -848,27 +894,43 @@ class Executor:
         return plan.panic or out > len(plan.candidates)
 
     # -- messages -------------------------------------------------------------------
-    def _unavailable(self, plan: Plan, failures: list[_Attempt], deadline: float, note: str | None = None) -> str:
+    def _unavailable(
+        self, plan: Plan, failures: list[_Attempt], deadline: float, note: str | None, attempts_left: int
+    ) -> str:
+        now = self.clock()
         lines = [
             f"no endpoint could serve {plan.model!r} ({_constraint_text(plan)}); per candidate:",
         ]
         for a in failures:
             lines.append(f"  {a.ep.id} ({a.ep.provider} {a.ep.region}): attempt {a.n} ({a.kind}) failed: {a.reason}")
+        # Why the request stopped, as it happened: the attempt limit, the deadline, the
+        # retry budget, or a cooldown that outlasts the deadline.
+        limit = self.policy.retry.max_attempts
+        if attempts_left <= 0:
+            why = f"all {limit} attempts were used (policy.retry.max_attempts)"
+        elif now >= deadline:
+            why = "the request's deadline passed"
+        else:
+            why = None
         failed = {a.ep.index for a in failures}
         for c in plan.candidates:
             if c.endpoint.index not in failed:
                 lines.append(
-                    f"  {c.endpoint.id} ({c.endpoint.provider} {c.endpoint.region}): "
-                    "not tried (attempt limit, budget or deadline)"
+                    f"  {c.endpoint.id} ({c.endpoint.provider} {c.endpoint.region}): not tried "
+                    f"({why or ('retry budget exhausted' if note else 'the request stopped first')})"
                 )
         for x in plan.excluded:
             lines.append(f"  {x.endpoint.id} ({x.endpoint.provider} {x.endpoint.region}): {x.reason}")
+        if why:
+            lines.append(f"  stopped: {why}")
         if note:
             lines.append(f"  note: {note}")
         if plan.wait_until is not None:
-            lines.append(
-                f"  the first cooldown ends in {plan.wait_until - self.clock():.1f}s, after the request's deadline"
-            )
+            ends = f"the first cooldown ends in {max(plan.wait_until - now, 0.0):.1f}s"
+            if attempts_left > 0 and plan.wait_until + 0.001 >= deadline:
+                lines.append(f"  {ends}, after the request's deadline ({max(deadline - now, 0.0):.1f}s left)")
+            else:
+                lines.append(f"  {ends}")
         return "\n".join(lines)
 
 
@@ -921,13 +983,17 @@ def _int(v: Any) -> int | None:
     return v if isinstance(v, int) else None
 
 
-def _usage_of_body(body: bytes, ctype: str | None) -> dict[str, Any] | None:
-    """Usage of a complete JSON answer. A 2xx whose JSON is broken is an endpoint fault."""
-    if ctype is not None and "json" not in ctype:
+#: What a complete answer of each routed API must carry (a list under this key).
+_ANSWER_KEY = {"chat": "choices", "text_completion": "choices", "embeddings": "data", "responses": "output"}
+
+
+def _not_an_answer(operation: str, obj: Any) -> str | None:
+    """Why a parsed 2xx body is not an answer of ``operation`` (None: it is one)."""
+    if not isinstance(obj, dict):
+        return f"a JSON {type(obj).__name__}, not an object"
+    key = _ANSWER_KEY.get(operation)
+    if key is None:
+        return "a JSON object with only an 'error'" if set(obj) == {"error"} else None
+    if isinstance(obj.get(key), list):
         return None
-    try:
-        obj = json.loads(body)
-    except ValueError:
-        raise UpstreamError("protocol", f"malformed JSON in a 2xx reply: {body[:80]!r}") from None
-    usage = obj.get("usage") if isinstance(obj, dict) else None
-    return usage if isinstance(usage, dict) else None
+    return f"no {key!r} list in the JSON object (keys: {', '.join(sorted(obj)[:8]) or 'none'})"

@@ -44,6 +44,7 @@ from typing import Any, Literal
 from .catalog import Catalog, Endpoint
 from .limits import Bucket
 from .policy import Policy
+from .redaction import redactor
 
 log = logging.getLogger("llm_multicloud.health")
 
@@ -444,10 +445,16 @@ class Health:
         self._assign_buckets(self.states, policy)
         self._rand = random.Random()
         self._swap_lock = threading.Lock()
+        #: every reason stored or logged here may echo upstream text: keys are masked
+        #: (those of every catalog this Health has served: old attempts may still run)
+        self._secrets: set[str] = set(catalog.secrets())
+        self.redact = redactor(self._secrets)
 
     def emit(self, t: Transition | None, ep: Endpoint | None = None) -> None:
         if t is None:
             return
+        if self.redact:
+            t = dataclasses.replace(t, reason=self.redact(t.reason))
         level = logging.WARNING if t.new in ("open", "drained", "removed") else logging.INFO
         if ep is None:
             st = self.by_id.get(t.endpoint)
@@ -542,6 +549,8 @@ class Health:
             self.policy = policy
             self.domains = domains
             self._assign_buckets(states, policy)
+            self._secrets.update(catalog.secrets())
+            self.redact = redactor(self._secrets)
             new = tuple(states)
             self.by_id = {st.endpoint.id: st for st in new}
             self.states = new
@@ -570,6 +579,7 @@ class Health:
         self.buckets = buckets
 
     def endpoint_fault(self, st: EndpointState, reason: str) -> None:
+        reason = self.redact(reason)
         self.emit(st.record_failure(self.clock(), reason, self._rand.random()))
 
     def success(self, st: EndpointState, *, trial: bool) -> None:
@@ -577,6 +587,7 @@ class Health:
 
     def cooldown(self, st: EndpointState, seconds: float, reason: str) -> None:
         """Cool the endpoint's quota domain down for ``seconds`` (capped; forward-only)."""
+        reason = self.redact(reason)
         seconds = min(max(seconds, 0.0), self.policy.max_retry_after_s)
         now = self.clock()
         dom = st.quota

@@ -97,10 +97,31 @@ class Timeouts(_Strict):
     #: Non-streamed answers arrive whole, after the whole generation: the longest one
     #: may take (raise it per model for long generations).
     response_s: float = Field(120.0, gt=0.0)
-    #: Longest silence between two chunks of a stream after the first token.
+    #: After the first token: longest wait for the next *data event* of a stream.
+    #: Bytes that carry no data — keep-alive comments, an event dripped a byte at a
+    #: time — do not reset it, so a server that only keeps the connection busy is
+    #: still caught. Past it the stream breaks (``StreamInterrupted``).
     chunk_gap_s: float = Field(30.0, gt=0.0)
+    #: Longest a committed stream may last from the request's start, however steadily
+    #: it sends data (a generation that never ends); past it the stream breaks
+    #: (``StreamInterrupted``). None: no limit but the caller's own.
+    stream_total_s: float | None = Field(1800.0, gt=0.0)
     #: Overall deadline when the caller gives none.
     total_s: float | None = Field(None, gt=0.0)
+
+
+class ReadLimits(_Strict):
+    """Most bytes read from an endpoint for one thing; each enforced while reading (the
+    connection is dropped the moment a limit is crossed, never after the whole body)."""
+
+    #: An error reply (4xx/5xx/3xx): kept up to this, the rest is not read.
+    error_body_bytes: int = Field(1 << 20, ge=1024)
+    #: A complete (non-streamed) answer; a longer one is an endpoint fault.
+    answer_body_bytes: int = Field(64 << 20, ge=1024)
+    #: A probe's ``/models`` or ``/metrics`` reply; a longer one fails the probe.
+    probe_body_bytes: int = Field(4 << 20, ge=1024)
+    #: One streamed event; a longer one breaks the stream (an endpoint fault).
+    event_bytes: int = Field(16 << 20, ge=1024)
 
 
 class ResumePolicy(_Strict):
@@ -193,6 +214,7 @@ class Policy(_Strict):
     breaker: BreakerPolicy = BreakerPolicy()
     probe: ProbePolicy = ProbePolicy()
     timeouts: Timeouts = Timeouts()
+    read_limits: ReadLimits = ReadLimits()
     state: StatePolicy = StatePolicy()
     resume: ResumePolicy = ResumePolicy()
     affinity: AffinityPolicy = AffinityPolicy()

@@ -132,7 +132,7 @@ class Prober:
                 )
                 try:
                     status = resp.status
-                    body = await resp.read(limit=4 << 20)
+                    body = await resp.read(limit=self.mc.policy.read_limits.probe_body_bytes)
                 finally:
                     await resp.aclose()
         except TimeoutError:
@@ -164,6 +164,7 @@ class Prober:
     def _failed(
         self, st: EndpointState, reason: str, status: int | None, *, endpoint_fault: bool = True
     ) -> ProbeResult:
+        reason = self.mc.health.redact(reason)
         if endpoint_fault:
             self.mc.health.endpoint_fault(st, reason)
         else:
@@ -185,7 +186,11 @@ class Prober:
                     read_s=self.policy.timeout_s,
                 )
                 try:
-                    body = await resp.read(limit=4 << 20) if resp.status == 200 else b""
+                    body = (
+                        await resp.read(limit=self.mc.policy.read_limits.probe_body_bytes)
+                        if resp.status == 200
+                        else b""
+                    )
                 finally:
                     await resp.aclose()
         except (TimeoutError, UpstreamError):

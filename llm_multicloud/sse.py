@@ -36,31 +36,92 @@ class EventKind(Enum):
     OTHER = "other"  # comments, keep-alives, events without data
 
 
+#: Default cap on one event's size (``policy.read_limits.event_bytes``). Real chunks are
+#: a few hundred bytes; the largest legitimate event, a Responses API
+#: ``response.completed`` that repeats the whole answer, stays far below this.
+MAX_EVENT_BYTES = 16 << 20
+
+
+class EventTooLarge(ValueError):
+    """One streamed event grew past the size cap without ending (a hostile or broken
+    server, or a stream that is not SSE at all): the stream is not read any further."""
+
+
 class EventSplitter:
-    """Incrementally split bytes into complete events (each ending with a blank line)."""
+    """Incrementally split bytes into complete events (each ending with a blank line).
 
-    __slots__ = ("_buf",)
+    Linear in the bytes received, however the server cuts them: pending bytes live in
+    one ``bytearray`` (appends are amortised O(1)), each chunk is searched for the end
+    of an event only from where the previous search stopped, and CRLF is normalised
+    only in the new bytes. ``work`` counts the bytes examined or copied, so that tests
+    can check linearity by counting instead of timing.
+    """
 
-    def __init__(self) -> None:
-        self._buf = b""
+    __slots__ = ("_buf", "max_event_bytes", "work")
+
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        self._buf = bytearray()
+        self.max_event_bytes = max_event_bytes
+        #: bytes examined or copied so far (a work counter for the linearity test)
+        self.work = 0
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        buf = self._buf + chunk if self._buf else chunk
-        if b"\r" in buf:
-            # Normalise after joining: a CRLF may be split across two chunks. A lone
-            # trailing CR stays pending until the next chunk says what it is.
-            buf = buf.replace(b"\r\n", b"\n")
-        end = buf.rfind(b"\n\n")
+        buf = self._buf
+        if not buf and b"\r" not in chunk:
+            # The common case: the chunk starts at an event boundary.
+            end = chunk.rfind(b"\n\n")
+            self.work += len(chunk)
+            if end < 0:
+                buf += chunk
+                self._check(len(buf))
+                return []
+            if end + 2 < len(chunk):
+                buf += chunk[end + 2 :]
+                self._check(len(buf))
+            return self._events(chunk[:end])
+        old = len(buf)
+        buf += chunk
+        if b"\r" in chunk or (old and buf[old - 1] == 13):
+            # Normalise only the new bytes (and a CR left pending at the end of the old
+            # ones: a CRLF may be split across two chunks). A lone trailing CR stays
+            # pending until the next chunk says what it is.
+            at = max(old - 1, 0)
+            buf[at:] = buf[at:].replace(b"\r\n", b"\n")
+            self.work += len(buf) - at
+        # No boundary lies wholly in the old bytes (they were searched already); a new
+        # one may start on the last old byte (or the one before, after normalising).
+        start = max(old - 2, 0)
+        end = buf.rfind(b"\n\n", start)
+        self.work += len(buf) - start
         if end < 0:
-            self._buf = buf
+            self._check(len(buf))
             return []
-        self._buf = buf[end + 2 :]
-        return [e + b"\n\n" for e in buf[:end].split(b"\n\n") if e]
+        complete = bytes(buf[:end])
+        del buf[: end + 2]
+        self.work += end + len(buf)
+        self._check(len(buf))
+        return self._events(complete)
+
+    def _events(self, complete: bytes) -> list[bytes]:
+        events = [e + b"\n\n" for e in complete.split(b"\n\n") if e]
+        self.work += len(complete)
+        if len(complete) > self.max_event_bytes:
+            for e in events:
+                self._check(len(e) - 2)
+        return events
+
+    def _check(self, size: int) -> None:
+        if size > self.max_event_bytes:
+            self._buf = bytearray()  # nothing more is read from this stream
+            raise EventTooLarge(
+                f"a streamed event exceeded {self.max_event_bytes} bytes without ending "
+                "(raise policy.read_limits.event_bytes if the endpoint really sends such events)"
+            )
 
     @property
     def pending(self) -> bytes:
         """Bytes of an incomplete event (non-empty at the end of a stream means truncation)."""
-        return self._buf
+        return bytes(self._buf)
 
 
 def data_of(event: bytes) -> bytes | None:
@@ -88,24 +149,29 @@ def classify(data: bytes | None) -> tuple[EventKind, dict[str, Any] | None]:
         return EventKind.MALFORMED, None
     if not isinstance(obj, dict):
         return EventKind.MALFORMED, None
+    return kind_of(obj), obj
+
+
+def kind_of(obj: dict[str, Any]) -> EventKind:
+    """What a parsed event (a JSON object) means."""
     t = obj.get("type")
     if isinstance(t, str) and (t.startswith("response.") or t == "error"):
         # The Responses API: typed events, no [DONE]. Deltas carry content; the
         # response.completed/incomplete event ends the stream (usage inside it).
         if t in ("response.completed", "response.incomplete"):
-            return EventKind.DONE, obj
+            return EventKind.DONE
         if t in ("response.failed", "error"):
-            return EventKind.ERROR, obj
-        return (EventKind.CONTENT if t.endswith(".delta") else EventKind.PREAMBLE), obj
+            return EventKind.ERROR
+        return EventKind.CONTENT if t.endswith(".delta") else EventKind.PREAMBLE
     if "error" in obj and not obj.get("choices"):
-        return EventKind.ERROR, obj
+        return EventKind.ERROR
     choices = obj.get("choices")
     if isinstance(choices, list) and choices:
         for ch in choices:
             if not isinstance(ch, dict):
-                return EventKind.MALFORMED, obj
+                return EventKind.MALFORMED
             if ch.get("finish_reason") or ch.get("text"):
-                return EventKind.CONTENT, obj
+                return EventKind.CONTENT
             delta = ch.get("delta")
             if isinstance(delta, dict) and any(
                 delta.get(k)
@@ -119,11 +185,11 @@ def classify(data: bytes | None) -> tuple[EventKind, dict[str, Any] | None]:
                     "audio",
                 )
             ):
-                return EventKind.CONTENT, obj
-        return EventKind.PREAMBLE, obj
+                return EventKind.CONTENT
+        return EventKind.PREAMBLE
     if obj.get("usage"):
-        return EventKind.USAGE, obj
-    return EventKind.PREAMBLE, obj
+        return EventKind.USAGE
+    return EventKind.PREAMBLE
 
 
 def looks_like_json_object(data: bytes) -> bool:

@@ -6,10 +6,20 @@ chunk — in the caller's task for async clients, through the blocking portal fo
 sync ones: the same code. Events pass through byte for byte, except the usage-only
 chunk the library requested on the caller's behalf.
 
-After commit, nothing can be silently lost: an upstream error, a malformed event,
-a silent gap longer than ``chunk_gap_s`` or an end without ``[DONE]`` is a *break*.
-By default a break raises :class:`~llm_multicloud.errors.StreamInterrupted`, which
-carries what was delivered and the usage known so far.
+After commit, nothing can be silently lost: an upstream error, a malformed event
+(anything the SDK could not parse: each data event must be a JSON object), an event
+over ``read_limits.event_bytes``, no *data event* for ``chunk_gap_s``, a stream
+still running ``stream_total_s`` after the request started, or an end without
+``[DONE]`` is a *break*. By default a break raises
+:class:`~llm_multicloud.errors.StreamInterrupted`, which carries what was delivered
+and the usage known so far; its message is redacted (keys masked).
+
+Deadlines without a cancel scope per chunk: while data events keep coming, a read
+is bounded by the connection's read timeout (``chunk_gap_s``). Bytes that carry no
+data — keep-alive comments, an event dripped a byte at a time — do not count as
+progress: from the first such read on, reads run under a deadline measured from
+the start of that quiet spell, until a data event arrives. The total deadline
+switches to the same bounded reads when it is nearer than one gap.
 
 **Resume** (opt-in, ``policy.resume.enabled``): a broken chat stream is continued
 on another compliant endpoint by resending the conversation with the partial
@@ -25,10 +35,14 @@ routed request: residency, health and hedging apply to it as to any other.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from typing import TYPE_CHECKING
 
+import anyio
+
 from . import sse
-from .errors import DeadlineExceeded, LLMMulticloudError, StreamInterrupted, error_message
+from .errors import DeadlineExceeded, LLMMulticloudError, StreamInterrupted
 from .upstream import UpstreamError
 
 if TYPE_CHECKING:
@@ -50,7 +64,13 @@ class Passthrough:
         self._done = False
         self._finished = False
         self._delivered: list[bytes] = []
-        self._gap = ex.timeouts_for(a.ep, intent.model).chunk_gap_s
+        to = ex.timeouts_for(a.ep, intent.model)
+        self._gap = to.chunk_gap_s
+        self._total_s = to.stream_total_s
+        #: the committed stream must end by then (monotonic clock of the executor)
+        self._end = req.t0 + to.stream_total_s if to.stream_total_s is not None else math.inf
+        #: start of the current spell without a data event (None: data is flowing)
+        self._quiet_since: float | None = None
         #: the continuation after a resume, which serves the rest of the stream
         self._next: Passthrough | None = None
         #: text delivered by the streams this one continues (resume)
@@ -73,50 +93,79 @@ class Passthrough:
             else:
                 assert a.iter is not None
                 problem = None
+                chunk = b""
+                clock = self._ex.clock
+                now = clock()
                 try:
-                    # The gap deadline is the connection's read timeout (chunk_gap_s,
-                    # set when the attempt opened): no cancel scope per chunk.
-                    chunk = await a.iter.__anext__()
+                    if self._quiet_since is None and now + self._gap < self._end:
+                        # Data is flowing: the connection's read timeout (chunk_gap_s,
+                        # set when the attempt opened) bounds the wait.
+                        self._quiet_since = now  # reset below when a data event arrives
+                        chunk = await a.iter.__anext__()
+                    else:
+                        if self._quiet_since is None:
+                            self._quiet_since = now
+                        wake = min(self._quiet_since + self._gap, self._end)
+                        with anyio.move_on_after(max(wake - now, 0.0)):
+                            chunk = await a.iter.__anext__()
+                        if not chunk:
+                            problem = self._late(clock())
                 except StopAsyncIteration:
                     if self._done and not a.splitter.pending.strip():
                         await self._finish("won")
                         return None
                     problem = "the stream ended without [DONE]"
                 except UpstreamError as exc:
-                    problem = f"no data for {self._gap:.1f}s" if exc.kind == "timeout" else f"{exc.kind} error: {exc}"
+                    if exc.kind == "timeout":
+                        problem = f"no data for {self._gap:.1f}s"
+                    else:
+                        problem = f"{exc.kind} error: {self._ex.redact(str(exc))}"
+                if problem is None:
+                    try:
+                        events = a.splitter.feed(chunk)
+                    except sse.EventTooLarge as exc:
+                        problem = str(exc)
                 if problem is not None:
                     await self._broken(problem)  # raises, or resumed on another endpoint
                     continue
-                events = a.splitter.feed(chunk)
             out: list[bytes] = []
             for ev in events:
                 d = sse.data_of(ev)
                 if d is None:
-                    out.append(ev)
+                    out.append(ev)  # a comment or keep-alive: passed on, but not progress
                     continue
+                self._quiet_since = None
                 if d.strip() == sse.DONE:
                     self._done = True
                     out.append(ev)
                     continue
                 problem = None
-                if b'"usage"' in d or b'"error"' in d or b'"response.' in d:
-                    kind, obj = sse.classify(d)
+                # What the SDK will parse must parse: one C-speed json.loads per event
+                # (the SDK does the same, and far more), instead of a raw JSON error
+                # from inside the SDK after the caller already has part of the answer.
+                try:
+                    obj = json.loads(d)
+                except ValueError:
+                    obj = None
+                if not isinstance(obj, dict):
+                    problem = f"malformed event mid-stream: {self._ex.excerpt(ev)}"
+                elif b'"usage"' in d or b'"error"' in d or b'"response.' in d:
+                    kind = sse.kind_of(obj)
                     if kind is sse.EventKind.ERROR:
-                        problem = f"error event mid-stream: {error_message(ev)}"
+                        problem = f"error event mid-stream: {self._ex.message(ev)}"
+                    elif kind is sse.EventKind.MALFORMED:
+                        problem = f"malformed event mid-stream: {self._ex.excerpt(ev)}"
                     else:
-                        if obj is not None:
-                            usage = obj.get("usage")
-                            inner = obj.get("response")
-                            if not isinstance(usage, dict) and isinstance(inner, dict):
-                                usage = inner.get("usage")  # Responses API: in response.completed
-                            if isinstance(usage, dict):
-                                a.usage = usage
+                        usage = obj.get("usage")
+                        inner = obj.get("response")
+                        if not isinstance(usage, dict) and isinstance(inner, dict):
+                            usage = inner.get("usage")  # Responses API: in response.completed
+                        if isinstance(usage, dict):
+                            a.usage = usage
                         if kind is sse.EventKind.DONE:
                             self._done = True  # response.completed ends a Responses stream
                         if kind is sse.EventKind.USAGE and self._strip:
                             continue
-                elif not sse.looks_like_json_object(d):
-                    problem = f"malformed event mid-stream: {ev[:80]!r}"
                 if problem is not None:
                     if out:
                         # Deliver what came before the bad event first; the break is
@@ -129,6 +178,12 @@ class Passthrough:
                 out.append(ev)
             if out:
                 return b"".join(out)
+
+    def _late(self, now: float) -> str:
+        """Why a bounded read gave up: the total deadline, or no data event in time."""
+        if now >= self._end and self._total_s is not None:
+            return f"the stream was still running {self._total_s:.1f}s after the request started (stream_total_s)"
+        return f"no data for {self._gap:.1f}s (only keep-alives or partial bytes arrived)"
 
     async def _finish(self, outcome: str, *, request_done: bool = True) -> None:
         if self._finished:
@@ -170,7 +225,7 @@ class Passthrough:
                 return
             await self._finish("interrupted")
         raise StreamInterrupted(
-            f"the stream from {a.ep.id} broke after {len(self._delivered)} chunks: {reason}",
+            self._ex.redact(f"the stream from {a.ep.id} broke after {len(self._delivered)} chunks: {reason}"),
             endpoint=a.ep.id,
             delivered_text=text,
             usage=a.usage,

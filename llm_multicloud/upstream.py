@@ -69,15 +69,36 @@ class UpstreamResponse:
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await inner.aclose()
 
-    async def read(self, limit: int = 64 * 1024 * 1024) -> bytes:
-        """The whole decoded body (a complete answer, or an error body)."""
-        try:
-            body: bytes = await self._resp.aread()
-        except Exception as exc:
-            raise translate(self._lib, exc) from exc
-        if len(body) > limit:
-            raise UpstreamError("read", f"response body larger than {limit} bytes")
-        return body
+    async def read(self, limit: int = 64 * 1024 * 1024, *, truncate: bool = False) -> bytes:
+        """The whole decoded body (a complete answer, or an error body), at most ``limit``
+        bytes. The limit holds while reading: the body is not read past it (a declared
+        ``content-length`` above it is refused before reading at all). Past the limit,
+        ``truncate`` keeps the first ``limit`` bytes (error bodies: their start says
+        what went wrong); otherwise it is an error. Either way the connection is
+        closed by :meth:`aclose` without reading the rest."""
+        declared = self.header("content-length")
+        encoded = self.header("content-encoding") not in (None, "identity")
+        if declared is not None and declared.isdigit() and not encoded:
+            size = int(declared)
+            if size <= limit:
+                # The framing bounds the body: one read, no per-chunk loop (hot path).
+                try:
+                    body: bytes = await self._resp.aread()
+                except Exception as exc:
+                    raise translate(self._lib, exc) from exc
+                return body
+            if not truncate:
+                raise UpstreamError("protocol", f"response body of {size} bytes is larger than the {limit}-byte limit")
+        parts: list[bytes] = []
+        got = 0
+        async for chunk in self.chunks():
+            parts.append(chunk)
+            got += len(chunk)
+            if got > limit:
+                if truncate:
+                    return b"".join(parts)[:limit]
+                raise UpstreamError("protocol", f"response body larger than the {limit}-byte limit")
+        return b"".join(parts)
 
     async def aclose(self) -> None:
         """Close the response; an unfinished body closes its connection, so the server

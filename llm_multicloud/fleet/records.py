@@ -42,6 +42,7 @@ class Received:
     status: int | None = None
     fault: str | None = None
     chunks_sent: int = 0  # content-bearing SSE chunks delivered (role chunk excluded)
+    bytes_sent: int = 0  # body bytes written by the huge_body / huge_event / drip faults
     usage: dict[str, int] | None = None
     ttft_ms: float | None = None  # sampled time to first token for this request
     end_time: float | None = None

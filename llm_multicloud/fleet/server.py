@@ -302,6 +302,42 @@ class _Served:
         await asyncio.sleep(0)
 
 
+def _echo(headers: Mapping[str, str]) -> str:
+    """An error message that echoes the request's key in the forms servers print it."""
+    from urllib.parse import quote
+
+    auth = headers.get("authorization", "")
+    key = auth.partition(" ")[2].strip() if " " in auth else headers.get("api-key", auth)
+    forms = [
+        key,
+        quote(key, safe=""),
+        base64.b64encode(f"user:{key}".encode()).decode(),
+        repr(key.encode()),
+        key.encode().hex(),
+        key[: max(len(key) * 2 // 3, 8)] + "...",
+    ]
+    return "invalid api key " + " / ".join(forms) + " (simulated key echo)"
+
+
+async def _pour(served: _Served, head: bytes, size: int, tail: bytes) -> AsyncGenerator[bytes, None]:
+    """``head``, then ``size`` filler bytes in 64 KiB pieces, then ``tail``; stops as
+    soon as the client is gone. Counts what left in ``rec.bytes_sent``."""
+    rec = served.rec
+    piece = b"x" * 65536
+    rec.bytes_sent += len(head)
+    yield head
+    left = size
+    while left > 0:
+        if await served.pause(0):
+            return
+        n = min(left, len(piece))
+        rec.bytes_sent += n
+        left -= n
+        yield piece[:n]
+    rec.bytes_sent += len(tail)
+    yield tail
+
+
 class _SSEResponse(StreamingResponse):
     """StreamingResponse whose body is an async generator of pre-encoded SSE events.
 
@@ -633,6 +669,40 @@ class RegionRuntime:
             rec.outcome = "fault:hang"
             await served.wait_disconnect()
             return True
+        if fault.mode == "redirect":
+            status = fault.status if 300 <= fault.status < 400 else 307
+            headers = [*self.static_headers, (b"location", fault.location.encode("latin-1"))]
+            rec.status, rec.outcome, rec.end_time = status, "fault:redirect", time.monotonic()
+            await _send_bytes(send, status, b"", headers, b"text/html")
+            return True
+        if fault.mode == "html_200":
+            page = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>Please sign in</body></html>"
+            rec.status, rec.outcome, rec.end_time = 200, "fault:html_200", time.monotonic()
+            await _send_bytes(send, 200, page, list(self.static_headers), b"text/html; charset=utf-8")
+            return True
+        if fault.mode == "error_200":
+            body = _dumps(_error(f"upstream failure (simulated by fleet region {self.id})", "server_error", None))
+            rec.status, rec.outcome, rec.end_time = 200, "fault:error_200", time.monotonic()
+            await _send_bytes(send, 200, body, list(self.static_headers))
+            return True
+        if fault.mode == "huge_body":
+            rec.status, rec.outcome = fault.status, "fault:huge_body"
+            head = b'{"choices":[{"index":0,"message":{"role":"assistant","content":"'
+            await send(
+                {"type": "http.response.start", "status": fault.status, "headers": [_JSON_CT, *self.static_headers]}
+            )
+            async for piece in _pour(served, head, fault.size, b'"},"finish_reason":"stop"}]}'):
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+            if not served.gone:
+                served.stop_watching()
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            rec.end_time = time.monotonic()
+            return True
+        if fault.mode == "key_echo" and not rec.stream:
+            body = _dumps(_error(_echo(rec.headers), "invalid_request_error", "invalid_api_key"))
+            rec.status, rec.outcome, rec.end_time = fault.status, "fault:key_echo", time.monotonic()
+            await _send_bytes(send, fault.status, body, list(self.static_headers))
+            return True
         return False
 
     # ------------------------------------------------------------------ endpoints
@@ -895,6 +965,8 @@ class RegionRuntime:
         tail = b',"usage":null}\n\n' if usage is not None else b"}\n\n"
         mode = fault.mode if fault is not None else "none"
         fault_at = fault.after_chunks if fault is not None else -1
+        fault_interval = fault.interval_ms / 1000.0 if fault is not None else 0.0
+        size = fault.size if fault is not None else 0
 
         yield head + b'"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]' + tail
 
@@ -917,6 +989,48 @@ class RegionRuntime:
                 if mode == "malformed_sse":
                     rec.fault = mode
                     yield b"data: {not json\n\n"
+                if mode == "garbage_mid_stream":
+                    rec.fault = mode
+                    yield b'data: {"choices":[{"index":0,"delta":{"content":"x"}}]]}\n\n'
+                if mode == "key_echo":
+                    rec.fault = mode
+                    rec.outcome = "fault:key_echo"
+                    rec.end_time = time.monotonic()
+                    yield b"data: " + _dumps(_error(_echo(rec.headers), "invalid_request_error", None)) + b"\n\n"
+                    return  # and no [DONE]
+                if mode == "keepalive_only":
+                    rec.fault = mode
+                    for _ in range(10_000):  # bounded: ~30 min at the default pace
+                        if await served.pause(fault_interval):
+                            return
+                        yield b": keep-alive\n\n"
+                    return
+                if mode == "huge_event":
+                    rec.fault = mode
+                    async for piece in _pour(
+                        served, b'data: {"choices":[{"index":0,"delta":{"content":"', size, b'"}}]}\n\n'
+                    ):
+                        yield piece
+                    if served.gone:
+                        return
+                if mode == "drip":
+                    rec.fault = mode
+                    rest = b"".join(
+                        head
+                        + b'"delta":{"content":"'
+                        + p.encode()
+                        + b'"},"logprobs":null,"finish_reason":null}]'
+                        + tail
+                        for p in pieces[i:]
+                    )
+                    for b in range(len(rest)):  # bounded by the answer's length
+                        if await served.pause(fault_interval):
+                            return
+                        rec.bytes_sent += 1
+                        yield rest[b : b + 1]
+                    rec.outcome = "fault:drip"
+                    rec.end_time = time.monotonic()
+                    return
             if i == len(pieces):
                 break
             # Pieces are "w<i>", spaces and the region id (whose allowed
@@ -1018,6 +1132,10 @@ class RegionRuntime:
                 return
             if not self._authorized(rec.headers):
                 await self._reply(send, rec, 401, _error(*_STATUS_ERRORS[401]))
+                return
+            if self.fault.mode == "huge_body":  # a listing that never ends
+                served = _Served(self, rec, scope, receive)
+                await self._apply_blocking_fault(self.fault.model_copy(update={"status": 200}), served, send)
                 return
             seen: dict[str, None] = dict.fromkeys(
                 self.models.values() if self.spec.listed is None else self.spec.listed

@@ -30,7 +30,25 @@ __all__ = [
     "RegionSpec",
 ]
 
-FaultMode = Literal["none", "down", "status", "hang", "close_mid_stream", "malformed_sse", "slow"]
+FaultMode = Literal[
+    "none",
+    "down",
+    "status",
+    "hang",
+    "close_mid_stream",
+    "malformed_sse",
+    "slow",
+    # hostile or broken servers (see Fault)
+    "redirect",
+    "html_200",
+    "error_200",
+    "garbage_mid_stream",
+    "drip",
+    "keepalive_only",
+    "huge_event",
+    "huge_body",
+    "key_echo",
+]
 
 #: Context window advertised by :meth:`Fleet.catalog` for every logical model
 #: unless overridden; the simulated servers do not enforce it.
@@ -66,6 +84,26 @@ class Fault(BaseModel):
     are refused); with a lower probability the chosen requests get their TCP
     connection reset instead, which is the closest per-request analogue.
     The other modes act on ``/v1/chat/completions`` and ``/v1/embeddings`` only.
+
+    Hostile or broken servers, each something a client must survive:
+
+    * ``redirect``: HTTP ``status`` (a 3xx; 307 unless ``status`` is one) to ``location``;
+    * ``html_200`` / ``error_200``: HTTP 200 with an HTML page / with
+      ``{"error": ...}`` and no ``choices``/``data``;
+    * streams, after ``after_chunks`` content chunks: ``garbage_mid_stream`` (an
+      event that looks like JSON and is not), ``drip`` (the rest one byte every
+      ``interval_ms``), ``keepalive_only`` (``: keep-alive`` comments every
+      ``interval_ms``, no more data), ``huge_event`` (one event of ``size`` bytes,
+      sent in 64 KiB pieces);
+    * ``huge_body``: a ``size``-byte body with HTTP ``status`` (the default 503 gives
+      a huge error body; 200 a huge answer), sent in 64 KiB pieces;
+    * ``key_echo``: the request's key echoed back in many printed forms (raw,
+      JSON ``\\u`` escapes, percent-encoded, base64, cut short) — in an error event
+      after ``after_chunks`` chunks of a stream, or in an HTTP ``status`` error body.
+
+    The ``bytes_sent`` of a request's record says how much of a huge or dripped
+    body actually left the server: a client that stops reading at its limit shows
+    as a small number and ``outcome="disconnected"``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -77,6 +115,9 @@ class Fault(BaseModel):
     after_chunks: int = Field(2, ge=0, description="content chunks before close_mid_stream / malformed_sse")
     probability: float = Field(1.0, ge=0, le=1, description="share of requests the fault applies to")
     body: str | None = Field(None, description="custom error body for mode=status")
+    location: str = Field("http://127.0.0.1:9/v1/chat/completions", description="Location of mode=redirect")
+    interval_ms: float = Field(200.0, gt=0, description="pace of mode=drip / keepalive_only")
+    size: int = Field(20 << 20, ge=1, le=1 << 31, description="bytes of mode=huge_event / huge_body")
 
 
 class PrefixCache(BaseModel):

@@ -128,11 +128,11 @@ class FakeResponse:
         if self._then == "break":
             raise UpstreamError("read", "RemoteProtocolError: peer closed connection")
 
-    async def read(self, limit: int = 64 * 1024 * 1024) -> bytes:
+    async def read(self, limit: int = 64 * 1024 * 1024, *, truncate: bool = False) -> bytes:
         out = b""
         async for c in self.chunks():
             out += c
-        return out
+        return out[:limit] if truncate else out
 
     async def aclose(self) -> None:
         self.closed = True

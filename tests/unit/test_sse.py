@@ -9,7 +9,15 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from llm_multicloud.sse import EventKind, EventSplitter, classify, data_of, looks_like_json_object, text_of
+from llm_multicloud.sse import (
+    EventKind,
+    EventSplitter,
+    EventTooLarge,
+    classify,
+    data_of,
+    looks_like_json_object,
+    text_of,
+)
 
 
 def chunk(delta: dict[str, Any] | None = None, finish: str | None = None, **top: Any) -> bytes:
@@ -162,6 +170,38 @@ def test_any_split_of_a_crlf_stream_yields_the_same_events(events: list[bytes], 
     split, pending = _split_all(_splits(stream, cuts))
     assert split == events
     assert pending == b""
+
+
+@pytest.mark.parametrize("crlf", [False, True], ids=["lf", "crlf"])
+@pytest.mark.parametrize("piece", [1, 7, 4096])
+def test_splitter_work_is_linear_in_the_bytes_received(piece: int, crlf: bool) -> None:
+    # One big event dripped in small pieces, then ordinary events: the splitter's work
+    # (bytes examined or copied) stays a small multiple of the bytes fed. The old
+    # splitter re-joined and re-searched the whole pending buffer on every feed.
+    big = b"data: " + b"x" * (1 << 20 if piece > 1 else 1 << 17) + b"\n\n"
+    stream = big + HELLO * 50 + DONE
+    if crlf:
+        stream = stream.replace(b"\n", b"\r\n")
+    s = EventSplitter()
+    events: list[bytes] = []
+    for i in range(0, len(stream), piece):
+        events.extend(s.feed(stream[i : i + piece]))
+    assert len(events) == 52 and s.pending == b""
+    assert s.work <= 6 * len(stream), (s.work, len(stream))
+
+
+def test_an_event_over_the_cap_raises_a_clear_error() -> None:
+    s = EventSplitter(max_event_bytes=1000)
+    assert s.feed(HELLO) == [HELLO]
+    with pytest.raises(EventTooLarge, match=r"exceeded 1000 bytes.*read_limits\.event_bytes"):
+        for _ in range(100):
+            s.feed(b"data: " + b"y" * 50)
+    s = EventSplitter(max_event_bytes=1000)  # a whole oversized event in one chunk
+    with pytest.raises(EventTooLarge):
+        s.feed(HELLO + b"data: " + b"z" * 2000 + b"\n\n")
+    s = EventSplitter(max_event_bytes=1000)  # exactly at the cap is fine
+    ev = b"data: " + b"z" * 994 + b"\n\n"
+    assert s.feed(ev) == [ev]
 
 
 # --------------------------------------------------------------------------- data_of
