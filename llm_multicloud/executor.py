@@ -52,6 +52,7 @@ from .health import EndpointState, Health
 from .intent import Intent
 from .limits import estimate_tokens
 from .policy import Policy, Timeouts
+from .redaction import Redactor
 from .router import Candidate, Plan, Router, complies
 from .upstream import Upstream, UpstreamError, UpstreamResponse
 
@@ -250,8 +251,6 @@ class Executor:
         self.request_hooks: list[RequestHook] = request_hooks if request_hooks is not None else []
         self.clock = clock
         self._secrets = catalog.secrets()
-        #: masks keys in every string derived from upstream bytes (reasons, messages)
-        self.redact = health.redact
         r = policy.retry
         self.retry_budget = Budget(r.budget, min_per_s=r.min_per_s, window_s=r.window_s, clock=clock)
         self.hedge_budget = Budget(policy.hedge.budget, min_per_s=0.1, window_s=30.0, clock=clock)
@@ -260,6 +259,12 @@ class Executor:
         #: (router, states) of one catalog generation, read together: a live catalog
         #: update (:meth:`reconfigure`) replaces both at once.
         self.view: tuple[Router, tuple[EndpointState, ...]] = (router, health.states)
+
+    @property
+    def redact(self) -> Redactor:
+        """Masks keys in every string derived from upstream bytes (reasons, messages):
+        Health's, which knows the keys of every catalog generation."""
+        return self.health.redact
 
     def resume_style(self, ep: Endpoint) -> str:
         """How an endpoint continues a partial answer: its catalog setting, else the policy's."""
