@@ -7,6 +7,7 @@ received: which region, which key, which model name, which headers.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -54,13 +55,28 @@ def fleet() -> Iterator[Fleet]:
         yield f
 
 
-@pytest.fixture(autouse=False)
-def clean(fleet: Fleet) -> Iterator[Fleet]:
+def _restore(fleet: Fleet, latency: Latency) -> None:
     fleet.reset()
     for rid in fleet.region_ids:
-        fleet.set_latency(rid, FAST)
-    yield fleet
-    fleet.reset()
+        fleet.set_latency(rid, latency)
+        fleet.set_fault(rid)
+
+
+@contextlib.contextmanager
+def fresh(fleet: Fleet, latency: Latency = FAST) -> Iterator[Fleet]:
+    """The fleet with records cleared, every region at ``latency`` and no fault; the
+    same again afterwards (a test's faults never reach the next test)."""
+    _restore(fleet, latency)
+    try:
+        yield fleet
+    finally:
+        _restore(fleet, latency)
+
+
+@pytest.fixture(autouse=False)
+def clean(fleet: Fleet) -> Iterator[Fleet]:
+    with fresh(fleet):
+        yield fleet
 
 
 def make_mc(fleet: Fleet, policy: dict[str, Any] | None = None, **kw: Any) -> lmc.MultiCloud:

@@ -24,6 +24,7 @@ from llm_multicloud.probe import Prober
 from llm_multicloud.redaction import Redactor
 from llm_multicloud.upstream import Upstream
 
+from .conftest import fresh, make_mc
 from .drive import PLACEHOLDER_KEY, chat
 from .test_telemetry import Otel
 
@@ -51,19 +52,12 @@ def hostile() -> Iterator[Fleet]:
 
 @pytest.fixture
 def fleet(hostile: Fleet) -> Iterator[Fleet]:
-    hostile.reset()
-    for rid in hostile.region_ids:
-        hostile.set_latency(rid, FAST)
-    yield hostile
-    hostile.reset()
-    for rid in hostile.region_ids:
-        hostile.set_fault(rid)
+    with fresh(hostile, FAST):
+        yield hostile
 
 
 def _mc(fleet: Fleet, policy: dict[str, Any] | None = None, **kw: Any) -> lmc.MultiCloud:
-    base: dict[str, Any] = {"strategy": "ordered", "probe": {"enabled": False}, "hedge": {"enabled": False}}
-    base["explore"] = 0.0
-    return lmc.MultiCloud(fleet.catalog(), lmc.Policy.model_validate({**base, **(policy or {})}), **kw)
+    return make_mc(fleet, policy, **kw)
 
 
 def _chats(fleet: Fleet, region: str) -> list[Any]:
