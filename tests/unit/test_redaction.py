@@ -54,3 +54,33 @@ def test_other_text_is_left_alone_and_short_secrets_are_ignored() -> None:
 
 def test_the_legacy_helper_uses_the_same_rules() -> None:
     assert redact(quote(KEY, safe=""), [KEY]) == "***"
+
+
+def test_health_learns_credentials_fetched_at_run_time() -> None:
+    from llm_multicloud.catalog import Catalog
+    from llm_multicloud.health import Health
+    from llm_multicloud.policy import Policy
+
+    cat = Catalog.load(
+        {
+            "endpoints": [
+                {
+                    "id": "a",
+                    "provider": "onprem",
+                    "region": "x",
+                    "country": "DE",
+                    "base_url": "http://127.0.0.1:1/v1",
+                    "api_key": KEY,
+                    "models": ["m"],
+                }
+            ]
+        }
+    )
+    health = Health(cat, Policy())
+    token = "ya29.a0AfH6SMBx-fetched-at-run-time"
+    assert health.redact(f"{KEY} {token}") == f"*** {token}"
+    health.learn_secret(token)
+    health.learn_secret(token)  # known: nothing rebuilt
+    assert health.redact(f"{KEY} {token}") == "*** ***"
+    health.endpoint_fault(health.states[0], f"upstream echoed {token}")
+    assert health.states[0].last_error == "upstream echoed ***"
