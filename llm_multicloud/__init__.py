@@ -21,6 +21,7 @@ _EXPORTS = {
     "async_httpx_client": "client",
     "multicloud_of": "client",
     "PLACEHOLDER_BASE_URL": "client",
+    "PLACEHOLDER_ROOT_URL": "client",
     "Catalog": "catalog",
     "Endpoint": "catalog",
     "Policy": "policy",
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from .catalog import Catalog as Catalog
     from .catalog import Endpoint as Endpoint
     from .client import PLACEHOLDER_BASE_URL as PLACEHOLDER_BASE_URL
+    from .client import PLACEHOLDER_ROOT_URL as PLACEHOLDER_ROOT_URL
     from .client import MultiCloud as MultiCloud
     from .client import async_httpx_client as async_httpx_client
     from .client import httpx_client as httpx_client

@@ -49,6 +49,9 @@ _KEEP: Any = object()
 #: Base URL given to wrapped clients. ``.invalid`` is reserved (RFC 2606): should a
 #: request ever bypass the transport, it cannot reach anything.
 PLACEHOLDER_BASE_URL = "http://llm-multicloud.invalid/v1"
+#: The same without ``/v1``: the base URL for SDKs whose paths carry ``/v1`` themselves
+#: (Anthropic's ``/v1/messages``...), so that the path is not doubled.
+PLACEHOLDER_ROOT_URL = "http://llm-multicloud.invalid"
 
 
 class MultiCloud:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 import json
-from typing import Any
+from typing import Any, Literal
 
 
 class LLMMulticloudError(Exception):
@@ -69,34 +69,90 @@ class DeadlineExceeded(LLMMulticloudError):
 
 
 class FaultKind(enum.Enum):
-    """Who is at fault for an unsuccessful attempt, which decides what happens next."""
+    """Who is at fault for an unsuccessful attempt, which decides what happens next.
+
+    The blame rule, written once: an endpoint's health changes only for faults of
+    that endpoint (:attr:`ENDPOINT`) or of its account (:attr:`QUOTA`). The caller's
+    own faults (:attr:`REQUEST`) and faults of this process (:attr:`LOCAL`) never
+    penalise an endpoint and never fail over.
+    """
 
     #: The request itself is wrong (400, 404, 413, 422...): hand the reply to the
     #: caller unchanged; the endpoint is healthy, another one would say the same.
+    #: A 404 is one too — a path or served name the server does not have (legacy
+    #: completions on a chat-only server, an SDK that doubles ``/v1``): blaming the
+    #: endpoint would eject the whole fleet for one caller's mistake. A model the
+    #: probes show missing is excluded by the router before any request is sent.
     REQUEST = "request"
-    #: The endpoint failed (connect error, timeout, 5xx, broken or malformed reply):
-    #: health penalty and failover.
+    #: The endpoint failed (connect error, timeout, 5xx, broken or malformed reply
+    #: in a format we parse): health penalty and failover.
     ENDPOINT = "endpoint"
     #: The account or quota behind the endpoint refused (401, 403, 429): cool the
     #: endpoint (and its quota domain) down and fail over; no breaker penalty, the
     #: endpoint itself is fine.
     QUOTA = "quota"
+    #: Nothing the endpoint did: a bug of this library, an exception that is not the
+    #: HTTP library's (``RuntimeError: Event loop is closed``), an invalid request
+    #: our HTTP library refused to send. No penalty, no failover (every endpoint
+    #: would fail the same way): the caller gets a clear error at once.
+    LOCAL = "local"
 
 
-def classify_status(status: int) -> FaultKind | None:
-    """Classify an HTTP status; ``None`` means success (2xx/3xx)."""
+#: The statuses that fail over by default (``policy.failover_on``): timeouts and
+#: "busy" answers of a server (408, 409 from some gateways, 425), account and quota
+#: refusals (401, 403, 429) and every 5xx. Every other 4xx is the caller's request.
+#: An entry of ``policy.failover_on``: a status code, or ``"5xx"`` for 500-599.
+FailoverStatus = int | Literal["5xx"]
+DEFAULT_FAILOVER_ON: tuple[FailoverStatus, ...] = (401, 403, 408, 409, 425, 429, "5xx")
+
+_QUOTA_STATUSES = frozenset({401, 403, 429})
+
+
+def failover_statuses(failover_on: tuple[FailoverStatus, ...] = DEFAULT_FAILOVER_ON) -> frozenset[int]:
+    """The set of statuses ``failover_on`` names (``"5xx"`` expands to 500-599)."""
+    out: set[int] = set()
+    for s in failover_on:
+        if s == "5xx":
+            out.update(range(500, 600))
+        elif isinstance(s, int):
+            out.add(s)
+        else:
+            raise ValueError(f"failover_on: {s!r} is neither a status code (400-599) nor '5xx'")
+    return frozenset(out)
+
+
+_DEFAULT_FAILOVER = failover_statuses()
+
+
+def classify_status(status: int, failover: frozenset[int] = _DEFAULT_FAILOVER) -> FaultKind | None:
+    """Classify an HTTP status; ``None`` means success (2xx/3xx).
+
+    ``failover`` is the policy's set of statuses that fail over (see
+    :data:`DEFAULT_FAILOVER_ON`): 401/403/429 among them are account or quota
+    faults, the others endpoint faults; any other status of 400 and above is the
+    caller's request fault. Statuses above 599 (nonsense) are the endpoint's.
+    """
     if status < 400:
         return None
-    if status in (401, 403, 429):
-        return FaultKind.QUOTA
-    if status in (404, 408, 409, 425) or status >= 500:
-        # 404: the request names a model this endpoint is declared to serve (unknown
-        # models never leave the process), so a 404 means the endpoint is
-        # misconfigured (served name, path): its fault, and another may answer.
-        # 408/425 are the server giving up on us; 409 "conflict" from some gateways
-        # means "busy". All transient and specific to this endpoint.
-        return FaultKind.ENDPOINT
+    if status in failover or status >= 600:
+        return FaultKind.QUOTA if status in _QUOTA_STATUSES else FaultKind.ENDPOINT
     return FaultKind.REQUEST
+
+
+def local_fault_message(exc: BaseException) -> str:
+    """What the caller reads when a request failed in this process, not at an endpoint."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    hint = ""
+    if isinstance(exc, RuntimeError) and "event loop" in str(exc).lower():
+        hint = (
+            " An async client's connections belong to the event loop that opened them; "
+            "a loop that is closed or stopped cannot run them."
+        )
+    return (
+        f"llm_multicloud could not complete the request because of a problem in this process, "
+        f"not at any endpoint ({text}); no endpoint was penalised and nothing was retried.{hint} "
+        "If this persists, it is a bug: please report it with this message."
+    )
 
 
 class RoutingError(LLMMulticloudError):

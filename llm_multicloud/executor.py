@@ -47,7 +47,15 @@ from opentelemetry.context import get_current as _otel_current
 from . import sse
 from .budget import Budget
 from .catalog import Catalog, Endpoint
-from .errors import DeadlineExceeded, FaultKind, RoutingError, classify_status, error_message
+from .errors import (
+    DeadlineExceeded,
+    FaultKind,
+    RoutingError,
+    classify_status,
+    error_message,
+    failover_statuses,
+    local_fault_message,
+)
 from .health import EndpointState, Health
 from .intent import Intent
 from .limits import estimate_tokens
@@ -91,7 +99,7 @@ class AttemptRecord:
     region: str
     residency: str  # the request's residency constraint ("any" when unconstrained)
     model: str
-    outcome: str  # won | failed | cancelled | request_error | interrupted | closed_by_caller
+    outcome: str  # won | failed | cancelled | request_error | local_error | interrupted | closed_by_caller
     status: int | None
     reason: str | None
     ttft_ms: float | None
@@ -251,6 +259,7 @@ class Executor:
         self.request_hooks: list[RequestHook] = request_hooks if request_hooks is not None else []
         self.clock = clock
         self._secrets = catalog.secrets()
+        self._failover = failover_statuses(policy.failover_on)
         r = policy.retry
         self.retry_budget = Budget(r.budget, min_per_s=r.min_per_s, window_s=r.window_s, clock=clock)
         self.hedge_budget = Budget(policy.hedge.budget, min_per_s=0.1, window_s=30.0, clock=clock)
@@ -406,6 +415,7 @@ class Executor:
         failures: list[_Attempt] = []
         everyone = req.attempts
         winner: _Attempt | None = None
+        local: _Attempt | None = None  # failed in this process: nobody's fault upstream
         retries_left = attempts - 1
         budget_refused = False
         # Revisiting an endpoint within one request is allowed only when it is the one
@@ -506,6 +516,12 @@ class Executor:
                         if a.fault is None or a.fault is FaultKind.REQUEST:
                             winner = a
                             break
+                        if a.fault is FaultKind.LOCAL:
+                            # Every endpoint would fail the same way: no penalty, no
+                            # failover, and the caller hears about it at once.
+                            self._finish_attempt(a, req, "local_error")
+                            local = a
+                            break
                         failures.append(a)
                         self._penalize(a)
                         self._finish_attempt(a, req, "failed")
@@ -550,6 +566,8 @@ class Executor:
                         a.st.observe_ttft((clock() - a.t0) * 1000.0, clock(), censored=True)
                     self._finish_attempt(a, req, "cancelled")
                 recv.close()
+        if local is not None:
+            raise RoutingError(500, "local_error", local.reason or "local error")
         if winner is None:
             if everyone and clock() >= deadline and not failures:
                 raise DeadlineExceeded(f"no endpoint answered within the deadline ({deadline - start:.1f}s)")
@@ -596,7 +614,7 @@ class Executor:
                         )
                         a.status = resp.status
                         a.headers = resp.headers
-                        a.fault = classify_status(resp.status)
+                        a.fault = classify_status(resp.status, self._failover)
                         redirect = 300 <= resp.status < 400
                         if redirect:
                             # Never followed (the credential would go where the catalog
@@ -633,8 +651,15 @@ class Executor:
                     a.fault = FaultKind.ENDPOINT
                     a.reason = f"no first token within {budget:.2f}s"
                 except UpstreamError as exc:
-                    a.fault = FaultKind.ENDPOINT
-                    a.reason = f"{exc.kind} error: {self.redact(str(exc))}"
+                    if exc.endpoint_fault:
+                        a.fault = FaultKind.ENDPOINT
+                        a.reason = f"{exc.kind} error: {self.redact(str(exc))}"
+                    else:
+                        a.fault = FaultKind.LOCAL
+                        a.reason = self.redact(local_fault_message(exc.__cause__ or exc))
+                except Exception as exc:  # a bug of ours, never the endpoint's fault
+                    a.fault = FaultKind.LOCAL
+                    a.reason = self.redact(local_fault_message(exc))
                 if a.fault is not None and a.resp is not None:
                     # Failed after the response opened (timeout, broken or malformed
                     # stream): close it now, so the endpoint stops generating.
@@ -827,7 +852,7 @@ class Executor:
             return ((inp - cached) * price[0] + cached * price[2] + out * price[1]) / 1e6, False
         if price is None:
             return 0.0, True
-        if outcome == "request_error" or (outcome == "failed" and a.fault is not FaultKind.ENDPOINT):
+        if outcome in ("request_error", "local_error") or (outcome == "failed" and a.fault is not FaultKind.ENDPOINT):
             return 0.0, False  # refused (4xx, 429/401/403): not billed
         if outcome == "failed" and a.ttft is None:
             return 0.0, True

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,8 @@ from .context import Constraints
 from .errors import LLMMulticloudError, RoutingError
 
 HEADER_PREFIX = "x-llm-multicloud-"
+#: Characters no HTTP header value may hold (tab is allowed).
+_CTL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
 _MAX_HEADER = 512
 
 # Request headers never forwarded upstream: credentials of the wrapped client
@@ -51,6 +54,12 @@ OPERATIONS = {
     "embeddings": "embeddings",
     "responses": "responses",
 }
+
+#: The stream formats the executor parses (commit point, in-band errors, end, usage).
+#: A stream in any other format could never be judged — its first token, its errors,
+#: its end — so it is refused before any byte is sent instead of being blamed on
+#: endpoints (e.g. Anthropic Messages through ``httpx_client()``).
+STREAMED_OPERATIONS = frozenset({"chat", "text_completion", "responses"})
 
 
 @dataclass(slots=True)
@@ -150,6 +159,11 @@ def parse(
             continue
         if lk in _DROP:
             continue
+        if _CTL.search(v) is not None:
+            # h11 would refuse to send it, on every endpoint in turn: the caller's fault.
+            raise RoutingError(
+                400, "bad_request", f"header {lk}: the value has control characters (CR, LF...); remove them"
+            )
         fwd.append((lk, v))
     constraints = context.current()
     try:
@@ -188,11 +202,22 @@ def parse(
             if isinstance(n, int) and n > 0:
                 mt = n
                 break
+    operation = OPERATIONS.get(path, path)
+    if stream and operation == "embeddings":
+        stream = False  # embeddings never stream: the flag means nothing there
+    if stream and operation not in STREAMED_OPERATIONS:
+        raise RoutingError(
+            400,
+            "stream_not_supported",
+            f"streaming POST /{path} is not supported: llm_multicloud parses the streams of Chat Completions, "
+            "legacy Completions and the Responses API only (Anthropic Messages streams are not supported). "
+            "Send it without stream, or use one of those APIs. Nothing was sent.",
+        )
     return Intent(
         method=method.upper(),
         path=path,
         query=query,
-        operation=OPERATIONS.get(path, path),
+        operation=operation,
         model=model,
         stream=stream,
         wants_usage=wants_usage,

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .errors import DEFAULT_FAILOVER_ON, FailoverStatus
 
 Strategy = Literal["latency", "cost", "balanced", "weighted", "ordered"]
 
@@ -209,6 +211,11 @@ class Policy(_Strict):
     max_retry_after_s: float = Field(300.0, gt=0.0)
     #: Cooldown after a 429/401/403 without a Retry-After.
     default_cooldown_s: float = Field(5.0, ge=0.0)
+    #: Upstream statuses that are the endpoint's (or its account's) fault: penalty
+    #: and failover. ``"5xx"`` stands for 500-599. Every other 4xx is the caller's
+    #: request: handed back as is, no penalty, no failover (a 404 for a path or a
+    #: model a server does not have would otherwise eject the whole fleet).
+    failover_on: tuple[FailoverStatus, ...] = DEFAULT_FAILOVER_ON
     hedge: HedgePolicy = HedgePolicy()
     retry: RetryPolicy = RetryPolicy()
     breaker: BreakerPolicy = BreakerPolicy()
@@ -219,6 +226,14 @@ class Policy(_Strict):
     resume: ResumePolicy = ResumePolicy()
     affinity: AffinityPolicy = AffinityPolicy()
     limits: LimitsPolicy = LimitsPolicy()
+
+    @field_validator("failover_on")
+    @classmethod
+    def _statuses(cls, v: tuple[FailoverStatus, ...]) -> tuple[FailoverStatus, ...]:
+        bad = [s for s in v if isinstance(s, int) and not 400 <= s <= 599]
+        if bad:
+            raise ValueError(f"failover_on: {bad} are not error statuses; give codes 400-599 or '5xx'")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> Policy:

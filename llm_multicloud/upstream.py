@@ -23,12 +23,19 @@ import anyio
 
 
 class UpstreamError(Exception):
-    """A transport-level failure talking to an endpoint."""
+    """A failure talking to an endpoint, sorted by :func:`translate`."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
-        #: "connect", "timeout", "read" (connection broke mid-body) or "transport"
+        #: "connect", "timeout", "read" (connection broke mid-body), "transport",
+        #: "protocol" (a reply we cannot use) — the endpoint's faults — or "local":
+        #: nothing the endpoint did (see :func:`translate`).
         self.kind = kind
+
+    @property
+    def endpoint_fault(self) -> bool:
+        """Is the endpoint to blame? (``False`` for "local": never penalise it.)"""
+        return self.kind != "local"
 
 
 class UpstreamResponse:
@@ -115,21 +122,30 @@ class UpstreamResponse:
 
 
 def translate(lib: ModuleType, exc: BaseException) -> UpstreamError:
-    """The one place where HTTP library exceptions become :class:`UpstreamError`."""
+    """The one place where exceptions from talking to an endpoint are sorted.
+
+    Only the HTTP library's network and protocol errors (and the TLS, socket and
+    anyio stream errors under them) are the endpoint's fault. Anything else — a bug
+    of ours, ``RuntimeError: Event loop is closed`` from a pool whose loop is gone, a
+    request our own HTTP library refused to send (``LocalProtocolError``) — is
+    "local": it must never penalise an endpoint (it would fail on every one).
+    """
     if isinstance(exc, UpstreamError):
         return exc
     name = type(exc).__name__
-    if isinstance(exc, lib.ConnectTimeout | lib.ConnectError):
+    detail = str(exc) or name
+    if isinstance(exc, lib.LocalProtocolError):
+        kind = "local"
+    elif isinstance(exc, lib.ConnectTimeout | lib.ConnectError):
         kind = "connect"
     elif isinstance(exc, lib.TimeoutException):
         kind = "timeout"
     elif isinstance(exc, lib.RemoteProtocolError | lib.ReadError | lib.WriteError):
         kind = "read"
-    elif isinstance(exc, lib.TransportError | ssl.SSLError | anyio.EndOfStream | anyio.BrokenResourceError):
+    elif isinstance(exc, lib.HTTPError | ssl.SSLError | OSError | anyio.EndOfStream | anyio.BrokenResourceError):
         kind = "transport"
     else:
-        kind = "transport"
-    detail = str(exc) or name
+        kind = "local"
     return UpstreamError(kind, f"{name}: {detail}")
 
 

@@ -1218,6 +1218,7 @@ class _RegionApp(Starlette):
     """The region's starlette app, with the hot endpoints dispatched before the router."""
 
     def __init__(self, region: RegionRuntime) -> None:
+        self._region = region
         self._fast: dict[tuple[str, str], ASGIHandler] = {
             ("POST", "/v1/chat/completions"): region.chat,
             ("POST", "/v1/embeddings"): region.embeddings,
@@ -1238,6 +1239,11 @@ class _RegionApp(Starlette):
             if handler is not None:
                 await handler(scope, receive, send)
                 return
+            if scope["method"] == "POST" and scope["path"].startswith("/v1/"):
+                # An API path this server does not have (legacy completions, an SDK
+                # that doubles /v1...): recorded like any request, answered 404 below.
+                rec = self._region._begin(scope)
+                rec.outcome, rec.status = "error:404", 404
         await super().__call__(scope, receive, send)
 
 

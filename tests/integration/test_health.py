@@ -297,13 +297,3 @@ def test_retry_budget_keeps_a_wide_outage_from_multiplying_load(clean: Fleet) ->
     sent = sum(clean.counts().values())
     # without a budget: 4 attempts each = 240; with it: the requests, + 20 %, + the floor
     assert sent <= n + 0.2 * n + 0.5 * mc.policy.retry.window_s + 1
-
-
-def test_an_endpoint_answering_404_for_its_served_name_is_failed_over(clean: Fleet) -> None:
-    """The catalog says aws-euc1 serves the model under a name it no longer knows:
-    its 404 is the endpoint's fault (unknown models never leave the process)."""
-    clean.set_models("aws-euc1", {MODEL: "renamed-by-the-provider"})
-    audit = Audit()
-    with make_mc(clean, on_attempt=audit) as mc:
-        assert _send(mc.wrap(openai.OpenAI(api_key=PLACEHOLDER_KEY)), 1) == ["gcp-euw4"]
-    assert [(a.endpoint, a.status) for a in audit.records] == [("aws-euc1", 404), ("gcp-euw4", 200)]
