@@ -2,7 +2,7 @@
 
 A :class:`MultiCloud` owns everything that outlives one request: the catalog, the
 policy, the router, endpoint health, budgets, hooks, the prober, and (lazily) one
-background event-loop thread (an anyio blocking portal) that drives the async
+background event-loop thread (:mod:`llm_multicloud.background`) that drives the async
 executor for sync clients and runs the probes. Several wrapped clients — sync and
 async, openai 3.x on httpx2 and openai 2.x on httpx — can share one MultiCloud and
 so one picture of the fleet.
@@ -15,22 +15,20 @@ anywhere (each endpoint receives only its own credentials).
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
+import contextlib
 import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from contextlib import AbstractContextManager
 from importlib import import_module
 from types import ModuleType, TracebackType
 from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
-from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from . import hrw
+from .background import Background
 from .catalog import Catalog
 from .context import UNCONSTRAINED, Constraints
 from .errors import CatalogError
@@ -110,12 +108,16 @@ class MultiCloud:
             clock=clock,
         )
         self._lock = threading.Lock()
-        self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
-        self._portal_obj: BlockingPortal | None = None
+        #: the background event loop (see :mod:`llm_multicloud.background`), lazily
+        self._portal_obj: Background | None = None
         self._closed = False
         self._prober: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._shared: Any = None
+        #: Committed streams of sync clients not closed yet, closed at close() and at
+        #: exit. Strong references: an abandoned stream is closed in order by its own
+        #: close (scheduled when the SDK's stream object is collected), never by the
+        #: garbage collector finalising its async generators all at once.
+        self._streams: set[Any] = set()
         # Live operations (live.py): catalog updates, drains, weights, the file watcher.
         from .live import Operations
 
@@ -291,9 +293,9 @@ class MultiCloud:
         )
 
     # -- lifecycle ------------------------------------------------------------------
-    def _portal(self) -> BlockingPortal:
+    def _portal(self) -> Background:
         """The background event loop (started on first use) that runs sync clients'
-        requests and the probes."""
+        requests, the probes and the shared-state task."""
         p = self._portal_obj
         if p is not None:
             return p
@@ -301,37 +303,36 @@ class MultiCloud:
             if self._closed:
                 raise RuntimeError("this MultiCloud is closed")
             if self._portal_obj is None:
-                cm = start_blocking_portal()
-                self._portal_obj = cm.__enter__()
-                self._portal_cm = cm
-                self._start_probes(self._portal_obj)
-                self._start_shared(self._portal_obj)
+                bg = Background()
+                bg.on_stop = self._shutdown
+                self._start_probes(bg)
+                self._start_shared(bg)
+                self._portal_obj = bg
             return self._portal_obj
 
     def _portal_alive(self) -> bool:
         return self._portal_obj is not None
 
+    def _in_loop_thread(self) -> bool:
+        """Is this the background loop's own thread? (Then nothing may wait on it.)"""
+        p = self._portal_obj
+        return p is not None and p.in_loop_thread()
+
     def run_sync(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run ``fn(*args)`` in the background loop and wait for it: how sync clients
         drive the async engine.
 
-        ``asyncio.run_coroutine_threadsafe`` rather than ``portal.call``: the same
-        hand-over at a quarter of the cost (~35 µs instead of ~140 µs here), which
-        matters per stream chunk. The task runs in a copy of the caller's context
+        ``asyncio.run_coroutine_threadsafe`` rather than anyio's ``portal.call``: the
+        same hand-over at a quarter of the cost (~35 µs instead of ~140 µs here),
+        which matters per request. The task runs in a copy of the caller's context
         (``call_soon_threadsafe`` captures it), so contextvars such as the
         OpenTelemetry span follow the request. If the caller is interrupted while
         waiting, the task is cancelled, which closes its connections.
+
+        Refused (``RuntimeError``) from the background loop's own thread: it would
+        wait for itself for ever and freeze every request of this MultiCloud.
         """
-        loop = self._loop
-        if loop is None:
-            portal = self._portal()
-            loop = self._loop = portal.call(_running_loop)
-        fut: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(fn(*args), loop)  # type: ignore[arg-type]
-        try:
-            return fut.result()
-        except BaseException:
-            fut.cancel()
-            raise
+        return self._portal().run(fn, *args)
 
     def _started(self) -> None:
         """Called on each async request: make sure background probes run (lazily)."""
@@ -344,7 +345,7 @@ class MultiCloud:
         ):
             self._portal()
 
-    def _start_shared(self, portal: BlockingPortal) -> None:
+    def _start_shared(self, portal: Background) -> None:
         """Shared health across replicas (Redis), if configured: a background task in
         the same loop as the probes; the hot path never waits for Redis."""
         if self.policy.state.backend != "redis":
@@ -352,9 +353,9 @@ class MultiCloud:
         from .shared import SharedState
 
         self._shared = SharedState(self)
-        portal.start_task_soon(self._shared.run)
+        portal.start_task(self._shared.run)
 
-    def _start_probes(self, portal: BlockingPortal) -> None:
+    def _start_probes(self, portal: Background) -> None:
         if not self.policy.probe.enabled or not _has_probe_targets(self):
             return
         try:
@@ -362,25 +363,33 @@ class MultiCloud:
         except ImportError:  # pragma: no cover - prober ships with the package
             return
         self._prober = Prober(self)
-        portal.start_task_soon(self._prober.run)
+        portal.start_task(self._prober.run)
 
     def close(self) -> None:
-        """Stop probes and the background loop. Idempotent; nothing keeps running after."""
+        """Stop probes, shared state and the background loop; sync streams not read to
+        their end are closed (their connections too). Idempotent; nothing keeps
+        running after. Safe from any thread, also from the background loop's own
+        (then it schedules the stop instead of waiting for it)."""
         if self._watcher is not None:
             self._watcher.stop()
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            cm, self._portal_cm = self._portal_cm, None
-            portal, self._portal_obj = self._portal_obj, None
-            self._loop = None
-        if cm is not None and portal is not None:
-            if self._prober is not None:
-                portal.call(self._prober.stop)
-            if self._shared is not None:
-                portal.call(self._shared.stop)
-            cm.__exit__(None, None, None)
+            bg, self._portal_obj = self._portal_obj, None
+        if bg is not None:
+            bg.stop()  # runs _shutdown first (unless called on the loop's own thread)
+
+    async def _shutdown(self) -> None:
+        """On the background loop: end the background tasks and unfinished sync streams."""
+        if self._prober is not None:
+            await self._prober.stop()
+        if self._shared is not None:
+            await self._shared.stop()
+        for s in list(self._streams):
+            with contextlib.suppress(Exception):
+                await s._stop()
+        self._streams.clear()
 
     async def aclose(self) -> None:
         """:meth:`close` from async code (the blocking part runs in a worker thread)."""
@@ -402,10 +411,6 @@ class MultiCloud:
 
     def __repr__(self) -> str:
         return f"MultiCloud({self.catalog!r}, strategy={self.policy.strategy!r})"
-
-
-async def _running_loop() -> asyncio.AbstractEventLoop:
-    return asyncio.get_running_loop()
 
 
 def _has_probe_targets(mc: MultiCloud) -> bool:

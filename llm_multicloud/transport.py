@@ -26,6 +26,8 @@ import contextlib
 import functools
 import json
 import queue
+import threading
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -129,6 +131,61 @@ class _Core:
         return self.lib.Response(result.status, headers=result.headers, stream=stream, request=request)
 
 
+class _Janitor:
+    """Closes the async streams still open when their event loop shuts down.
+
+    ``asyncio.run()`` ends by cancelling every task, *then* closing every async
+    generator at once. A stream the caller left half read holds the HTTP library's
+    nested generators; closed all at once they report "aclose(): asynchronous
+    generator is already running" (the plain openai client prints it too). This task
+    exists only while a stream of this loop is open: cancelled with the others, it
+    closes those streams in order first, so nothing is left for that step.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.streams: set[Any] = set()
+        self._idle = asyncio.Event()
+        self.task = loop.create_task(self._run(), name="llm-multicloud stream janitor")
+
+    async def _run(self) -> None:
+        try:
+            await self._idle.wait()
+        except asyncio.CancelledError:  # the loop is shutting down (or the task was cancelled)
+            for s in list(self.streams):
+                with contextlib.suppress(Exception):
+                    await s.aclose()
+            raise
+
+    def add(self, stream: Any) -> None:
+        self.streams.add(stream)
+
+    def discard(self, stream: Any) -> None:
+        self.streams.discard(stream)
+        if not self.streams:
+            self._idle.set()  # nothing open: the task ends (never left pending)
+
+
+_janitors: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Janitor] = weakref.WeakKeyDictionary()
+
+
+def _janitor() -> _Janitor | None:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # not asyncio: its own shutdown is orderly
+        return None
+    j = _janitors.get(loop)
+    if j is None or j._idle.is_set():
+        j = _janitors[loop] = _Janitor(loop)
+    return j
+
+
+class _NotAsyncio:
+    """The key of the one connection pool of an async client on a non-asyncio loop."""
+
+
+_NOT_ASYNCIO = _NotAsyncio()
+
+
 @functools.cache
 def transport_classes(lib: ModuleType) -> tuple[type[Any], type[Any]]:
     """The (sync, async) transport classes for one HTTP library module."""
@@ -145,6 +202,9 @@ def transport_classes(lib: ModuleType) -> tuple[type[Any], type[Any]]:
             self._closed = False
             self._queue: queue.SimpleQueue[bytes | BaseException | None] = queue.SimpleQueue()
             self._pump: asyncio.Task[None] | None = None
+            # Closed by MultiCloud.close() (and so at interpreter exit) if nobody
+            # reads it to the end or closes it: its connection never dangles.
+            mc._streams.add(self)
 
         async def _start(self) -> None:
             self._pump = asyncio.get_running_loop().create_task(self._run())
@@ -166,6 +226,8 @@ def transport_classes(lib: ModuleType) -> tuple[type[Any], type[Any]]:
                 raise
 
         async def _stop(self) -> None:
+            self._closed = True
+            self._mc._streams.discard(self)
             pump = self._pump
             if pump is not None and not pump.done():
                 pump.cancel()
@@ -186,9 +248,21 @@ def transport_classes(lib: ModuleType) -> tuple[type[Any], type[Any]]:
                 yield item
 
         def close(self) -> None:
-            if not self._closed:
-                self._closed = True
-                self._mc.run_sync(self._stop)
+            if self._closed:
+                return
+            self._closed = True
+            mc = self._mc
+            bg = mc._portal_obj
+            if bg is None or not bg.alive:
+                return  # the MultiCloud closed: its shutdown closed this stream
+            if bg.in_loop_thread():
+                # Finalised by the garbage collector on the loop's own thread (an
+                # abandoned stream): waiting here would wait for this very thread and
+                # freeze the MultiCloud. Schedule the close instead.
+                bg.call_soon(lambda: bg.loop.create_task(self._stop()))
+                return
+            with contextlib.suppress(RuntimeError):  # closed concurrently: nothing to do
+                mc.run_sync(self._stop)
 
     class AsyncStream(lib.AsyncByteStream):  # type: ignore[misc,name-defined]
         # An iterator object rather than an async generator: the HTTP library may
@@ -196,6 +270,9 @@ def transport_classes(lib: ModuleType) -> tuple[type[Any], type[Any]]:
         # be finalised later by the event loop instead of now.
         def __init__(self, pt: Passthrough) -> None:
             self._pt = pt
+            self._janitor = _janitor()
+            if self._janitor is not None:
+                self._janitor.add(self)
 
         def __aiter__(self) -> AsyncIterator[bytes]:
             return self
@@ -207,7 +284,12 @@ def transport_classes(lib: ModuleType) -> tuple[type[Any], type[Any]]:
             return chunk
 
         async def aclose(self) -> None:
-            await self._pt.aclose()
+            j, self._janitor = self._janitor, None
+            try:
+                await self._pt.aclose()
+            finally:
+                if j is not None:
+                    j.discard(self)
 
     class SyncTransport(lib.BaseTransport):  # type: ignore[misc,name-defined]
         """Routes a sync client's requests (see the module docs)."""
@@ -237,8 +319,13 @@ def transport_classes(lib: ModuleType) -> tuple[type[Any], type[Any]]:
         def close(self) -> None:
             mc = self._core.mc
             up, self._upstream = self._upstream, None
-            if up is not None and mc._portal_alive():
-                mc.run_sync(up.aclose)
+            bg = mc._portal_obj
+            if up is not None and bg is not None and bg.alive:
+                if bg.in_loop_thread():
+                    bg.call_soon(lambda: bg.loop.create_task(up.aclose()))
+                else:
+                    with contextlib.suppress(RuntimeError):
+                        mc.run_sync(up.aclose)
             if self._core.owns:
                 mc.close()
 
@@ -247,26 +334,63 @@ def transport_classes(lib: ModuleType) -> tuple[type[Any], type[Any]]:
 
         def __init__(self, mc: MultiCloud, *, owns: bool = False) -> None:
             self._core = _Core(mc, lib, owns)
+            # One connection pool per event loop: a pool belongs to the loop that
+            # opened its connections. An async client used from several asyncio.run()
+            # calls, or from loops in several threads, gets a pool on each (the plain
+            # client fails there with "Event loop is closed").
+            self._last: tuple[Any, Upstream | None] = (None, None)  # (loop, its pool): read at once
+            #: one upstream for every loop, when set (benchmarks stub the network with it)
             self._upstream: Upstream | None = None
+            self._upstreams: weakref.WeakKeyDictionary[Any, Upstream] = weakref.WeakKeyDictionary()
+            self._lock = threading.Lock()
 
         @property
         def multicloud(self) -> MultiCloud:
             return self._core.mc
+
+        def _upstream_here(self) -> Upstream:
+            if self._upstream is not None:
+                return self._upstream
+            try:
+                loop: Any = asyncio.get_running_loop()
+            except RuntimeError:  # not asyncio (trio): one loop per run, keyed by the backend
+                loop = _NOT_ASYNCIO
+            last_loop, last = self._last
+            if loop is last_loop and last is not None:
+                return last  # the hot path: the same loop as last time
+            with self._lock:
+                up = self._upstreams.get(loop)
+                if up is None:
+                    for old in [k for k in self._upstreams if k is not _NOT_ASYNCIO and k.is_closed()]:
+                        # A finished asyncio.run(): its connections died with their loop.
+                        del self._upstreams[old]
+                    up = self._upstreams[loop] = Upstream(lib, **self._core.mc.http_options)
+                self._last = (loop, up)
+            return up
 
         async def handle_async_request(self, request: Any) -> Any:
             core = self._core
             it, ready = core.prepare(request, await request.aread())
             if it is None:
                 return ready
-            if self._upstream is None:
-                self._upstream = Upstream(lib, **self._core.mc.http_options)
+            upstream = self._upstream_here()
             core.mc._started()
-            result = await core.run(it, self._upstream, request)
+            result = await core.run(it, upstream, request)
             pt = result.stream
             return core.response(result, request, AsyncStream(pt) if pt is not None else None)
 
         async def aclose(self) -> None:
-            up, self._upstream = self._upstream, None
+            # The pool of this loop is closed here; pools of other loops that are
+            # still running are left to them (they cannot be closed from this one).
+            up = None
+            with self._lock:
+                try:
+                    loop: Any = asyncio.get_running_loop()
+                except RuntimeError:
+                    loop = _NOT_ASYNCIO
+                up = self._upstreams.pop(loop, None)
+                if self._last[0] is loop:
+                    self._last = (None, None)
             if up is not None:
                 await up.aclose()
             if self._core.owns:
