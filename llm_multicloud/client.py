@@ -51,6 +51,16 @@ PLACEHOLDER_BASE_URL = "http://llm-multicloud.invalid/v1"
 #: (Anthropic's ``/v1/messages``...), so that the path is not doubled.
 PLACEHOLDER_ROOT_URL = "http://llm-multicloud.invalid"
 
+#: Why ``wrap()`` refuses ``openai.AzureOpenAI`` and what to do instead (one place:
+#: update it when the ``azure-openai`` catalog preset lands).
+AZURE_CLIENT_REFUSED = (
+    "wrap() cannot route {cls}: it rewrites every path to /openai/deployments/<deployment>/... and adds its "
+    "own api-version, which no endpoint of a catalog serves (every request would end in a 404). Wrap "
+    "openai.OpenAI / openai.AsyncOpenAI instead and reach Azure OpenAI through the catalog: an endpoint "
+    "with provider: azure, base_url: https://<resource>.openai.azure.com/openai/v1 and auth_header: api-key "
+    "(a catalog preset for Azure OpenAI is coming)."
+)
+
 
 class MultiCloud:
     """Shared routing state for any number of wrapped clients.
@@ -434,7 +444,16 @@ def _transport_classes(mod: ModuleType) -> tuple[type[Any], type[Any]]:
     return transport_classes(mod)
 
 
+def _refuse_unroutable(client: Any) -> None:
+    """Clients whose URLs the router cannot map onto catalog endpoints are refused
+    with what to do, before anything is sent (they would only produce 404s)."""
+    names = {k.__name__ for k in type(client).__mro__}
+    if names & {"AzureOpenAI", "AsyncAzureOpenAI", "BaseAzureClient"}:
+        raise TypeError(AZURE_CLIENT_REFUSED.format(cls=f"{type(client).__module__}.{type(client).__name__}"))
+
+
 def _wrap(mc: MultiCloud, client: T, *, owns: bool) -> T:
+    _refuse_unroutable(client)
     inner = getattr(client, "_client", None)
     copy = getattr(client, "with_options", None)
     if inner is None or copy is None:
@@ -461,18 +480,24 @@ def wrap(
     catalog: CatalogSource | MultiCloud,
     policy: Mapping[str, Any] | Policy | None = None,
     on_attempt: Callable[[AttemptRecord], None] | None = None,
+    http_options: Mapping[str, Any] | None = None,
 ) -> T:
     """Wrap an ``openai`` client so that every request is routed over ``catalog``.
 
     With a catalog (path, dict or :class:`Catalog`) the wrapped client owns a new
     :class:`MultiCloud`, closed with the client; pass a ``MultiCloud`` to share state
-    between clients (then close it yourself).
+    between clients (then close it yourself). ``http_options`` go to the endpoint
+    connections' transport as in :class:`MultiCloud` (CA bundle, client cert, proxy).
     """
     if isinstance(catalog, MultiCloud):
-        if policy is not None:
-            raise ValueError("policy= applies to a new MultiCloud; set it on the MultiCloud you pass")
+        if policy is not None or on_attempt is not None or http_options is not None:
+            raise ValueError(
+                "policy=, on_attempt= and http_options= apply to a new MultiCloud; set them on the MultiCloud you pass"
+            )
         return _wrap(catalog, client, owns=False)
-    return _wrap(MultiCloud(catalog, policy, on_attempt=on_attempt), client, owns=True)
+    _refuse_unroutable(client)  # before a MultiCloud is built for it
+    mc = MultiCloud(catalog, policy, on_attempt=on_attempt, http_options=http_options)
+    return _wrap(mc, client, owns=True)
 
 
 def multicloud_of(client: Any) -> MultiCloud:
@@ -485,15 +510,43 @@ def multicloud_of(client: Any) -> MultiCloud:
     return mc
 
 
-def httpx_client(catalog: CatalogSource | MultiCloud, *, lib: str | None = None, **kwargs: Any) -> Any:
-    """A sync httpx2/httpx client that routes over ``catalog`` (for other SDKs)."""
-    if isinstance(catalog, MultiCloud):
-        return catalog.httpx_client(lib=lib, **kwargs)
-    return MultiCloud(catalog).httpx_client(lib=lib, _owns=True, **kwargs)  # closed with the client
+def httpx_client(
+    catalog: CatalogSource | MultiCloud,
+    *,
+    lib: str | None = None,
+    policy: Mapping[str, Any] | Policy | None = None,
+    http_options: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """A sync httpx2/httpx client that routes over ``catalog`` (for other SDKs).
+    ``policy`` and ``http_options`` as in :func:`wrap`; other keywords go to the client."""
+    return _own(catalog, policy, http_options).httpx_client(
+        lib=lib, _owns=not isinstance(catalog, MultiCloud), **kwargs
+    )
 
 
-def async_httpx_client(catalog: CatalogSource | MultiCloud, *, lib: str | None = None, **kwargs: Any) -> Any:
+def async_httpx_client(
+    catalog: CatalogSource | MultiCloud,
+    *,
+    lib: str | None = None,
+    policy: Mapping[str, Any] | Policy | None = None,
+    http_options: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> Any:
     """An async httpx2/httpx client that routes over ``catalog`` (for other SDKs)."""
+    mc = _own(catalog, policy, http_options)
+    return mc.async_httpx_client(lib=lib, _owns=not isinstance(catalog, MultiCloud), **kwargs)
+
+
+def _own(
+    catalog: CatalogSource | MultiCloud,
+    policy: Mapping[str, Any] | Policy | None,
+    http_options: Mapping[str, Any] | None,
+) -> MultiCloud:
+    """The MultiCloud a module-level helper uses: the one passed, or a new one that the
+    returned client owns (closed with it)."""
     if isinstance(catalog, MultiCloud):
-        return catalog.async_httpx_client(lib=lib, **kwargs)
-    return MultiCloud(catalog).async_httpx_client(lib=lib, _owns=True, **kwargs)  # closed with the client
+        if policy is not None or http_options is not None:
+            raise ValueError("policy= and http_options= apply to a new MultiCloud; set them on the MultiCloud you pass")
+        return catalog
+    return MultiCloud(catalog, policy, http_options=http_options)

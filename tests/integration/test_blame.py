@@ -212,3 +212,40 @@ def test_anthropic_sdk_streams_are_refused_clearly(clean: Fleet) -> None:
             list(s)
         assert clean.received() == []
         assert health(mc) == HEALTHY
+
+
+@pytest.mark.parametrize("cls", ["AzureOpenAI", "AsyncAzureOpenAI"])
+def test_wrap_refuses_azure_clients_saying_what_to_do(clean: Fleet, cls: str) -> None:
+    """openai.AzureOpenAI rewrites every path per deployment: wrapped, each request
+    would 404 everywhere. Refused before anything is sent, with the way to do it."""
+    client = getattr(openai, cls)(api_key="unused", api_version="2024-10-21", azure_endpoint="https://x.invalid")
+    with make_mc(clean) as mc:
+        with pytest.raises(TypeError, match="provider: azure") as ei:
+            mc.wrap(client)
+        assert cls in str(ei.value) and "openai.OpenAI" in str(ei.value)
+    with pytest.raises(TypeError, match="provider: azure"):
+        lmc.wrap(client, catalog=clean.catalog())
+    assert clean.received() == []
+
+
+@pytest.mark.parametrize("entry", ["wrap", "httpx_client"])
+def test_http_options_are_accepted_by_every_entry_point(clean: Fleet, entry: str) -> None:
+    """``http_options`` reach the endpoint connections from wrap() and httpx_client()
+    too: the socket options given here make every connection fail locally."""
+    opts = _bad_socket_options()
+    if entry == "wrap":
+        client = lmc.wrap(
+            openai.OpenAI(api_key=PLACEHOLDER_KEY),
+            catalog=clean.catalog(),
+            policy={"probe": {"enabled": False}},
+            http_options=opts,
+        )
+        with client, pytest.raises(openai.InternalServerError, match="TypeError"):
+            client.chat.completions.create(model=MODEL, messages=MSG)
+    else:
+        with lmc.httpx_client(clean.catalog(), policy={"probe": {"enabled": False}}, http_options=opts) as http:
+            r = http.post("/chat/completions", json={"model": MODEL, "messages": MSG})
+            assert r.status_code == 500 and r.headers["x-llm-multicloud-error"] == "local_error"
+    assert clean.received() == []
+    with make_mc(clean) as mc, pytest.raises(ValueError, match="http_options"):
+        lmc.wrap(openai.OpenAI(api_key=PLACEHOLDER_KEY), catalog=mc, http_options=opts)
