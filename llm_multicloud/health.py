@@ -13,6 +13,16 @@ toward the endpoint's *baseline* (probe RTT or the geographic prior), not toward
 zero, so a recovered endpoint is tried again without a long-unused one ever
 looking faster than what is known about it.
 
+**One sample is not a verdict.** A sample more than twice the estimate still
+raises it at once (the fast reaction stays), but provisionally: the estimate
+before the jump is kept, and the *next* sample decides — it is blended with the
+estimate from before the jump, as if the outlier had never been. So one 1.5 s
+first token on a 10 ms region costs it one sample, not a minute of traffic; a
+region that stays slow shows it on the deciding sample too. That next sample
+comes from real traffic: the router sends a small share of requests
+(``policy.recheck``) to an endpoint whose estimate jumped on one sample, one at a
+time (:attr:`EndpointState.ttft_before_jump`).
+
 **Hedge delays** read a rolling TTFT window (the last 256 first-token times) and
 take a quantile of it; the sorted copy is cached and refreshed every 16 samples.
 
@@ -52,6 +62,9 @@ BreakerState = Literal["closed", "open", "half_open"]
 Clock = Callable[[], float]
 
 _RING = 256
+#: A sample above this multiple of the estimate is a jump: applied at once, but
+#: provisionally, until the next sample confirms or refutes it.
+_JUMP = 2.0
 
 
 class QuotaDomain:
@@ -122,6 +135,7 @@ class EndpointState:
         "total_ms",
         "tpot_ms",
         "ttft_at",
+        "ttft_before_jump",
         "ttft_ms",
         "ttft_samples",
         "unlisted_models",
@@ -137,6 +151,8 @@ class EndpointState:
         self.ttft_ms: float | None = None
         self.ttft_at = 0.0
         self.ttft_samples = 0
+        #: the estimate before a one-sample jump (None: no jump waiting for its verdict)
+        self.ttft_before_jump: float | None = None
         self.tpot_ms: float | None = None
         self.total_ms: float | None = None
         self.rtt_ms: float | None = None
@@ -205,10 +221,21 @@ class EndpointState:
         cancelled before its first token); it can raise the estimate, never lower it."""
         with self._lock:
             cur = self.ttft_ms
+            before = self.ttft_before_jump
             if censored:
                 if cur is None or ms > cur:
+                    if before is None and cur is not None and ms > cur * _JUMP:
+                        self.ttft_before_jump = cur
                     self.ttft_ms, self.ttft_at = ms, now
                 return
+            if before is not None:
+                # The sample after a one-sample jump decides: judged against the
+                # estimate from before the jump, as if the outlier had not happened.
+                # A region that really got slow raises it again right here.
+                self.ttft_before_jump = None
+                cur = before
+            elif cur is not None and ms > cur * _JUMP:
+                self.ttft_before_jump = cur  # provisional: the next sample decides
             if cur is None or ms >= cur:
                 self.ttft_ms = ms  # the peak: a slowdown shows at once
             else:

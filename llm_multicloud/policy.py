@@ -203,6 +203,11 @@ class Policy(_Strict):
     #: Share of requests sent to an endpoint with no recent TTFT sample (none, or
     #: older than 3 × decay_s), so that new and recovered endpoints get measured.
     explore: float = Field(0.01, ge=0.0, le=1.0)
+    #: Share of requests sent to an endpoint whose TTFT estimate jumped on one sample
+    #: (more than twice its estimate), one request at a time, so that the next sample
+    #: can refute an outlier: the fastest region wins its traffic back within a few
+    #: requests instead of waiting for the estimate to decay.
+    recheck: float = Field(0.2, ge=0.0, le=1.0)
     #: TTFT assumed for an endpoint with no measurement and no location (ms).
     default_ttft_ms: float = Field(200.0, gt=0.0)
     #: Time constant τ of the latency estimates' decay (weight exp(-Δt/τ)), seconds.

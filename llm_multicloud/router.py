@@ -72,6 +72,8 @@ class EndpointView(Protocol):
     @property
     def ttft_at(self) -> float: ...
     @property
+    def ttft_before_jump(self) -> float | None: ...
+    @property
     def rtt_ms(self) -> float | None: ...
     @property
     def inflight(self) -> int: ...
@@ -282,6 +284,7 @@ class Router:
         # One pass: health filter and prediction. Hot loop: no calls but exp().
         usable: list[tuple[float, float, Endpoint]] = []  # (score, predicted, endpoint)
         unexplored: list[tuple[float, float, Endpoint]] = []  # no TTFT sample, or a stale one
+        rechecks: list[tuple[float, float, Endpoint]] = []  # estimate jumped on one sample
         stale_after = 3.0 * tau
         full: list[tuple[float, float, Endpoint]] = []
         ejected: list[tuple[Endpoint, EndpointView]] = []
@@ -318,6 +321,8 @@ class Router:
                 usable.append(item)
                 if est is None or now - st.ttft_at > stale_after:
                     unexplored.append(item)
+                elif st.ttft_before_jump is not None and busy == 0:
+                    rechecks.append(item)
         notes: list[str] = []
         readmitted: list[tuple[Endpoint, EndpointView]] = []
         if full and not usable:
@@ -386,6 +391,19 @@ class Router:
                 cands = [c for c in cands if c.endpoint is not ep]
                 cands.insert(
                     0, Candidate(ep, pr, sc, _cost(ep, input_tokens, out_tok), "exploration: no recent TTFT sample")
+                )
+        recheck = (seed * 7727.0) % 1.0  # another independent draw
+        if rechecks and len(usable) > 1 and recheck < p.recheck and p.strategy in ("latency", "balanced"):
+            # Recheck: one request to an endpoint whose estimate jumped on a single
+            # sample, so that the next sample can tell an outlier from a slowdown.
+            sc, pr, ep = rechecks[int(recheck / p.recheck * len(rechecks)) % len(rechecks)]
+            if cands and cands[0].endpoint is not ep:
+                cands = [c for c in cands if c.endpoint is not ep]
+                cands.insert(
+                    0,
+                    Candidate(
+                        ep, pr, sc, _cost(ep, input_tokens, out_tok), "recheck: its estimate jumped on one sample"
+                    ),
                 )
         for ep, st in readmitted:
             rtt = st.rtt_ms

@@ -508,3 +508,33 @@ def test_snapshot_dict(clock: Any) -> None:
     assert d["until"] == pytest.approx(1_700_000_000.0 + (st.open_until - clock.now), abs=1e-3)
     assert d["ttft_ms"] == 100.0
     assert d["failures"] == 1
+
+
+def test_one_outlier_is_forgotten_by_the_next_sample(clock: Any) -> None:
+    """A jump is applied at once but provisionally: the next sample is judged against
+    the estimate from before it, so one 1.5 s first token does not banish a 10 ms region."""
+    st = _health(clock).states[0]
+    st.observe_ttft(10.0, clock.now)
+    clock.advance(0.1)
+    st.observe_ttft(1500.0, clock.now)
+    assert st.ttft_ms == 1500.0 and st.ttft_before_jump == 10.0  # avoided at once...
+    clock.advance(0.1)
+    st.observe_ttft(11.0, clock.now)
+    assert st.ttft_ms == 11.0 and st.ttft_before_jump is None  # ...and back with the next sample
+
+
+def test_a_jump_confirmed_by_the_next_sample_stays(clock: Any) -> None:
+    st = _health(clock).states[0]
+    st.observe_ttft(10.0, clock.now)
+    st.observe_ttft(300.0, clock.now)
+    st.observe_ttft(290.0, clock.now)  # really slow now
+    assert st.ttft_ms == 290.0 and st.ttft_before_jump is None
+    st.observe_ttft(280.0, clock.now)  # no longer a jump: ordinary blending
+    assert st.ttft_ms == pytest.approx(290.0, abs=0.5)
+
+
+def test_small_rises_are_not_jumps(clock: Any) -> None:
+    st = _health(clock).states[0]
+    st.observe_ttft(100.0, clock.now)
+    st.observe_ttft(190.0, clock.now)
+    assert st.ttft_ms == 190.0 and st.ttft_before_jump is None
