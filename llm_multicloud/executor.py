@@ -299,6 +299,7 @@ class Executor:
         self.catalog, self.policy, self.router = catalog, policy, router
         self._secrets = list(dict.fromkeys([*self._secrets, *catalog.secrets()]))
         self._timeouts = {}
+        self._failover = failover_statuses(policy.failover_on)
         r = policy.retry
         self.retry_budget.ratio, self.retry_budget.min_per_s, self.retry_budget.window_s = (
             r.budget,
