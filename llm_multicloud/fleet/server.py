@@ -713,6 +713,9 @@ class RegionRuntime:
     async def embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._inference(scope, receive, send, self._embeddings)
 
+    async def responses(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._inference(scope, receive, send, self._responses)
+
     async def _inference(self, scope: Scope, receive: Receive, send: Send, handler: _BodyHandler) -> None:
         """Bookkeeping shared by the inference endpoints: record, counters, in-flight gauges."""
         rec = self._begin(scope)
@@ -1056,6 +1059,85 @@ class RegionRuntime:
         rec.end_time = time.monotonic()
         yield b"data: [DONE]\n\n"
 
+    async def _responses(
+        self, scope: Scope, receive: Receive, send: Send, rec: Received, body: dict[str, Any], model: str
+    ) -> None:
+        """The Responses API (``POST /v1/responses``), streamed (typed events, no
+        ``[DONE]``: ``response.completed`` ends it, usage inside) and not. Latency and
+        blocking faults apply as for chat; the answer is the same ``[region] w0 w1...``."""
+        limit = body.get("max_output_tokens")
+        n_tokens = min(limit, MAX_TOKENS) if isinstance(limit, int) and limit > 0 else DEFAULT_TOKENS
+        raw_input = body.get("input")
+        prompt_tokens = _content_words(raw_input)
+        served = _Served(self, rec, scope, receive)
+        fault = self._draw_fault()
+        if fault is not None and await self._apply_blocking_fault(fault, served, send):
+            return
+        latency = self.latency
+        ttft = self._sample_ttft(latency, slow=fault is not None and fault.mode == "slow")
+        rec.ttft_ms = ttft * 1000.0
+        pieces = [f"[{self.id}] w0", *(f" w{i}" for i in range(1, n_tokens))]
+        usage = {"input_tokens": prompt_tokens, "output_tokens": n_tokens, "total_tokens": prompt_tokens + n_tokens}
+        resp_id, msg_id = self._next_id("resp"), self._next_id("msg")
+
+        def response(status: str, text: str, with_usage: bool) -> dict[str, Any]:
+            content = [{"type": "output_text", "text": text, "annotations": []}] if text else []
+            return {
+                "id": resp_id,
+                "object": "response",
+                "created_at": int(time.time()),
+                "model": model,
+                "status": status,
+                "output": [
+                    {"type": "message", "id": msg_id, "status": status, "role": "assistant", "content": content}
+                ],
+                "usage": usage if with_usage else None,
+            }
+
+        if not rec.stream:
+            delay = max(latency.headers_ms / 1000.0, ttft + n_tokens * latency.itl_ms / 1000.0)
+            if delay - (time.monotonic() - rec.time) > 0 and await served.pause(delay - (time.monotonic() - rec.time)):
+                return
+            served.stop_watching()
+            await self._complete(served, send, response("completed", "".join(pieces), True), usage, fault)
+            return
+
+        async def events() -> AsyncGenerator[bytes, None]:
+            seq = iter(range(1 << 30))
+
+            def ev(obj: dict[str, Any]) -> bytes:
+                obj["sequence_number"] = next(seq)
+                return b"event: " + str(obj["type"]).encode() + b"\ndata: " + _dumps(obj) + b"\n\n"
+
+            yield ev({"type": "response.created", "response": response("in_progress", "", False)})
+            wait = ttft - (time.monotonic() - rec.time)
+            if wait > 0 and await served.pause(wait):
+                return
+            for i, piece in enumerate(pieces):
+                if i and latency.itl_ms > 0 and await served.pause(latency.itl_ms / 1000.0):
+                    return
+                rec.chunks_sent += 1
+                yield ev(
+                    {
+                        "type": "response.output_text.delta",
+                        "item_id": msg_id,
+                        "output_index": 0,
+                        "content_index": 0,
+                        "delta": piece,
+                    }
+                )
+            rec.usage = usage
+            if rec.outcome == "pending":
+                rec.outcome = "ok"
+            rec.end_time = time.monotonic()
+            yield ev({"type": "response.completed", "response": response("completed", "".join(pieces), True)})
+
+        rec.status = 200
+        elapsed = time.monotonic() - rec.time
+        await _SSEResponse(events(), served, latency.headers_ms / 1000.0 - elapsed)(scope, receive, send)
+        if rec.outcome == "pending":
+            rec.outcome = "ok"
+
     async def _embeddings(
         self, scope: Scope, receive: Receive, send: Send, rec: Received, body: dict[str, Any], model: str
     ) -> None:
@@ -1222,6 +1304,7 @@ class _RegionApp(Starlette):
         self._fast: dict[tuple[str, str], ASGIHandler] = {
             ("POST", "/v1/chat/completions"): region.chat,
             ("POST", "/v1/embeddings"): region.embeddings,
+            ("POST", "/v1/responses"): region.responses,
             ("GET", "/v1/models"): region.list_models,
             ("GET", "/metrics"): region.metrics,
         }
