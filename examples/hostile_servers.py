@@ -62,7 +62,8 @@ def main() -> None:
                 client.chat.completions.create(model=MODEL, messages=ask, extra_headers=DE)
                 raise AssertionError("a reply that is not an answer was handed over")
             except openai.InternalServerError as exc:
-                print(f"{'':15s}    alone: 503: {str(exc).splitlines()[1].strip()}")
+                body = exc.body if isinstance(exc.body, dict) else {}
+                print(f"{'':15s}    alone: 503: {str(body.get('message', exc)).splitlines()[1].strip()}")
 
         for mode, extra in (
             ("drip", {"interval_ms": 50}),
