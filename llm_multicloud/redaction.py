@@ -89,6 +89,13 @@ def _prefix_pattern(secret: str) -> str:
     return re.escape(secret[:MIN_PREFIX]) + tail
 
 
+_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})|\\x([0-9a-fA-F]{2})|%([0-9a-fA-F]{2})")
+
+
+def _unescape(m: re.Match[str]) -> str:
+    return chr(int(m.group(1) or m.group(2) or m.group(3), 16))
+
+
 class Redactor:
     """Replaces every printed form of the given secrets by ``***``."""
 
@@ -105,7 +112,15 @@ class Redactor:
     def __call__(self, text: str) -> str:
         if self._re is None or not text:
             return text
-        return self._re.sub(MASK, text)
+        out = self._re.sub(MASK, text)
+        if "\\" in out or "%" in out:
+            # A key escaped character by character (``\u0073k-...``, ``%73k-...``,
+            # mixed with plain characters) has no fixed printed form: undo such escapes
+            # and, if a key shows then, mask the unescaped text instead.
+            plain = _ESCAPE.sub(_unescape, out)
+            if plain != out and self._re.search(plain):
+                out = self._re.sub(MASK, plain)
+        return out
 
     def __bool__(self) -> bool:
         return self._re is not None

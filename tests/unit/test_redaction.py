@@ -36,6 +36,8 @@ KEY = "sk-proj-Ab3/x+Yz=9_kLmNoPqRsT"
         base64.urlsafe_b64encode(f"x{KEY}".encode()).decode(),
         f"invalid key {KEY[:12]}...",  # cut short by the server
         f"{KEY[:13]}",
+        "".join(f"\\u{ord(c):04x}" if i % 3 == 0 else c for i, c in enumerate(KEY)),  # escaped by hand
+        "".join(f"%{ord(c):02X}" if i % 2 else c for i, c in enumerate(KEY)),
     ],
 )
 def test_every_printed_form_is_masked(printed: str) -> None:
