@@ -139,6 +139,27 @@ def test_embeddings_200_with_an_error_object_is_not_an_answer(fleet: Fleet, kind
         assert raw.headers["x-llm-multicloud-endpoint"] == "eu-b" and raw.parse().data
 
 
+@pytest.mark.parametrize("mode", ["html_200", "error_200"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_responses_api_200_that_is_not_a_response_fails_over(fleet: Fleet, kind: str, mode: str) -> None:
+    fleet.set_fault("eu-a", mode=mode)
+    with _mc(fleet) as mc:
+
+        async def run() -> Any:
+            async with mc.wrap(openai.AsyncOpenAI(api_key=PLACEHOLDER_KEY)) as c:
+                return await c.responses.with_raw_response.create(model=MODEL, input="x", extra_headers=EU)
+
+        if kind == "sync":
+            raw = mc.wrap(openai.OpenAI(api_key=PLACEHOLDER_KEY)).responses.with_raw_response.create(
+                model=MODEL, input="x", extra_headers=EU
+            )
+        else:
+            raw = anyio.run(run)
+        assert raw.headers["x-llm-multicloud-endpoint"] == "eu-b"
+        assert raw.parse().output_text.startswith("[eu-b] w0")
+        assert _state(mc, "eu-a")["failures"] == 1
+
+
 # --------------------------------------------------------------- broken streams after commit
 
 
