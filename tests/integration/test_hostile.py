@@ -121,22 +121,25 @@ def test_a_200_that_is_not_an_answer_fails_over_and_is_penalised(
             assert "it carries an error: upstream failure" in msg
 
 
+def _raw(mc: lmc.MultiCloud, kind: str, api: str, **kw: Any) -> Any:
+    """``client.<api>.with_raw_response.create(**kw)`` through a sync or an async client."""
+
+    async def run() -> Any:
+        async with mc.wrap(openai.AsyncOpenAI(api_key=PLACEHOLDER_KEY)) as c:
+            return await getattr(c, api).with_raw_response.create(**kw)
+
+    if kind == "sync":
+        return getattr(mc.wrap(openai.OpenAI(api_key=PLACEHOLDER_KEY)), api).with_raw_response.create(**kw)
+    return anyio.run(run)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_embeddings_200_with_an_error_object_is_not_an_answer(fleet: Fleet, kind: str) -> None:
     fleet.set_fault("eu-a", mode="error_200")
     with _mc(fleet) as mc:
-
-        async def run() -> Any:
-            async with mc.wrap(openai.AsyncOpenAI(api_key=PLACEHOLDER_KEY)) as c:
-                return await c.embeddings.with_raw_response.create(model=MODEL, input="x", extra_headers=EU)
-
-        if kind == "sync":
-            raw = mc.wrap(openai.OpenAI(api_key=PLACEHOLDER_KEY)).embeddings.with_raw_response.create(
-                model=MODEL, input="x", extra_headers=EU
-            )
-        else:
-            raw = anyio.run(run)
+        raw = _raw(mc, kind, "embeddings", model=MODEL, input="x", extra_headers=EU)
         assert raw.headers["x-llm-multicloud-endpoint"] == "eu-b" and raw.parse().data
+        assert _state(mc, "eu-a")["failures"] == 1
 
 
 @pytest.mark.parametrize("mode", ["html_200", "error_200"])
@@ -144,17 +147,7 @@ def test_embeddings_200_with_an_error_object_is_not_an_answer(fleet: Fleet, kind
 def test_a_responses_api_200_that_is_not_a_response_fails_over(fleet: Fleet, kind: str, mode: str) -> None:
     fleet.set_fault("eu-a", mode=mode)
     with _mc(fleet) as mc:
-
-        async def run() -> Any:
-            async with mc.wrap(openai.AsyncOpenAI(api_key=PLACEHOLDER_KEY)) as c:
-                return await c.responses.with_raw_response.create(model=MODEL, input="x", extra_headers=EU)
-
-        if kind == "sync":
-            raw = mc.wrap(openai.OpenAI(api_key=PLACEHOLDER_KEY)).responses.with_raw_response.create(
-                model=MODEL, input="x", extra_headers=EU
-            )
-        else:
-            raw = anyio.run(run)
+        raw = _raw(mc, kind, "responses", model=MODEL, input="x", extra_headers=EU)
         assert raw.headers["x-llm-multicloud-endpoint"] == "eu-b"
         assert raw.parse().output_text.startswith("[eu-b] w0")
         assert _state(mc, "eu-a")["failures"] == 1
