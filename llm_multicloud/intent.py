@@ -159,7 +159,7 @@ def parse(
             continue
         if lk in _DROP:
             continue
-        if _CTL.search(v) is not None:
+        if not v.isprintable() and _CTL.search(v) is not None:  # isprintable: the fast, C-level check
             # h11 would refuse to send it, on every endpoint in turn: the caller's fault.
             raise RoutingError(
                 400, "bad_request", f"header {lk}: the value has control characters (CR, LF...); remove them"
