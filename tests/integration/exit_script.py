@@ -47,8 +47,6 @@ if kind == "sync":
             holder: list[object] = [s]
             holder.append(holder)
             del s, holder
-            done = asyncio.run_coroutine_threadsafe(asyncio.to_thread(lambda: None), mc._portal().loop)
-            done.result(5)
 
             async def collect() -> int:
                 return gc.collect()
