@@ -118,10 +118,15 @@ class Background:
                 except TimeoutError:
                     if fut.done():
                         return fut.result()  # done meanwhile, or itself raised TimeoutError
-                    if self._done.is_set():
+                    if self._done.is_set() or not self.thread.is_alive():
                         # The loop stopped under us (close() or interpreter exit from
-                        # another thread): never wait for a loop that is gone.
-                        raise RuntimeError("this MultiCloud was closed while the request ran") from None
+                        # another thread; or this is a forked child, where the loop's
+                        # thread does not exist): never wait for a loop that is gone.
+                        raise RuntimeError(
+                            "this MultiCloud's background loop is not running: it was closed while the "
+                            "request ran, or this is a forked child process (create MultiCloud objects "
+                            "after forking)"
+                        ) from None
         except BaseException:
             fut.cancel()
             raise

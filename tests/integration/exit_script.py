@@ -6,7 +6,8 @@ through a wrapped openai client over the catalog, leaves what it is told to leav
 falling off the end of the script. The test runs it in a subprocess with a timeout
 and reads its exit code and its stderr.
 
-KIND: sync | async | async-twice (two asyncio.run() calls) | httpx
+KIND: sync | async | async-twice (two asyncio.run() calls) | httpx | fork (a sync request
+from a forked child must fail clearly, not wait for ever for a loop thread it lacks)
 STREAM: none | unread | half | gc (sync: an unread stream collected on the loop thread)
 PROBES, SHARED: on | off   CLOSE: yes | no
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
 import sys
 
 import openai
@@ -77,6 +79,19 @@ elif kind in ("async", "async-twice"):
         asyncio.run(main())
     if close == "yes":
         mc.close()
+elif kind == "fork":
+    client = mc.wrap(openai.OpenAI(api_key="unused"))
+    assert client.chat.completions.create(model=MODEL, messages=MSG, max_tokens=4).choices[0].message.content
+    pid = os.fork()
+    if pid == 0:
+        code = 3
+        try:
+            client.chat.completions.create(model=MODEL, messages=MSG, max_tokens=4)
+        except (openai.APIConnectionError, RuntimeError) as exc:  # wrapped or not, by openai version
+            code = 0 if "forked child" in str(exc.__cause__ or exc) else 4
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, status
 else:  # httpx: another SDK's client
     http = mc.httpx_client(timeout=30.0)
     r = http.post("/chat/completions", json={"model": MODEL, "messages": MSG, "max_tokens": 4})

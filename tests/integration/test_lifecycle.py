@@ -45,6 +45,7 @@ SCENARIOS = [
     ("async-twice", "unread", "on", "off", "no"),
     ("httpx", "unread", "off", "off", "no"),
     ("httpx", "half", "on", "off", "no"),
+    ("fork", "none", "off", "off", "no"),
 ]
 
 #: The one line a script may print on stderr: the shared-state task's warning that
