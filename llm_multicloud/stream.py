@@ -93,6 +93,7 @@ class Passthrough:
             else:
                 assert a.iter is not None
                 problem = None
+                blame = True  # False: the break is this process's fault (see upstream.translate)
                 chunk = b""
                 clock = self._ex.clock
                 now = clock()
@@ -120,13 +121,14 @@ class Passthrough:
                         problem = f"no data for {self._gap:.1f}s"
                     else:
                         problem = f"{exc.kind} error: {self._ex.redact(str(exc))}"
+                        blame = exc.endpoint_fault
                 if problem is None:
                     try:
                         events = a.splitter.feed(chunk)
                     except sse.EventTooLarge as exc:
                         problem = str(exc)
                 if problem is not None:
-                    await self._broken(problem)  # raises, or resumed on another endpoint
+                    await self._broken(problem, blame=blame)  # raises, or resumed on another endpoint
                     continue
             out: list[bytes] = []
             for ev in events:
@@ -211,14 +213,19 @@ class Passthrough:
                 "stream_interrupted" if outcome in ("interrupted", "resumed") else None,
             )
 
-    async def _broken(self, reason: str) -> None:
-        """The stream broke after commit: resume it elsewhere, or raise StreamInterrupted."""
+    async def _broken(self, reason: str, *, blame: bool = True) -> None:
+        """The stream broke after commit: resume it elsewhere, or raise StreamInterrupted.
+
+        ``blame=False``: the break is this process's own fault (a bug, a closed event
+        loop: ``upstream.translate``'s "local"). The endpoint is not penalised, and the
+        stream is not resumed elsewhere, where the same fault would strike again."""
         a = self._a
         a.reason = reason
         text = self.prefix_text + sse.text_of(self._delivered)
         if not self._finished:
-            self._ex.health.endpoint_fault(a.st, f"stream broke after commit: {reason}")
-            nxt = await self._resume(text) if _resumable(self) else None
+            if blame:
+                self._ex.health.endpoint_fault(a.st, f"stream broke after commit: {reason}")
+            nxt = await self._resume(text) if blame and _resumable(self) else None
             if nxt is not None:
                 await self._finish("resumed")
                 self._next = nxt

@@ -249,3 +249,40 @@ def test_http_options_are_accepted_by_every_entry_point(clean: Fleet, entry: str
     assert clean.received() == []
     with make_mc(clean) as mc, pytest.raises(ValueError, match="http_options"):
         lmc.wrap(openai.OpenAI(api_key=PLACEHOLDER_KEY), catalog=mc, http_options=opts)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_local_fault_after_commit_penalises_nobody(clean: Fleet, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A committed stream whose HTTP library raises something that is not one of its
+    own errors mid-body (here ``RuntimeError: Event loop is closed``, as a pool whose
+    loop is gone does) is interrupted for the caller — never truncated silently —
+    but the endpoint is not charged and the stream is not resumed elsewhere."""
+    from llm_multicloud import upstream as upstream_mod
+
+    real_open = upstream_mod.Upstream.open
+
+    async def open_then_break(self: Any, *args: Any, **kw: Any) -> Any:
+        resp = await real_open(self, *args, **kw)
+        inner = resp._resp.aiter_bytes
+
+        async def body() -> Any:
+            contents = 0
+            async for chunk in inner():
+                yield chunk
+                contents += chunk.count(b'"delta":{"content":"')
+                if contents >= 3:
+                    raise RuntimeError("Event loop is closed")
+
+        resp._resp.aiter_bytes = body
+        return resp
+
+    monkeypatch.setattr(upstream_mod.Upstream, "open", open_then_break)
+    clean.set_latency("aws-euc1", lmc.fleet.Latency(ttft_ms=5, ttft_jitter=0.0, itl_ms=40.0))
+    audit = Audit()
+    with make_mc(clean, {"resume": {"enabled": True}}, on_attempt=audit) as mc:
+        with pytest.raises(lmc.StreamInterrupted, match="Event loop is closed") as ei:
+            call(mc, kind, stream=True, max_tokens=20)
+        assert ei.value.endpoint == "aws-euc1" and ei.value.delivered_text
+        assert [(a.endpoint, a.outcome) for a in audit.records] == [("aws-euc1", "interrupted")]
+        assert len(chat_records(clean, "aws-euc1")) == 1 and clean.received() == chat_records(clean, "aws-euc1")
+        assert health(mc) == HEALTHY
