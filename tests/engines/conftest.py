@@ -68,7 +68,7 @@ def spawn(gguf: Path) -> Iterator[Callable[..., Engine]]:
 
     yield start
     for e in started:
-        e.stop()
+        e.close()
 
 
 def catalog(*entries: dict[str, Any]) -> dict[str, Any]:

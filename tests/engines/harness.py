@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -145,6 +146,7 @@ class Engine:
         self.spec = spec
         self.gguf = gguf
         self.python = python or sys.executable
+        self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"engine-{spec.id}-"))
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
@@ -252,6 +254,12 @@ class Engine:
         except subprocess.TimeoutExpired:
             self._signal(signal.SIGKILL)
         self._reap(10.0)
+
+    def close(self) -> None:
+        """Stop it and remove the config and log folder it made."""
+        self.stop()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _signal(self, sig: int) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -372,7 +380,7 @@ def engines(specs: Sequence[EngineSpec], gguf: Path, *, python: str | None = Non
         yield started
     finally:
         for e in started:
-            e.stop()
+            e.close()
 
 
 def load_described() -> list[Running] | None:
