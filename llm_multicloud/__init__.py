@@ -9,8 +9,8 @@ cheap: pydantic, PyYAML and the HTTP stack load on first use.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+import typing as _typing
 
 __version__ = "0.1.0"
 
@@ -40,9 +40,9 @@ _EXPORTS = {
     "StreamInterrupted": "errors",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = ("__version__", *sorted(_EXPORTS))
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from .catalog import Catalog as Catalog
     from .catalog import Endpoint as Endpoint
     from .client import PLACEHOLDER_BASE_URL as PLACEHOLDER_BASE_URL
@@ -68,14 +68,15 @@ if TYPE_CHECKING:
     from .router import Plan as Plan
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     mod = _EXPORTS.get(name)
     if mod is None:
         raise AttributeError(f"module 'llm_multicloud' has no attribute {name!r}")
-    value = getattr(import_module(f".{mod}", __name__), name)
+    value = getattr(_importlib.import_module(f".{mod}", __name__), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+    # the public names only: not the helpers this module imports for itself
+    return sorted(__all__)

@@ -39,6 +39,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from . import regions
+from .config_errors import describe
 from .errors import CatalogError
 from .limits import Limits
 from .policy import Policy, Timeouts, merge_dicts
@@ -88,6 +89,10 @@ def clean_key(raw: str) -> tuple[str, str | None]:
             "spaces: fix the secret where it is stored"
         )
     return key, None
+
+
+#: ``${NAME}``, ``$NAME``, ``%NAME%``, ``env:NAME``: a variable reference, not a key.
+_ENV_REF_RE = re.compile(r"^(?:\$\{([A-Za-z_]\w*)\}|\$([A-Za-z_]\w*)|%([A-Za-z_]\w*)%|env:([A-Za-z_]\w*))$", re.ASCII)
 
 
 class _Strict(BaseModel):
@@ -162,8 +167,11 @@ class EndpointSpec(_Strict):
     #: Country of an endpoint whose region is not in the table (on-prem, other clouds).
     country: str | None = None
     #: [lat, lon] of an endpoint whose region is not in the table.
-    location: tuple[float, float] | None = None
-    models: dict[str, str] | list[str]
+    location: tuple[float, float] | None = Field(None, description="[latitude, longitude] in degrees")
+    models: dict[str, str] | list[str] = Field(
+        description="a mapping of logical name to served name ({llama-3.1-8b: meta-llama/Llama-3.1-8B-Instruct}) "
+        "or a list of names served as they are ([llama-3.1-8b])"
+    )
     pricing: Pricing | None = None
     weight: float = Field(1.0, gt=0.0)
     max_concurrency: int | None = Field(None, ge=1)
@@ -357,20 +365,16 @@ class Catalog:
                         where = f"endpoints[{i}] (id={item.get('id')!r})"
                         bad = _region_problem(where, str(item.get("provider", "")).lower(), str(item.get("region", "")))
                         more += [bad] if bad else []
+            more += _duplicate_ids(raw) + _policy_problems(data.get("policy"))
             msg = _format_validation(exc, data, origin)
             raise CatalogError("\n  ".join([msg, *more])) from None
         problems: list[str] = []
         endpoints = [_resolve(i, e, spec, problems) for i, e in enumerate(spec.endpoints)]
-        seen: dict[str, int] = {}
-        for i, e in enumerate(spec.endpoints):
-            if e.id in seen:
-                problems.append(
-                    f"endpoints[{i}].id: {e.id!r} is already used by endpoints[{seen[e.id]}]; ids must be unique"
-                )
-            seen.setdefault(e.id, i)
+        problems += _duplicate_ids(data.get("endpoints"))
         for name, m in (spec.models or {}).items():
             problems += _timeout_problems(m.timeouts or {}, f"models.{name}.timeouts")
         problems += _limit_problems(endpoints)
+        problems += _policy_problems(spec.policy)
         if problems:
             raise CatalogError(f"{origin} is invalid:\n  " + "\n  ".join(problems))
         return cls(spec, endpoints)
@@ -391,7 +395,7 @@ class Catalog:
         try:
             return Policy.model_validate(data)
         except ValidationError as exc:
-            raise CatalogError(_format_validation(exc, data, "policy")) from None
+            raise CatalogError(_format_validation(exc, data, "policy", Policy)) from None
 
     def secrets(self) -> list[str]:
         return [k for e in self.endpoints if (k := e.secret())]
@@ -440,48 +444,38 @@ def _parse_text(text: str, path: Path) -> Any:
     raise CatalogError(f"{path}: unknown catalog format {suffix!r}; use .yaml, .yml, .json or .toml")
 
 
-def _loc_path(loc: tuple[int | str, ...], data: Any) -> str:
-    out = ""
-    node = data
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-            node = node[part] if isinstance(node, list) and part < len(node) else None
-            if isinstance(node, dict) and "id" in node and out.startswith("endpoints") and out.count("[") == 1:
-                out += f" (id={node['id']!r})"
-        else:
-            out += ("." if out else "") + str(part)
-            node = node.get(part) if isinstance(node, dict) else None
-    return out or "(top level)"
-
-
-def _format_validation(exc: ValidationError, data: Any, origin: str) -> str:
-    lines = []
-    for err in exc.errors():
-        path = _loc_path(tuple(err["loc"]), data)
-        bad = err.get("input")
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling; see docs/catalog.md for the allowed fields)"
-        elif err["type"] == "missing":
-            msg = "required field is missing"
-        # Header values carry credentials too (x-api-key...): never shown either.
-        secret = any(
-            isinstance(p, str) and ("key" in p or "secret" in p or "token" in p or p == "headers") for p in err["loc"]
-        )
-        if err["type"] in ("missing", "extra_forbidden"):
-            shown = ""
-        elif secret:
-            shown = " (value hidden: it may be a secret)"
-        else:
-            shown = f" (got {_short(bad)})"
-        lines.append(f"{path}: {msg}{shown}")
-    return f"{origin} is invalid:\n  " + "\n  ".join(lines)
+def _format_validation(exc: ValidationError, data: Any, origin: str, model: type[BaseModel] = CatalogSpec) -> str:
+    return f"{origin} is invalid:\n  " + "\n  ".join(describe(exc, data, model))
 
 
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _duplicate_ids(raw: Any) -> list[str]:
+    """Every reuse of an endpoint id, also in a catalog with other errors."""
+    seen: dict[str, int] = {}
+    out: list[str] = []
+    for i, item in enumerate(raw if isinstance(raw, list) else []):
+        eid = item.get("id") if isinstance(item, dict) else None
+        if not isinstance(eid, str):
+            continue
+        if eid in seen:
+            out.append(f"endpoints[{i}].id: {eid!r} is already used by endpoints[{seen[eid]}]; ids must be unique")
+        seen.setdefault(eid, i)
+    return out
+
+
+def _policy_problems(policy: Any) -> list[str]:
+    """The catalog's own ``policy:`` section, checked at load with everything else."""
+    if not isinstance(policy, dict):
+        return []
+    try:
+        Policy.model_validate(policy)
+    except ValidationError as exc:
+        return [f"policy.{line}" for line in describe(exc, policy, Policy)]
+    return []
 
 
 def _limit_problems(endpoints: list[Endpoint]) -> list[str]:
@@ -508,21 +502,17 @@ def _timeout_problems(timeouts: Mapping[str, Any], where: str) -> list[str]:
     try:
         Timeouts.model_validate(dict(timeouts))
     except ValidationError as exc:
-        return [f"{where}.{_loc_path(tuple(err['loc']), timeouts)}: {_message(err)}" for err in exc.errors()]
+        return [f"{where}.{line}" for line in describe(exc, dict(timeouts), Timeouts)]
     return []
-
-
-def _message(err: Any) -> str:
-    if err["type"] == "extra_forbidden":
-        return f"unknown field (allowed: {', '.join(Timeouts.model_fields)})"
-    return f"{err['msg'].removeprefix('Value error, ')} (got {_short(err.get('input'))})"
 
 
 def _region_problem(where: str, provider: str, region: str) -> str | None:
     """An unknown region of a provider that has a built-in table, with suggestions."""
     if provider in regions.PROVIDERS and regions.lookup(provider, region) is None:
         near = ", ".join(regions.suggest(provider, region)) or "see docs/regions.md"
-        return f"{where}.region: {region!r} is not a known {provider} region; did you mean: {near}?"
+        elsewhere = [r for r in regions.find_code(region) if r.provider != provider]
+        what = f" (it is {elsewhere[0].provider}'s {elsewhere[0].name})" if elsewhere else ""
+        return f"{where}.region: {region!r} is not a known {provider} region{what}; did you mean: {near}?"
     return None
 
 
@@ -583,6 +573,13 @@ def _resolve(i: int, e: EndpointSpec, spec: CatalogSpec, problems: list[str]) ->
         key, key_problem = clean_key(e.api_key.get_secret_value())
         if key_problem is not None:
             problems.append(f"{where}.api_key: {key_problem}")
+        ref = _ENV_REF_RE.match(key)
+        if ref:
+            var = next(g for g in ref.groups() if g)
+            problems.append(
+                f"{where}.api_key: {key!r} looks like an environment variable, but the catalog does not "
+                f"expand variables (that text would be sent as the key); write api_key_env: {var}"
+            )
     elif e.api_key_env is not None:
         key = os.environ.get(e.api_key_env)
         if not key:

@@ -716,16 +716,68 @@ def find_code(code: str) -> list[Region]:
 
 
 def suggest(provider: str, code: str, n: int = 3) -> list[str]:
-    """Up to ``n`` known region codes closest to ``code``, for "did you mean" error messages.
+    """Up to ``n`` known region codes for a region ``code`` that is not in the table, for
+    "did you mean" error messages.
 
-    Searches ``provider``'s codes when the provider has a table, every provider's otherwise.
+    By geography first: when ``code`` names a place — another provider's region code
+    (``eu-frankfurt-1`` for aws), a city or country in a region's name (``frankfurt``,
+    ``germany``), a country code or ``lat,lon`` — the nearest regions of ``provider``
+    come first (sovereign partitions only when nothing else is near). Then by
+    spelling. Searches ``provider``'s codes when the provider has a table, every
+    provider's otherwise (and then by spelling only).
     """
     import difflib  # only needed on the error path; keeps module import cheap
 
     if n <= 0:
         return []
-    candidates = _CODES.get(provider.strip().lower(), _ALL_CODES)
-    return difflib.get_close_matches(code.strip().lower(), candidates, n=n, cutoff=0.6)
+    key = provider.strip().lower()
+    candidates = _CODES.get(key, _ALL_CODES)
+    out: list[str] = []
+    place = _place_of(code) if key in _CODES else None
+    if place is not None:
+        mine = [r for r in _REGIONS if r.provider == key]
+        mine.sort(key=lambda r: (r.sovereign, round(distance_km(place, (r.lat, r.lon)) / 50.0)))
+        out = [r.code for r in mine[:n]]
+    for c in difflib.get_close_matches(code.strip().lower(), candidates, n=n, cutoff=0.6):
+        if c not in out:
+            out.append(c)
+    return out[:n]
+
+
+#: Words of region names that name no place.
+_VAGUE = frozenset(
+    {
+        *("north", "south", "east", "west", "central", "northeast", "northwest", "southeast", "southwest"),
+        *("midwest", "europe", "asia", "pacific", "america", "americas", "africa", "middle", "gov"),
+        *("government", "cloud", "region", "sovereign", "secret", "top", "euap"),
+    }
+)
+
+
+def _words(text: str) -> set[str]:
+    import unicodedata
+
+    flat = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+    parts = [w for w in "".join(ch if ch.isalpha() else " " for ch in flat).split() if len(w) >= 4]
+    return {w for w in parts if w not in _VAGUE}
+
+
+def _place_of(text: str) -> tuple[float, float] | None:
+    """Where a mistyped region ``text`` points: a region code of any provider, a city or
+    country named in a region's name, a country code, ``lat,lon``; else None."""
+    where = locate(text)
+    if where is not None:
+        return where
+    words = _words(text)
+    if not words:
+        return None
+    for region in _REGIONS:
+        if words & _words(region.name):
+            return region.lat, region.lon
+    for name, lat, lon in COUNTRIES.values():
+        if words & _words(name):
+            return lat, lon
+    return None
 
 
 def all_regions() -> tuple[Region, ...]:

@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.control_port is not None:
             overrides["control_port"] = args.control_port
         if overrides:
-            spec = FleetSpec.model_validate({**spec.model_dump(), **overrides})
+            spec = FleetSpec.from_data({**spec.model_dump(), **overrides})
     except (OSError, ValueError) as exc:
         print(f"error: cannot load fleet config: {exc}", file=sys.stderr)
         return 2

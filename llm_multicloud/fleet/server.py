@@ -141,6 +141,13 @@ def _bound_socket(host: str, port: int) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise OSError(
+                exc.errno, f"port {port} on {host} is already in use; stop what listens there or choose another port"
+            ) from None
+        raise
     except BaseException:
         sock.close()
         raise

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 __all__ = [
     "DEFAULT_CONTEXT_WINDOW",
@@ -208,7 +208,13 @@ class FleetSpec(BaseModel):
         """Build from parsed YAML/JSON: either ``{"regions": [...]}`` or a bare list of regions."""
         if isinstance(data, list):
             data = {"regions": data}
-        return cls.model_validate(data)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            # in the config's own words (field paths, what is allowed, did-you-mean)
+            from ..config_errors import describe
+
+            raise ValueError("the fleet config is invalid:\n  " + "\n  ".join(describe(exc, data, cls))) from None
 
     @classmethod
     def from_file(cls, path: str | Path) -> FleetSpec:
