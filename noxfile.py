@@ -1,11 +1,16 @@
-"""Developer tasks. `nox -s tests` runs the suite once per openai line:
-openai 3.x (httpx2) and the last openai 2.x (legacy httpx)."""
+"""Developer tasks. `nox -s tests` runs the suite once per openai line: openai 3.x
+(httpx2), the last 2.x and the latest 1.x (httpx), and the oldest 1.x the README
+claims (1.40, with the httpx < 0.28 it needs). `nox -s versions` prints the
+supported-versions table of the README and docs/http-clients.md from OPENAI_LINES,
+and tests/test_docs.py checks that both show exactly that table."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import nox
@@ -14,21 +19,88 @@ nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = False
 
+
+@dataclass(frozen=True)
+class Line:
+    """One openai line as CI runs it."""
+
+    label: str  # as the table shows it
+    pins: tuple[str, ...]  # pip requirements that select the line
+    http: str  # the HTTP library the line runs on
+    extras: str  # the project's extras installed with it (frameworks whose example runs here)
+    tests: tuple[str, ...] = ()  # pytest targets; () = the whole suite
+    # examples whose prerequisites cannot be installed with this line (they exit 3)
+    may_skip: tuple[str, ...] = ()
+    note: str = ""
+
+
+# One request through the library is the same code on every line (one engine, a
+# thin transport per HTTP library), so the whole suite runs on 3.x and 2.x, and
+# the 1.x lines run what differs by SDK version: wrapping, streaming, errors,
+# residency, and every framework example that installs there.
+SUBSET = (
+    "tests/integration/test_wrap.py",
+    "tests/integration/test_error_text.py",
+    "tests/integration/test_residency.py",
+    "tests/test_examples.py",
+)
 OPENAI_LINES = {
-    # openai 3.x runs on httpx2 (pydantic's fork of httpx)
-    "3": ["openai>=3,<4"],
-    # the last openai 2.x runs on legacy httpx; make sure httpx2 is absent so that
-    # nothing can silently fall back to it
-    "2": ["openai>=2,<3", "httpx>=0.27,<1"],
+    "3": Line(
+        "openai 3.x",
+        ("openai>=3,<4",),
+        "httpx2",
+        "dev,langchain,agents,cerebras",
+        may_skip=("llamaindex_openailike.py",),
+        note="whole suite; LangChain, Agents SDK, Cerebras SDK examples",
+    ),
+    "2": Line(
+        "openai 2.x",
+        ("openai>=2,<3", "httpx>=0.27,<1"),
+        "httpx",
+        "dev,langchain,llamaindex,cerebras",
+        may_skip=("agents_sdk.py",),
+        note="whole suite; LangChain, LlamaIndex, Cerebras SDK examples",
+    ),
+    "1": Line(
+        "openai 1.x (latest)",
+        ("openai>=1.40,<2", "httpx>=0.27,<1"),
+        "httpx",
+        "dev,langchain,llamaindex,cerebras",
+        tests=SUBSET,
+        may_skip=("agents_sdk.py",),
+        note="wrap, errors, residency tests and every example; LangChain, LlamaIndex, Cerebras SDK",
+    ),
+    "1.40": Line(
+        "openai 1.40 (oldest)",
+        ("openai==1.40.0", "httpx>=0.27,<0.28"),
+        "httpx < 0.28 (openai 1.40 passes `proxies`, which httpx 0.28 removed)",
+        "dev",
+        tests=SUBSET[:3],
+        note="wrap, errors and residency tests",
+    ),
 }
+
+
+def versions_table() -> str:
+    """The supported-versions table (Markdown), from what CI runs."""
+    rows = ["| openai SDK | HTTP library | What CI runs (`nox -s tests`) |", "| --- | --- | --- |"]
+    for key, line in OPENAI_LINES.items():
+        rows.append(f"| {line.label} | {line.http} | `tests(openai='{key}')`: {line.note} |")
+    return "\n".join(rows)
 
 
 @nox.session
 @nox.parametrize("openai", list(OPENAI_LINES))
 def tests(session: nox.Session, openai: str) -> None:
     """pytest against one openai line (unit, integration, examples, benchmark smoke)."""
-    session.install("-e", ".[dev]", *OPENAI_LINES[openai])
-    if openai == "2":
+    line = OPENAI_LINES[openai]
+    may_skip = line.may_skip
+    if not os.environ.get("LLM_MULTICLOUD_TEST_REDIS_URL") and shutil.which("redis-server") is None:
+        may_skip += ("shared_state.py",)  # .ci/run installs and starts one; locally it may be absent
+    session.install("-e", f".[{line.extras}]", *line.pins)
+    if line.http != "httpx2":
+        # frameworks (langsmith, mcp) may bring httpx2 along: remove it so that
+        # nothing can silently run on it on a line whose openai uses httpx
         session.run("python", "-m", "pip", "uninstall", "-y", "-q", "httpx2", "httpcore2", silent=True)
     session.run(
         "python",
@@ -36,7 +108,19 @@ def tests(session: nox.Session, openai: str) -> None:
         "import openai, importlib.util as u; "
         "print('openai', openai.__version__, 'on', 'httpx2' if u.find_spec('httpx2') else 'httpx')",
     )
-    session.run("pytest", "-q", *session.posargs, env={"LLM_MULTICLOUD_OPENAI_LINE": openai})
+    session.run(
+        "pytest",
+        "-q",
+        *line.tests,
+        *session.posargs,
+        env={"LLM_MULTICLOUD_OPENAI_LINE": openai, "LLM_MULTICLOUD_EXAMPLES_MAY_SKIP": ",".join(may_skip)},
+    )
+
+
+@nox.session(python=False)
+def versions(session: nox.Session) -> None:
+    """Print the supported-versions table (paste it into README.md and docs/http-clients.md)."""
+    print(versions_table())
 
 
 @nox.session

@@ -9,9 +9,9 @@ adopts A's ejection from Redis and routes around the outage.
 
 Redis: ``LLM_MULTICLOUD_TEST_REDIS_URL`` if set, else a throw-away
 ``redis-server`` on a free 127.0.0.1 port (no persistence) if one is installed;
-without either (or without redis-py: ``pip install 'llm-multicloud[redis]'``) the
-script says so and exits 0. Its keys live under a prefix of their own and are
-deleted at the end.
+without either (or without redis-py: ``pip install '.[redis]'``) the script says
+so in one line and exits 3 (a prerequisite is missing: nothing was shown). Its
+keys live under a prefix of their own and are deleted at the end.
 
     python examples/shared_state.py
 """
@@ -102,18 +102,25 @@ def main() -> int:
     try:
         import redis
     except ImportError:
-        print("skipped: redis-py is not installed (pip install 'llm-multicloud[redis]')")
-        return 0
+        print("examples/shared_state.py needs redis-py: pip install '.[redis]'", file=sys.stderr)
+        return 3
     with redis_url() as url:
         if url is None:
-            print("skipped: no Redis (set LLM_MULTICLOUD_TEST_REDIS_URL or install redis-server)")
-            return 0
+            print(
+                "examples/shared_state.py needs a Redis: install redis-server (apt-get install redis-server) "
+                "or set LLM_MULTICLOUD_TEST_REDIS_URL=redis://host:port/0",
+                file=sys.stderr,
+            )
+            return 3
         try:
             with redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2) as r:
                 r.ping()
         except redis.RedisError as exc:
-            print(f"skipped: Redis at {url.rpartition('@')[2]} does not answer ({exc})")
-            return 0
+            print(
+                f"examples/shared_state.py needs a Redis: {url.rpartition('@')[2]} does not answer ({exc})",
+                file=sys.stderr,
+            )
+            return 3
         prefix = f"example-shared:{uuid.uuid4().hex[:8]}"
         try:
             return run(url, prefix)

@@ -14,7 +14,8 @@ What it shows:
   call whose first choice answers 503: its span shows the failed attempt, the retry
   that won, and names the endpoint that actually served.
 
-Needs the ``fleet`` extra and ``opentelemetry-sdk`` (both in the ``dev`` extra).
+Prerequisites: the ``fleet`` extra and ``opentelemetry-sdk`` — ``pip install '.[telemetry]'``
+(both are in the ``dev`` extra too). Without the SDK it says so in one line and exits 3.
 """
 
 from __future__ import annotations
@@ -26,18 +27,23 @@ from typing import Any
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 from opentelemetry import metrics, trace
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import (
-    ConsoleMetricExporter,
-    HistogramDataPoint,
-    InMemoryMetricReader,
-    PeriodicExportingMetricReader,
-)
-from opentelemetry.sdk.metrics.export import MetricReader as _MetricReader
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+try:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import (
+        ConsoleMetricExporter,
+        HistogramDataPoint,
+        InMemoryMetricReader,
+        PeriodicExportingMetricReader,
+    )
+    from opentelemetry.sdk.metrics.export import MetricReader as _MetricReader
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+except ImportError:
+    print("examples/telemetry_console.py needs opentelemetry-sdk: pip install '.[telemetry]'", file=sys.stderr)
+    raise SystemExit(3) from None  # 3: a prerequisite is missing
 
 import llm_multicloud as lmc
 from llm_multicloud.fleet import Fleet, demo_spec

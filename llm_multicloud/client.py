@@ -31,7 +31,7 @@ from . import hrw
 from .background import Background
 from .catalog import Catalog
 from .context import UNCONSTRAINED, Constraints
-from .errors import CatalogError
+from .errors import CatalogError, readable_status_errors
 from .executor import AttemptRecord, Executor, RequestRecord
 from .health import Health, Transition
 from .live import CatalogUpdate
@@ -432,6 +432,17 @@ def _lib(name: str | None) -> ModuleType:
         if name not in ("httpx", "httpx2"):
             raise ValueError("lib must be 'httpx2' or 'httpx'")
         return import_module(name)
+    # The library the installed openai SDK runs on (3.x: httpx2, 1.x/2.x: httpx), since
+    # frameworks hand these clients to an openai client; else httpx2 when installed.
+    # (Frameworks such as langsmith install httpx2 beside an openai 2.x on httpx.)
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major = int(version("openai").split(".")[0])
+    except (PackageNotFoundError, ValueError):
+        major = None
+    if major is not None and major < 3:
+        return import_module("httpx")
     try:
         return import_module("httpx2")
     except ImportError:
@@ -471,7 +482,8 @@ def _wrap(mc: MultiCloud, client: T, *, owns: bool) -> T:
     is_async = isinstance(inner, mod.AsyncClient)
     transport = async_cls(mc, owns=owns) if is_async else sync_cls(mc, owns=owns)
     http = (mod.AsyncClient if is_async else mod.Client)(transport=transport, timeout=inner.timeout)
-    return copy(http_client=http, max_retries=0, base_url=PLACEHOLDER_BASE_URL)  # type: ignore[no-any-return]
+    wrapped = copy(http_client=http, max_retries=0, base_url=PLACEHOLDER_BASE_URL)
+    return readable_status_errors(wrapped)  # type: ignore[no-any-return]
 
 
 def wrap(

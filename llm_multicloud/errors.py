@@ -206,3 +206,37 @@ def error_message(body: bytes) -> str:
     except ValueError:
         pass
     return text[:200] or "(empty body)"
+
+
+def readable_status_errors(client: Any) -> Any:
+    """Make ``client`` (a wrapped openai client) word the library's own error responses
+    as text on every openai line.
+
+    openai 1.x/2.x format an error whose body is JSON as ``Error code: 503 -
+    {'error': {'message': "...\\n  ..."}}`` — a dict repr with escaped newlines, so
+    the per-candidate lines of a 503 are unreadable; openai 3.x prints the message.
+    This hooks the client's own error factory (and its copies') so that responses
+    carrying ``x-llm-multicloud-error`` read ``Error code: 503 - <message>`` while
+    ``.body``, ``.code`` and the exception class stay the SDK's.
+    """
+    make = getattr(client, "_make_status_error_from_response", None)
+    copy = getattr(client, "copy", None)
+    if make is None or copy is None:
+        return client
+
+    def make_readable(response: Any) -> Any:
+        err = make(response)
+        body = getattr(err, "body", None)
+        message = body.get("message") if isinstance(body, dict) else None
+        if isinstance(message, str) and "x-llm-multicloud-error" in response.headers:
+            text = f"Error code: {response.status_code} - {message}"
+            err.message = text
+            err.args = (text,)
+        return err
+
+    def copy_readable(*args: Any, **kwargs: Any) -> Any:
+        return readable_status_errors(copy(*args, **kwargs))
+
+    client._make_status_error_from_response = make_readable
+    client.copy = client.with_options = copy_readable
+    return client

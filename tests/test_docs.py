@@ -451,3 +451,24 @@ def test_runnable_blocks_use_only_loopback() -> None:
             assert host.endswith((".invalid", "example.com")) or host in {"127.0.0.1", "localhost"}, (
                 f"{page.name}:{line}: {url}"
             )
+
+
+def test_supported_versions_table_is_what_ci_runs() -> None:
+    # The table is generated from noxfile.OPENAI_LINES (`nox -s versions`): the README
+    # and http-clients.md must show exactly the lines CI runs.
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("noxfile_for_docs", ROOT / "noxfile.py")
+    assert spec is not None and spec.loader is not None
+    noxfile = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = noxfile  # dataclasses look their module up
+    try:
+        spec.loader.exec_module(noxfile)
+    finally:
+        del sys.modules[spec.name]
+    table = noxfile.versions_table()
+    assert {"3", "2", "1"} <= set(noxfile.OPENAI_LINES), "CI must run openai 3.x, 2.x and 1.x"
+    for page in (ROOT / "README.md", ROOT / "docs" / "http-clients.md"):
+        text = page.read_text(encoding="utf-8")
+        block = text.split("<!-- versions table:", 1)[1].split("-->", 1)[1].split("<!-- /versions table -->", 1)[0]
+        assert block.strip() == table, f"{page.name}: run `nox -s versions` and paste its table"

@@ -1069,81 +1069,163 @@ class RegionRuntime:
     async def _responses(
         self, scope: Scope, receive: Receive, send: Send, rec: Received, body: dict[str, Any], model: str
     ) -> None:
-        """The Responses API (``POST /v1/responses``), streamed (typed events, no
-        ``[DONE]``: ``response.completed`` ends it, usage inside) and not. Latency and
-        blocking faults apply as for chat; the answer is the same ``[region] w0 w1...``."""
-        limit = body.get("max_output_tokens")
-        n_tokens = min(limit, MAX_TOKENS) if isinstance(limit, int) and limit > 0 else DEFAULT_TOKENS
-        raw_input = body.get("input")
-        prompt_tokens = _content_words(raw_input)
+        """The Responses API, as a scripted model: given function tools and no tool
+        output yet, it calls the first tool (string arguments = the last user text);
+        otherwise it answers like chat, quoting the tool outputs it was given.
+
+        Latency and blocking faults (down, errors, 429s...) apply; faults inside a
+        stream are modelled for Chat Completions only."""
+        items = body.get("input")
+        if isinstance(items, str):
+            items = [{"role": "user", "content": items}]
+        if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
+            await self._reply(
+                send, rec, 400, _error("`input` must be a string or a list of items.", "invalid_request_error", None)
+            )
+            return
         served = _Served(self, rec, scope, receive)
         fault = self._draw_fault()
+        if fault is not None and fault.mode in ("malformed_sse", "close_mid_stream"):
+            fault = None
         if fault is not None and await self._apply_blocking_fault(fault, served, send):
             return
         latency = self.latency
         ttft = self._sample_ttft(latency, slow=fault is not None and fault.mode == "slow")
         rec.ttft_ms = ttft * 1000.0
-        pieces = [f"[{self.id}] w0", *(f" w{i}" for i in range(1, n_tokens))]
-        usage = {"input_tokens": prompt_tokens, "output_tokens": n_tokens, "total_tokens": prompt_tokens + n_tokens}
-        resp_id, msg_id = self._next_id("resp"), self._next_id("msg")
+        if fault is not None and fault.mode == "slow":
+            rec.fault = "slow"
 
-        def response(status: str, text: str, with_usage: bool) -> dict[str, Any]:
-            content = [{"type": "output_text", "text": text, "annotations": []}] if text else []
-            return {
-                "id": resp_id,
-                "object": "response",
-                "created_at": int(time.time()),
-                "model": model,
-                "status": status,
-                "output": [
-                    {"type": "message", "id": msg_id, "status": status, "role": "assistant", "content": content}
-                ],
-                "usage": usage if with_usage else None,
+        user_text = ""
+        outputs: list[str] = []
+        for item in items:
+            if item.get("type") == "function_call_output":
+                outputs.append(str(item.get("output", "")))
+            elif item.get("role") == "user":
+                user_text = _content_text(item.get("content"))
+        tools = [t for t in body.get("tools") or () if isinstance(t, dict) and t.get("type") == "function"]
+        prompt_tokens = sum(_content_words(i.get("content")) for i in items)
+        output: dict[str, Any]
+        if tools and not outputs:
+            params = tools[0].get("parameters") or {}
+            props = params.get("properties") or {} if isinstance(params, dict) else {}
+            args = {
+                name: user_text if (spec or {}).get("type") == "string" else 1
+                for name, spec in props.items()
+                if isinstance(spec, dict)
             }
-
-        if not rec.stream:
-            delay = max(latency.headers_ms / 1000.0, ttft + n_tokens * latency.itl_ms / 1000.0)
-            if delay - (time.monotonic() - rec.time) > 0 and await served.pause(delay - (time.monotonic() - rec.time)):
-                return
-            served.stop_watching()
-            await self._complete(served, send, response("completed", "".join(pieces), True), usage, fault)
+            output = {
+                "type": "function_call",
+                "id": self._next_id("fc"),
+                "call_id": self._next_id("call"),
+                "name": str(tools[0].get("name")),
+                "arguments": json.dumps(args),
+                "status": "completed",
+            }
+            pieces = [output["arguments"]]
+        else:
+            said = "".join(f" tool said: {o}" for o in outputs)
+            limit = body.get("max_output_tokens")
+            n_tokens = min(limit, MAX_TOKENS) if isinstance(limit, int) and limit > 0 else DEFAULT_TOKENS
+            pieces = [f"[{self.id}]{said} w0", *(f" w{i}" for i in range(1, n_tokens))]
+            output = {
+                "type": "message",
+                "id": self._next_id("msg"),
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": "".join(pieces), "annotations": []}],
+            }
+        n_out = len(pieces)
+        usage = {
+            "input_tokens": prompt_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": n_out,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": prompt_tokens + n_out,
+        }
+        # what the fleet records, in the chat vocabulary the other endpoints use
+        counted = {"prompt_tokens": prompt_tokens, "completion_tokens": n_out, "total_tokens": prompt_tokens + n_out}
+        response = {
+            "id": self._next_id("resp"),
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "completed",
+            "model": model,
+            "output": [output],
+            "parallel_tool_calls": True,
+            "tool_choice": body.get("tool_choice", "auto"),
+            "tools": body.get("tools") or [],
+            "usage": usage,
+        }
+        if rec.stream:
+            gen = self._response_events(served, response, counted, pieces, ttft, latency.itl_ms / 1000.0)
+            elapsed = time.monotonic() - rec.time
+            rec.status = 200
+            await _SSEResponse(gen, served, latency.headers_ms / 1000.0 - elapsed)(scope, receive, send)
+            if rec.outcome == "pending":
+                rec.outcome = f"fault:{rec.fault}" if rec.fault else "ok"
             return
+        delay = max(latency.headers_ms / 1000.0, ttft + n_out * latency.itl_ms / 1000.0)
+        if delay - (time.monotonic() - rec.time) > 0 and await served.pause(delay - (time.monotonic() - rec.time)):
+            return
+        served.stop_watching()
+        rec.usage = counted
+        await self._reply(send, rec, 200, response, outcome=f"fault:{rec.fault}" if rec.fault else "ok")
 
-        async def events() -> AsyncGenerator[bytes, None]:
-            seq = iter(range(1 << 30))
+    async def _response_events(
+        self,
+        served: _Served,
+        response: dict[str, Any],
+        counted: dict[str, int],
+        pieces: list[str],
+        ttft: float,
+        itl: float,
+    ) -> AsyncGenerator[bytes, None]:
+        """The typed event sequence of a streamed Responses API answer."""
+        rec = served.rec
+        seq = 0
 
-            def ev(obj: dict[str, Any]) -> bytes:
-                obj["sequence_number"] = next(seq)
-                return b"event: " + str(obj["type"]).encode() + b"\ndata: " + _dumps(obj) + b"\n\n"
+        def event(kind: str, **fields: Any) -> bytes:
+            nonlocal seq
+            seq += 1
+            return (
+                f"event: {kind}\ndata: ".encode() + _dumps({"type": kind, "sequence_number": seq, **fields}) + b"\n\n"
+            )
 
-            yield ev({"type": "response.created", "response": response("in_progress", "", False)})
-            wait = ttft - (time.monotonic() - rec.time)
-            if wait > 0 and await served.pause(wait):
-                return
+        item = response["output"][0]
+        start = {**response, "status": "in_progress", "output": [], "usage": None}
+        yield event("response.created", response=start)
+        yield event("response.in_progress", response=start)
+        wait = ttft - (time.monotonic() - rec.time)
+        if wait > 0 and await served.pause(wait):
+            return
+        ref = {"output_index": 0, "item_id": item["id"]}
+        if item["type"] == "function_call":
+            yield event(
+                "response.output_item.added", output_index=0, item={**item, "arguments": "", "status": "in_progress"}
+            )
+            rec.chunks_sent += 1
+            yield event("response.function_call_arguments.delta", **ref, delta=item["arguments"])
+            yield event("response.function_call_arguments.done", **ref, arguments=item["arguments"])
+        else:
+            yield event(
+                "response.output_item.added", output_index=0, item={**item, "content": [], "status": "in_progress"}
+            )
+            part = {"type": "output_text", "text": "", "annotations": []}
+            yield event("response.content_part.added", **ref, content_index=0, part=part)
             for i, piece in enumerate(pieces):
-                if i and latency.itl_ms > 0 and await served.pause(latency.itl_ms / 1000.0):
+                if i and itl > 0 and await served.pause(itl):
                     return
                 rec.chunks_sent += 1
-                yield ev(
-                    {
-                        "type": "response.output_text.delta",
-                        "item_id": msg_id,
-                        "output_index": 0,
-                        "content_index": 0,
-                        "delta": piece,
-                    }
-                )
-            rec.usage = usage
-            if rec.outcome == "pending":
-                rec.outcome = "ok"
-            rec.end_time = time.monotonic()
-            yield ev({"type": "response.completed", "response": response("completed", "".join(pieces), True)})
-
-        rec.status = 200
-        elapsed = time.monotonic() - rec.time
-        await _SSEResponse(events(), served, latency.headers_ms / 1000.0 - elapsed)(scope, receive, send)
+                yield event("response.output_text.delta", **ref, content_index=0, delta=piece, logprobs=[])
+            text = item["content"][0]["text"]
+            yield event("response.output_text.done", **ref, content_index=0, text=text, logprobs=[])
+            yield event("response.content_part.done", **ref, content_index=0, part={**part, "text": text})
+        yield event("response.output_item.done", output_index=0, item=item)
+        rec.usage = counted
         if rec.outcome == "pending":
-            rec.outcome = "ok"
+            rec.outcome = f"fault:{rec.fault}" if rec.fault else "ok"
+        rec.end_time = time.monotonic()
+        yield event("response.completed", response=response)
 
     async def _embeddings(
         self, scope: Scope, receive: Receive, send: Send, rec: Received, body: dict[str, Any], model: str
