@@ -25,6 +25,9 @@ into the worker thread too.)
 The app is exercised in-process with httpx's ASGITransport (httpx2 under openai
 3.x, httpx under openai 1.x/2.x), four users at once.
 
+Prerequisites: the ``fleet`` extra and the openai SDK — ``pip install '.[demo]'``.
+Runs against the simulated fleet on 127.0.0.1; no credentials.
+
     python examples/asgi_middleware.py
 """
 
@@ -149,8 +152,11 @@ def main() -> int:
     for token, (status, body) in results.items():
         if status == 200:
             print(f"{body['user']:>5}: 200 served by {body['served_by']} ({body['region']}): {body['summary']!r}")
-        else:
-            print(f"{token:>11}: {status} {body['error'].splitlines()[0]}")
+        else:  # the whole message: a 503 names every candidate and why it was out
+            first, *rest = str(body["error"]).splitlines()
+            print(f"{token:>11}: {status} {first}")
+            for line in rest:
+                print(f"{'':>11}  {line.strip()}")
 
     where = {t.split("-")[0]: body.get("served_by") for t, (s, body) in results.items() if s == 200}
     assert results["alice-token"][0] == 200 and where["alice"] in {"aws-euc1", "gcp-euw4", "onprem-vllm"}, where

@@ -20,6 +20,9 @@ removed the usage chunk from what the caller saw. Hedging is off so that every
 attempt has server-reported usage (cancelled hedge losers are billed by an
 estimate, flagged as such: docs/cost.md).
 
+Prerequisites: the ``fleet`` extra and the openai SDK — ``pip install '.[demo]'``.
+Runs against the simulated fleet on 127.0.0.1; no credentials.
+
     python examples/cost_routing.py
 """
 

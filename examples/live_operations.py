@@ -11,6 +11,9 @@ background thread through one wrapped openai client, and meanwhile:
 
 Then checks that no request was lost and none reached the drained region after
 the drain. Run: ``python examples/live_operations.py``.
+
+Prerequisites: the ``fleet`` extra and the openai SDK — ``pip install '.[demo]'``.
+Runs against the simulated fleet on 127.0.0.1; no credentials.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ so that the whole story fits in a few seconds. The same rehearsal runs against y
 own application with ``llm-multicloud fleet CONFIG`` and its control API
 (docs/operations.md).
 
+Prerequisites: the ``fleet`` extra and the openai SDK — ``pip install '.[demo]'``.
+Runs against the simulated fleet on 127.0.0.1; no credentials.
+
     python examples/outage_rehearsal.py
 """
 

@@ -9,6 +9,9 @@ library: the script checks that no routing header ever reached a server.
 Probes are off here so that ``near`` visibly acts as what it is: a geographic
 prior for endpoints with no measurement yet (see docs/routing.md).
 
+Prerequisites: the ``fleet`` extra and the openai SDK — ``pip install '.[demo]'``.
+Runs against the simulated fleet on 127.0.0.1; no credentials.
+
     python examples/per_call_headers.py
 """
 

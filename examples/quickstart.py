@@ -7,6 +7,9 @@ openai API. Then it checks, from what the servers received, the library's basic
 promise: each endpoint got its own key and its own served model name, and neither
 the placeholder key nor any x-llm-multicloud-* header ever left the process.
 
+Prerequisites: the ``fleet`` extra and the openai SDK — ``pip install '.[demo]'``.
+Runs against the simulated fleet on 127.0.0.1; no credentials.
+
     python examples/quickstart.py
 """
 

@@ -8,6 +8,9 @@ most EU requests is taken down. An audit hook (``on_attempt``) records every
 attempt — first tries, retries, failovers, hedges — and the script asserts that
 every attempt of a pinned call went to an endpoint located in the EU.
 
+Prerequisites: the ``fleet`` extra and the openai SDK — ``pip install '.[demo]'``.
+Runs against the simulated fleet on 127.0.0.1; no credentials.
+
     python examples/residency_decorator.py
 """
 

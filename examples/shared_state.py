@@ -13,6 +13,9 @@ without either (or without redis-py: ``pip install '.[redis]'``) the script says
 so in one line and exits 3 (a prerequisite is missing: nothing was shown). Its
 keys live under a prefix of their own and are deleted at the end.
 
+Prerequisites: the ``fleet`` extra, the openai SDK and redis-py — ``pip install '.[demo,redis]'`` — and a Redis (below).
+Runs against the simulated fleet on 127.0.0.1; no credentials.
+
     python examples/shared_state.py
 """
 

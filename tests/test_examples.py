@@ -128,3 +128,18 @@ def test_missing_prerequisite_is_one_line_not_a_traceback(name: str, module: str
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith(f"examples/{name} needs ") and "pip install '.[" in lines[0], lines[0]
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("script", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_example_states_its_prerequisites_and_their_extra(script: Path) -> None:
+    import ast
+    import re
+    import tomllib
+
+    doc = ast.get_docstring(ast.parse(script.read_text(encoding="utf-8"))) or ""
+    assert "Prerequisites:" in doc, f"{script.name}: its docstring must say what it needs"
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    named = re.findall(r"pip install '\.\[([\w,]+)\]'", doc)
+    assert named, f"{script.name}: name the extra that installs its prerequisites"
+    for group in named:
+        assert set(group.split(",")) <= extras, (script.name, group)
