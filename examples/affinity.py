@@ -9,6 +9,9 @@ Each stays on one endpoint and hits that endpoint's cache from its second turn;
 when the first conversation's endpoint goes down it moves once, to its rendezvous
 second choice, and stays there.
 
+Prerequisites: the ``fleet`` extra and the openai SDK — ``pip install '.[demo]'``.
+Runs against the simulated fleet on 127.0.0.1; no credentials.
+
     python examples/affinity.py
 """
 

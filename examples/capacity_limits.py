@@ -7,6 +7,9 @@ unchanged openai SDK twice: once with a catalog that does not know the quota
 ``limits: {rpm: 300, burst_s: 2}`` in the catalog (the library paces itself: no
 429 at all). Then it prints the bucket from ``snapshot()["limits"]``.
 
+Prerequisites: the ``fleet`` extra and the openai SDK — ``pip install '.[demo]'``.
+Runs against the simulated fleet on 127.0.0.1; no credentials.
+
     python examples/capacity_limits.py
 """
 

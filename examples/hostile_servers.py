@@ -15,6 +15,9 @@ event, a server that echoes the API key back — and the script shows, and asser
 
 See docs/health.md (limits on what an endpoint sends) and docs/errors.md.
 
+Prerequisites: the ``fleet`` extra and the openai SDK — ``pip install '.[demo]'``.
+Runs against the simulated fleet on 127.0.0.1; no credentials.
+
     python examples/hostile_servers.py
 """
 
