@@ -72,6 +72,9 @@ def main() -> None:
                     except openai.APIError as exc:
                         errors.append(exc)
 
+            # Warm up first: the openai SDK's first call imports its response types (seconds
+            # on a busy machine with openai 2.x), which would eat the windows measured below.
+            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "warm-up"}], max_tokens=1)
             worker = threading.Thread(target=traffic)
             worker.start()
             try:
