@@ -2,6 +2,9 @@
 checks llama.cpp: every endpoint of a catalog, one at a time, through the real
 openai SDK wrapped by llm_multicloud.
 
+Prerequisites: the openai SDK, and the ``fleet`` extra for the simulated fleet —
+``pip install '.[demo]'``; your engines reachable (or none: see below).
+
     python examples/engine_check.py my-catalog.yaml --model llama-3.1-8b
 
 Per endpoint: chat sync and async, streamed and not (real text back); legacy
