@@ -514,7 +514,7 @@ class Executor:
                                     next_hedge = self._hedge_at(h, plan, intent)
                             continue
                         in_flight.remove(a)
-                        if a.fault is None or a.fault is FaultKind.REQUEST:
+                        if a.fault is None or (a.fault is FaultKind.REQUEST and not self._name_refused(a, intent)):
                             winner = a
                             break
                         if a.fault is FaultKind.LOCAL:
@@ -727,6 +727,15 @@ class Executor:
         return usage if isinstance(usage, dict) else None
 
     # -- outcome bookkeeping ----------------------------------------------------
+    def _name_refused(self, a: _Attempt, intent: Intent) -> bool:
+        """A 404 for a served name the endpoint has never listed: not the caller's
+        fault after all, but the catalog's (see ``Health.served_name_refused``). The
+        attempt then fails over like an endpoint fault, with no penalty."""
+        if a.status != 404 or intent.model is None or not self.health.served_name_refused(a.st, intent.model):
+            return False
+        a.reason = f"HTTP 404 for {a.ep.models.get(intent.model)!r}, a served name its /models has never listed"
+        return True
+
     def _penalize(self, a: _Attempt) -> None:
         st = a.st
         if a.fault is FaultKind.QUOTA:

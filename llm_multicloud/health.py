@@ -126,6 +126,7 @@ class EndpointState:
         "output_tokens",
         "queue_waiting",
         "quota",
+        "refused_models",
         "remote_inflight",
         "requests",
         "retired",
@@ -178,6 +179,9 @@ class EndpointState:
         self.listed_models: set[str] = set()
         #: logical models whose served name the endpoint has never listed (warned once)
         self.unlisted_models: frozenset[str] = frozenset()
+        #: unlisted models whose served name a real request found missing (404): out
+        #: until a listing shows the name (see Health.served_name_refused)
+        self.refused_models: frozenset[str] = frozenset()
         #: the model ids the endpoint's /models listed last (None before a listing)
         self.listing: tuple[str, ...] | None = None
         #: Health.emit, so that the half-open transition reaches logs and hooks too
@@ -681,6 +685,8 @@ class Health:
             unlisted = frozenset(m for m in st.endpoint.models if m not in st.listed_models)
             new = unlisted - st.unlisted_models
             st.unlisted_models = unlisted
+            st.refused_models -= present  # the server lists the name now: real requests decide again
+            gone |= st.refused_models
         for m in sorted(new):
             shown = ", ".join(repr(i) for i in ids[:8]) + (f" and {len(ids) - 8} more" if len(ids) > 8 else "")
             log.warning(
@@ -695,16 +701,32 @@ class Health:
         self.set_model_presence(st, gone)
         return sorted(gone), sorted(unlisted)
 
-    def set_model_presence(self, st: EndpointState, missing: frozenset[str]) -> None:
+    def served_name_refused(self, st: EndpointState, model: str) -> bool:
+        """A real request for ``model`` got a 404 from ``st``. When its served name is
+        one the endpoint's ``/models`` has never listed, that 404 settles the doubt the
+        probe left open: the server does not have the name. The endpoint is taken out
+        for that model (until a listing shows the name) and the request may fail over —
+        without a breaker penalty: the endpoint is up, the catalog names the wrong model.
+        Returns whether it did; a 404 for a listed name stays the caller's own fault."""
+        if model not in st.unlisted_models:
+            return False
+        with st._lock:
+            st.refused_models |= {model}
+        served = st.endpoint.models.get(model, model)
+        self.set_model_presence(
+            st,
+            st.missing_models | {model},
+            f"a request for {served!r}, which /models has never listed, got 404: the server does not have that name",
+        )
+        return True
+
+    def set_model_presence(self, st: EndpointState, missing: frozenset[str], reason: str | None = None) -> None:
         if missing != st.missing_models:
             st.missing_models = missing
             now = self.clock()
             if missing:
-                self.emit(
-                    Transition(
-                        st.endpoint.id, "serving", "missing", f"/models no longer lists {sorted(missing)}", now, None
-                    )
-                )
+                why = reason or f"/models no longer lists {sorted(missing)}"
+                self.emit(Transition(st.endpoint.id, "serving", "missing", why, now, None))
             else:
                 self.emit(Transition(st.endpoint.id, "missing", "serving", "/models lists the model again", now, None))
 

@@ -90,6 +90,8 @@ class EndpointView(Protocol):
     @property
     def missing_models(self) -> frozenset[str]: ...
     @property
+    def refused_models(self) -> frozenset[str]: ...
+    @property
     def quota(self) -> QuotaView: ...
     @property
     def drained(self) -> str | None: ...
@@ -297,7 +299,12 @@ class Router:
                 excluded.append(Exclusion(ep, f"drained: {st.drained}", "drained"))
                 continue
             if st.missing_models and model in st.missing_models:
-                excluded.append(Exclusion(ep, f"/models no longer lists {ep.models[model]!r}", "missing_model"))
+                why = (
+                    f"404 for {ep.models[model]!r}, a served name its /models has never listed"
+                    if model in st.refused_models
+                    else f"/models no longer lists {ep.models[model]!r}"
+                )
+                excluded.append(Exclusion(ep, why, "missing_model"))
                 continue
             if st.quota.until > now:
                 cooling.append((ep, st))

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import openai
 import pytest
 import yaml
@@ -123,3 +124,47 @@ def test_status_and_validate_show_the_mismatch(gguf_fleet: Fleet, tmp_path: Path
     assert v.returncode == 0, v.stderr
     lines = [x for x in v.stdout.splitlines() if x.startswith("warning:")]
     assert len(lines) == 1 and "onprem-fra" in lines[0] and "SmolLM2-135M-Instruct.Q4_1.gguf" in lines[0]
+
+
+def test_a_never_listed_name_that_real_requests_do_not_find_is_taken_out(gguf_fleet: Fleet) -> None:
+    """The probe cannot tell a naming mismatch from a wrong served name: real requests
+    decide. A 404 for a name /models has never listed settles it — that endpoint is
+    taken out for the model (no breaker penalty) and the request fails over, sync and
+    async (a listing that later shows the name brings it back: tests/unit/test_health.py)."""
+    gguf_fleet.clear()
+    cat = gguf_fleet.catalog()
+    for ep in cat["endpoints"]:
+        if ep["id"] == "onprem-fra":
+            ep["models"] = {MODEL: "smollm2-typo"}  # the server answers "smollm2-135m" only
+    policy = {"strategy": "ordered", "probe": {"interval_s": 0.05}, "hedge": {"enabled": False}, "explore": 0.0}
+    with lmc.MultiCloud(cat, policy) as mc:
+        mc._portal()  # starts the probes now, as the first request would
+        gguf_fleet.wait_for(lambda: mc.snapshot()["endpoints"][0]["unlisted_models"] == [MODEL])
+        client = mc.wrap(openai.OpenAI(api_key=PLACEHOLDER_KEY))
+        r = client.chat.completions.with_raw_response.create(model=MODEL, messages=[{"role": "user", "content": "a"}])
+        assert r.headers["x-llm-multicloud-endpoint"] == "onprem-ams"
+        assert r.headers["x-llm-multicloud-attempts"] == "2"  # fra's 404, then the failover
+        fra = mc.snapshot()["endpoints"][0]
+        assert fra["missing_models"] == [MODEL] and fra["failures"] == 0 and fra["state"] == "closed"
+        (why,) = [x.reason for x in mc.explain(MODEL).excluded if x.endpoint.id == "onprem-fra"]
+        assert "never listed" in why and "404" in why
+
+        async def more() -> list[str]:
+            async with mc.wrap(openai.AsyncOpenAI(api_key=PLACEHOLDER_KEY)) as ac:
+                out = []
+                for i in range(3):
+                    raw = await ac.chat.completions.with_raw_response.create(
+                        model=MODEL, messages=[{"role": "user", "content": f"b{i}"}]
+                    )
+                    out.append(raw.headers["x-llm-multicloud-endpoint"])
+                return out
+
+        assert anyio.run(more) == ["onprem-ams"] * 3
+        # several probe rounds later it is still out (the listing still lacks the name)
+        n = len([x for x in gguf_fleet.received("onprem-fra") if x.path.endswith("/models")])
+        gguf_fleet.wait_for(
+            lambda: len([x for x in gguf_fleet.received("onprem-fra") if x.path.endswith("/models")]) >= n + 3
+        )
+        assert mc.snapshot()["endpoints"][0]["missing_models"] == [MODEL]
+    chats = [x for x in gguf_fleet.received("onprem-fra") if x.path.endswith("/chat/completions")]
+    assert len(chats) == 1  # one 404, then never again while the doubt was settled

@@ -538,3 +538,20 @@ def test_small_rises_are_not_jumps(clock: Any) -> None:
     st.observe_ttft(100.0, clock.now)
     st.observe_ttft(190.0, clock.now)
     assert st.ttft_ms == 190.0 and st.ttft_before_jump is None
+
+
+def test_a_404_for_a_never_listed_name_takes_it_out_until_it_is_listed(clock: Any) -> None:
+    h = _health(clock, n=1, models={"m": "served-m"})
+    got: list[Transition] = []
+    h.listeners.append(got.append)
+    st = h.states[0]
+    assert not h.served_name_refused(st, "m")  # no listing seen yet: a 404 is the caller's
+    assert h.observe_listing(st, ["/models/smol.gguf"]) == ([], ["m"])
+    assert h.served_name_refused(st, "m")  # a real request settled the doubt
+    assert st.missing_models == {"m"} and st.failures == 0 and st.breaker == "closed"
+    assert h.observe_listing(st, ["/models/smol.gguf"]) == (["m"], ["m"])  # stays out while unlisted
+    assert st.missing_models == {"m"}
+    assert h.observe_listing(st, ["served-m"]) == ([], [])  # the server lists it now: back in
+    assert st.missing_models == frozenset() and st.refused_models == frozenset()
+    assert [(t.old, t.new) for t in got] == [("serving", "missing"), ("missing", "serving")]
+    assert "never listed" in got[0].reason and "404" in got[0].reason
