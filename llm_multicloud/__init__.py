@@ -69,6 +69,10 @@ if _typing.TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> _typing.Any:
+    if name == "auth":  # the credentials package: lmc.auth.provider(fn), lmc.auth.azure()...
+        value = _importlib.import_module(".auth", __name__)
+        globals()[name] = value
+        return value
     mod = _EXPORTS.get(name)
     if mod is None:
         raise AttributeError(f"module 'llm_multicloud' has no attribute {name!r}")
@@ -79,4 +83,4 @@ def __getattr__(name: str) -> _typing.Any:
 
 def __dir__() -> list[str]:
     # the public names only: not the helpers this module imports for itself
-    return sorted(__all__)
+    return sorted([*__all__, "auth"])

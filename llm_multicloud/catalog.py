@@ -29,16 +29,20 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from . import auth as auth_mod
 from . import regions
+from .auth import Credential
+from .auth.presets import expand as expand_preset
 from .config_errors import describe
 from .errors import CatalogError
 from .limits import Limits
@@ -162,6 +166,18 @@ class EndpointSpec(_Strict):
     base_url: str
     api_key_env: str | None = None
     api_key: SecretStr | None = None
+    #: a file holding the key, re-read when it changes (Kubernetes secret mounts)
+    api_key_file: str | None = None
+    #: the credential: {kind: static|azure|gcp|aws|aws-api-key|none, ...}, or a
+    #: Credential object from code (lmc.auth.provider(fn)...); see docs/auth.md
+    auth: Any = None
+    #: query parameters sent to this endpoint only (Azure's api-version...)
+    query: dict[str, str] = Field(default_factory=dict)
+    #: bedrock | vertex | azure-openai: expanded at load (see llm_multicloud.auth.presets)
+    preset: str | None = None
+    #: the endpoint processes data anywhere in this bloc (EU, US...), or "global"
+    #: (anywhere: no residency); set by presets for multi-region deployments
+    processing_zone: str | None = None
     #: Override the residency the region table implies (intersection of these tags).
     residency: list[str] | None = None
     #: Country of an endpoint whose region is not in the table (on-prem, other clouds).
@@ -282,6 +298,9 @@ class Endpoint:
     timeouts: Mapping[str, float]  # overrides of the policy's Timeouts
     resume: str | None
     limits: Limits | None = None  # rpm/tpm quota of its quota domain
+    credential: Credential = field(repr=False, default_factory=auth_mod.NoAuth)
+    query: tuple[tuple[str, str], ...] = ()
+    preset: str | None = None
 
     @property
     def has_key(self) -> bool:
@@ -292,7 +311,8 @@ class Endpoint:
         return self._key
 
     def auth_headers(self) -> list[tuple[str, str]]:
-        """This endpoint's own static headers and credential, for requests to it only."""
+        """This endpoint's own static headers and static key (the request path uses
+        :attr:`credential`, which also refreshes and signs)."""
         out = list(self.headers)
         if self._key:
             out.append((self.auth_header, f"Bearer {self._key}" if self.auth_header == "authorization" else self._key))
@@ -307,7 +327,7 @@ class Endpoint:
 class Catalog:
     """A validated, resolved catalog. Build with :meth:`Catalog.load`."""
 
-    __slots__ = ("_by_id", "_serving", "endpoints", "models", "policy_data", "spec")
+    __slots__ = ("_by_id", "_owned_headers", "_owned_query", "_serving", "endpoints", "models", "policy_data", "spec")
 
     def __init__(self, spec: CatalogSpec, endpoints: list[Endpoint]) -> None:
         self.spec = spec
@@ -322,6 +342,10 @@ class Catalog:
             m: tuple(e for e in endpoints if m in e.models) for m in names
         }
         self.policy_data: dict[str, Any] = dict(spec.policy or {})
+        # Names an endpoint sets itself belong to the catalog: the caller's values for
+        # them go nowhere (an api-version meant for Azure must not reach Vertex).
+        self._owned_query = OWNED_QUERY | {k for e in endpoints for k, _ in e.query}
+        self._owned_headers = {k for e in endpoints for k, _ in e.headers}
 
     # -- loading ----------------------------------------------------------------
     @classmethod
@@ -349,6 +373,17 @@ class Catalog:
             raise CatalogError(
                 f"{origin}: the top level must be a mapping with 'endpoints:' (got {type(data).__name__})"
             )
+        preset_problems: list[str] = []
+        if isinstance(data.get("endpoints"), list):
+            data = dict(data)
+            data["endpoints"] = [
+                expand_preset(item, f"endpoints[{i}] (id={item.get('id')!r})", preset_problems)
+                if isinstance(item, dict)
+                else item
+                for i, item in enumerate(data["endpoints"])
+            ]
+        if preset_problems:
+            raise CatalogError(f"{origin} is invalid:\n  " + "\n  ".join(preset_problems))
         try:
             spec = CatalogSpec.model_validate(data)
         except ValidationError as exc:
@@ -369,8 +404,17 @@ class Catalog:
             msg = _format_validation(exc, data, origin)
             raise CatalogError("\n  ".join([msg, *more])) from None
         problems: list[str] = []
-        endpoints = [_resolve(i, e, spec, problems) for i, e in enumerate(spec.endpoints)]
+        creds: dict[str, Credential] = {}
+        endpoints = [_resolve(i, e, spec, problems, creds) for i, e in enumerate(spec.endpoints)]
         problems += _duplicate_ids(data.get("endpoints"))
+        # An identity used by one endpoint only is just that endpoint's quota domain.
+        shared = Counter(e.quota_domain for e in endpoints)
+        endpoints = [
+            replace(e, quota_domain=f"endpoint:{e.id}")
+            if shared[e.quota_domain] == 1 and e.quota_domain.startswith("identity:") and not s.quota_domain
+            else e
+            for e, s in zip(endpoints, spec.endpoints, strict=True)
+        ]
         for name, m in (spec.models or {}).items():
             problems += _timeout_problems(m.timeouts or {}, f"models.{name}.timeouts")
         problems += _limit_problems(endpoints)
@@ -398,7 +442,34 @@ class Catalog:
             raise CatalogError(_format_validation(exc, data, "policy", Policy)) from None
 
     def secrets(self) -> list[str]:
-        return [k for e in self.endpoints if (k := e.secret())]
+        """Every endpoint's current secret values (a snapshot), for redaction."""
+        return list(self.live_secrets())
+
+    def live_secrets(self, also: Iterable[str] = ()) -> _Secrets:
+        """Every endpoint's secrets as they are when iterated (rotated tokens included),
+        then those of ``also`` (an earlier catalog generation's)."""
+        return _Secrets(self.endpoints, also)
+
+    def request_for(
+        self, ep: Endpoint, path: str, query: str, headers: list[tuple[str, str]]
+    ) -> tuple[str, list[tuple[str, str]]]:
+        """URL and headers of a request to ``ep``: the caller's query parameters and
+        headers minus those some endpoint owns (its ``query:``/``headers:`` names and
+        the clouds' own: api-version, key, x-amz-*...), plus this endpoint's own."""
+        url = f"{ep.base_url}/{path}"
+        if query or ep.query:
+            pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if not self._owns_query(k)]
+            pairs += list(ep.query)
+            if pairs:
+                url += "?" + urlencode(pairs)
+        owned = self._owned_headers
+        out = [(k, v) for k, v in headers if k not in owned and not k.startswith(OWNED_HEADER_PREFIXES)]
+        out += ep.headers
+        return url, out
+
+    def _owns_query(self, name: str) -> bool:
+        low = name.lower()
+        return low in self._owned_query or low.startswith("x-amz-")
 
     def __repr__(self) -> str:
         return f"Catalog({len(self.endpoints)} endpoints, models={sorted(self.models)})"
@@ -426,6 +497,35 @@ def _decode(raw: bytes, path: Path) -> str:
             "pasted escape?); a catalog is plain text: remove it"
         )
     return text
+
+
+#: Query parameters that belong to one cloud's endpoint, never forwarded from the caller.
+OWNED_QUERY = frozenset({"api-version", "api_version", "key", "access_token", "sig", "signature"})
+#: Request header prefixes that belong to one cloud (signatures, Google project routing).
+OWNED_HEADER_PREFIXES = ("x-amz-", "x-goog-", "ocp-apim-", "x-ms-client-", "x-functions-key")
+
+
+class _Secrets:
+    """A live view of every endpoint's current secrets (iterable, for redact())."""
+
+    __slots__ = ("_also", "_eps")
+
+    def __init__(self, eps: tuple[Endpoint, ...], also: Iterable[str] = ()) -> None:
+        self._eps = eps
+        self._also = also
+
+    def __iter__(self) -> Iterator[str]:
+        for e in self._eps:
+            yield from e.credential.secrets()
+        yield from self._also
+
+
+def _identity_domain(cred: Credential, region: str) -> str | None:
+    """The default quota domain of an endpoint: its credential's identity (and region,
+    for cloud identities, whose quotas are regional)."""
+    if not cred.identity:
+        return None
+    return f"identity:{cred.identity}" + (f"@{region}" if cred.regional_quota else "")
 
 
 def _parse_text(text: str, path: Path) -> Any:
@@ -516,11 +616,14 @@ def _region_problem(where: str, provider: str, region: str) -> str | None:
     return None
 
 
-def _resolve(i: int, e: EndpointSpec, spec: CatalogSpec, problems: list[str]) -> Endpoint:
+def _resolve(
+    i: int, e: EndpointSpec, spec: CatalogSpec, problems: list[str], creds: dict[str, Credential] | None = None
+) -> Endpoint:
     where = f"endpoints[{i}] (id={e.id!r})"
     # -- region, country, location
     known = regions.lookup(e.provider, e.region)
-    bad_region = _region_problem(where, e.provider, e.region)
+    # a multi-region location (Vertex eu/us/global) is not a region of the table
+    bad_region = None if e.processing_zone and known is None else _region_problem(where, e.provider, e.region)
     if bad_region:
         problems.append(bad_region)
     country = known.country if known else None
@@ -545,7 +648,23 @@ def _resolve(i: int, e: EndpointSpec, spec: CatalogSpec, problems: list[str]) ->
     # -- residency footprint
     footprint: frozenset[str] = frozenset({country}) if country else frozenset()
     residency_tags: tuple[str, ...] = tuple(sorted(regions.tags_for_country(country))) if country else ()
-    if e.residency is not None:
+    zone = (e.processing_zone or "").strip()
+    if zone.lower() == "global":
+        # processes anywhere: serves only requests without a residency constraint
+        footprint, residency_tags = frozenset(), ()
+    elif zone:
+        bloc = zone.upper()
+        if not regions.is_known_tag(bloc):
+            problems.append(
+                f"{where}.processing_zone: {zone!r} is not a bloc or country tag (EU, US, APAC...) or global"
+            )
+        elif country is not None and country not in regions.expand_tag(bloc):
+            problems.append(f"{where}.processing_zone: {bloc} does not contain region {e.region!r} ({country})")
+        else:
+            footprint, residency_tags = regions.expand_tag(bloc), (bloc,)
+    if e.residency is not None and zone:
+        problems.append(f"{where}.residency: the processing_zone {zone!r} sets the residency; remove residency:")
+    elif e.residency is not None:
         tags = [t.strip().upper() for t in e.residency]
         bad = [t for t in tags if not regions.is_known_tag(t)]
         if bad or not tags:
@@ -582,12 +701,21 @@ def _resolve(i: int, e: EndpointSpec, spec: CatalogSpec, problems: list[str]) ->
             )
     elif e.api_key_env is not None:
         key = os.environ.get(e.api_key_env)
-        if not key:
-            problems.append(f"{where}.api_key_env: environment variable {e.api_key_env!r} is not set or empty")
-        else:
+        if key:  # unset or empty is reported by auth.build
             key, key_problem = clean_key(key)
             if key_problem is not None:
                 problems.append(f"{where}.api_key_env: the value of {e.api_key_env} {key_problem}")
+    credential = auth_mod.build(
+        where=where,
+        region=e.region,
+        auth=e.auth,
+        api_key=key if e.api_key is not None else None,
+        api_key_env=e.api_key_env if e.api_key is None else None,
+        api_key_file=e.api_key_file,
+        header=e.auth_header.lower(),
+        problems=problems,
+        cache=creds,
+    )
     # -- models
     models = {m: m for m in e.models} if isinstance(e.models, list) else dict(e.models)
     if not models:
@@ -624,7 +752,7 @@ def _resolve(i: int, e: EndpointSpec, spec: CatalogSpec, problems: list[str]) ->
         host=parts.hostname or "",
         port=port,
         path_prefix=parts.path.rstrip("/"),
-        _key=key,
+        _key=key if e.auth is None else None,
         auth_header=e.auth_header.lower(),
         footprint=footprint,
         residency=residency_tags,
@@ -634,7 +762,8 @@ def _resolve(i: int, e: EndpointSpec, spec: CatalogSpec, problems: list[str]) ->
         weight=e.weight,
         max_concurrency=e.max_concurrency,
         tags=dict(e.tags),
-        quota_domain=e.quota_domain or f"endpoint:{e.id}",
+        # endpoints authenticating as one identity share its quota by default
+        quota_domain=e.quota_domain or _identity_domain(credential, e.region) or f"endpoint:{e.id}",
         failure_domain=e.failure_domain or f"{e.provider}/{e.region}",
         headers=tuple((k.lower(), v) for k, v in e.headers.items()),
         probe_path=e.probe_path,
@@ -642,4 +771,7 @@ def _resolve(i: int, e: EndpointSpec, spec: CatalogSpec, problems: list[str]) ->
         timeouts=timeouts,
         resume=e.resume,
         limits=None if e.limits is None else Limits(e.limits.rpm, e.limits.tpm, e.limits.burst_s),
+        credential=credential,
+        query=tuple((str(k), str(v)) for k, v in e.query.items()),
+        preset=e.preset,
     )

@@ -128,6 +128,10 @@ class MultiCloud:
         #: close (scheduled when the SDK's stream object is collected), never by the
         #: garbage collector finalising its async generators all at once.
         self._streams: set[Any] = set()
+        from .auth import Refresher
+
+        #: background refresh of expiring credentials (started with the background loop)
+        self._refresher = Refresher(lambda: [e.credential for e in self.catalog.endpoints])
         # Live operations (live.py): catalog updates, drains, weights, the file watcher.
         from .live import Operations
 
@@ -318,6 +322,8 @@ class MultiCloud:
                 self._start_probes(bg)
                 self._start_shared(bg)
                 self._portal_obj = bg
+                if self._refresher:
+                    bg.start_task(self._refresher.run)
             return self._portal_obj
 
     def _portal_alive(self) -> bool:
@@ -351,7 +357,11 @@ class MultiCloud:
         if (
             self._portal_obj is None
             and not self._closed
-            and ((self.policy.probe.enabled and _has_probe_targets(self)) or self.policy.state.backend == "redis")
+            and (
+                (self.policy.probe.enabled and _has_probe_targets(self))
+                or self.policy.state.backend == "redis"
+                or self._refresher
+            )
         ):
             self._portal()
 
@@ -396,6 +406,8 @@ class MultiCloud:
             await self._prober.stop()
         if self._shared is not None:
             await self._shared.stop()
+        if self._refresher:
+            await self._refresher.stop()
         for s in list(self._streams):
             with contextlib.suppress(Exception):
                 await s._stop()

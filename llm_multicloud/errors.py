@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Iterable
 from typing import Any, Literal
 
 
@@ -183,7 +184,7 @@ class RoutingError(LLMMulticloudError):
         ]
 
 
-def redact(text: str, secrets: list[str]) -> str:
+def redact(text: str, secrets: Iterable[str]) -> str:
     """Replace every printed form of a secret by ``***`` (for messages that echo upstream
     text; see :mod:`llm_multicloud.redaction`)."""
     from .redaction import redactor

@@ -44,7 +44,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 from opentelemetry.context import get_current as _otel_current
 
-from . import sse
+from . import auth, sse
 from .budget import Budget
 from .catalog import Catalog, Endpoint
 from .errors import (
@@ -173,6 +173,7 @@ class _Attempt:
     __slots__ = (
         "body",
         "buffered",
+        "credential_failed",
         "ep",
         "fault",
         "headers",
@@ -216,6 +217,9 @@ class _Attempt:
         self.fault: FaultKind | None = None
         self.reason: str | None = None
         self.retry_after: float | None = None
+        #: the credential could not be obtained: no cooldown, no penalty (the router
+        #: excludes the endpoint while its credential is unavailable)
+        self.credential_failed = False
         self.ttft: float | None = None
         self.ready_at: float | None = None
         self.usage: dict[str, Any] | None = None
@@ -297,7 +301,6 @@ class Executor:
         attempts on endpoints that are gone. Budgets keep their history."""
         self.view = (router, states)
         self.catalog, self.policy, self.router = catalog, policy, router
-        self._secrets = list(dict.fromkeys([*self._secrets, *catalog.secrets()]))
         self._timeouts = {}
         self._failover = failover_statuses(policy.failover_on)
         r = policy.retry
@@ -588,8 +591,7 @@ class Executor:
         ep = a.ep
         to = self.timeouts_for(ep, intent.model)
         assert intent.model is not None
-        url = f"{ep.base_url}/{intent.path}" + (f"?{intent.query}" if intent.query else "")
-        headers = intent.headers + ep.auth_headers()
+        url, headers = self.catalog.request_for(ep, intent.path, intent.query, intent.headers)
         body = (
             intent.body_for(ep.models[intent.model], add_usage=True, resume_style=self.resume_style(ep))
             if intent.body is not None
@@ -605,7 +607,11 @@ class Executor:
             with send:
                 try:
                     with anyio.fail_after(budget):
-                        a.resp = resp = await upstream.open(
+                        # The credential sees the final request (and signs it); a 401 is
+                        # refreshed and sent once more inside this attempt.
+                        resp, reauth = await auth.send(
+                            upstream,
+                            ep.credential,
                             intent.method,
                             url,
                             headers,
@@ -613,6 +619,7 @@ class Executor:
                             connect_s=min(to.connect_s, budget),
                             read_s=to.chunk_gap_s if intent.stream else budget,
                         )
+                        a.resp = resp
                         a.status = resp.status
                         a.headers = resp.headers
                         a.fault = classify_status(resp.status, self._failover)
@@ -630,6 +637,8 @@ class Executor:
                                     f"HTTP {resp.status} redirect to {where} (redirects are not followed; "
                                     "fix the endpoint's base_url)"
                                 )
+                            elif resp.status in (401, 403):
+                                a.reason = auth_refused(ep, resp.status, reauth, self.message(a.body))
                             else:
                                 a.reason = f"HTTP {resp.status}: {self.message(a.body)}"
                             a.retry_after = parse_retry_after(resp.headers)
@@ -658,6 +667,12 @@ class Executor:
                     else:
                         a.fault = FaultKind.LOCAL
                         a.reason = self.redact(local_fault_message(exc.__cause__ or exc))
+                except auth.CredentialUnavailable as exc:
+                    # Not the endpoint's fault, nor a quota: the router now excludes it
+                    # (with this reason) until the credential can be obtained again.
+                    a.fault = FaultKind.QUOTA
+                    a.reason = f"credential unavailable: {exc}"
+                    a.credential_failed = True
                 except Exception as exc:  # a bug of ours, never the endpoint's fault
                     a.fault = FaultKind.LOCAL
                     a.reason = self.redact(local_fault_message(exc))
@@ -738,6 +753,8 @@ class Executor:
 
     def _penalize(self, a: _Attempt) -> None:
         st = a.st
+        if a.credential_failed:
+            return
         if a.fault is FaultKind.QUOTA:
             secs = a.retry_after if a.retry_after is not None else self.policy.default_cooldown_s
             self.health.cooldown(st, secs, a.reason or "quota")
@@ -972,6 +989,12 @@ class Executor:
             else:
                 lines.append(f"  {ends}")
         return "\n".join(lines)
+
+
+def auth_refused(ep: Endpoint, status: int, refreshed: bool, message: str) -> str:
+    """The reason of a 401/403: which endpoint and credential kind, never the secret."""
+    how = " after a refresh" if refreshed else ""
+    return f"HTTP {status} from {ep.id}: credential {ep.credential.describe()} refused{how}: {message}"
 
 
 def _constraint_text(plan: Plan) -> str:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from . import auth
 from .errors import FaultKind, classify_status
 from .upstream import Upstream, UpstreamError
 
@@ -122,10 +123,11 @@ class Prober:
         status = None
         try:
             with anyio.fail_after(self.policy.timeout_s):
-                resp = await up.open(
+                resp, _ = await auth.send(
+                    up,
+                    ep.credential,
                     "GET",
-                    ep.base_url + path,
-                    ep.auth_headers(),
+                    *self.mc.catalog.request_for(ep, path.lstrip("/"), "", []),
                     None,
                     connect_s=self.policy.timeout_s,
                     read_s=self.policy.timeout_s,
@@ -139,6 +141,8 @@ class Prober:
             return self._failed(st, f"probe timed out after {self.policy.timeout_s:g}s", None)
         except UpstreamError as exc:
             return self._failed(st, f"probe {exc.kind} error: {exc}", None)
+        except auth.CredentialUnavailable as exc:
+            return self._failed(st, f"probe: credential unavailable: {exc}", None, endpoint_fault=False)
         rtt = (clock() - t0) * 1000.0
         fault = classify_status(status)
         if status == 404:
@@ -177,10 +181,12 @@ class Prober:
         root = f"{ep.scheme}://{ep.host}:{ep.port}"
         try:
             with anyio.fail_after(self.policy.timeout_s):
-                resp = await up.open(
+                resp, _ = await auth.send(
+                    up,
+                    ep.credential,
                     "GET",
                     root + ep.metrics_path,
-                    ep.auth_headers(),
+                    ep.headers,
                     None,
                     connect_s=self.policy.timeout_s,
                     read_s=self.policy.timeout_s,
@@ -193,7 +199,7 @@ class Prober:
                     )
                 finally:
                     await resp.aclose()
-        except (TimeoutError, UpstreamError):
+        except (TimeoutError, UpstreamError, auth.CredentialUnavailable):
             return None
         return parse_queue_depth(body)
 

@@ -298,6 +298,9 @@ class Router:
             if st.drained is not None:  # an operator's drain: never re-admitted, not even in panic
                 excluded.append(Exclusion(ep, f"drained: {st.drained}", "drained"))
                 continue
+            if ep.credential.unavailable is not None:
+                excluded.append(Exclusion(ep, f"credential unavailable: {ep.credential.unavailable}", "credential"))
+                continue
             if st.missing_models and model in st.missing_models:
                 why = (
                     f"404 for {ep.models[model]!r}, a served name its /models has never listed"

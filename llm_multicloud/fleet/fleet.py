@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from .records import Received
-from .server import ControlServer, RegionRuntime, uvicorn_config_kwargs
+from .server import AuthCheck, ControlServer, RegionRuntime, uvicorn_config_kwargs
 from .spec import DEFAULT_CONTEXT_WINDOW, Fault, FleetSpec, Latency, RegionSpec
 
 __all__ = ["Fleet", "FleetBase"]
@@ -360,6 +360,12 @@ class Fleet(FleetBase):
             self._apply(region_id, lambda r: r.apply_fault(new))
         else:
             self._region(region_id).fault = new
+
+    def set_authorizer(self, region_id: str, authorizer: Callable[[AuthCheck], bool] | None) -> None:
+        """Replace a region's API-key check by ``authorizer(check) -> bool`` (in-process
+        fleets only: SigV4 verification, short-lived tokens...); ``None`` restores it.
+        It runs on the fleet's loop: keep it quick and non-blocking."""
+        self._region(region_id).authorizer = authorizer
 
     def set_latency(self, region_id: str, latency: Latency | None = None, **kw: Any) -> None:
         """Replace the latency profile (keywords build a fresh ``Latency``, or tweak the one given)."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import importlib.util
@@ -386,6 +387,17 @@ class _SSEResponse(StreamingResponse):
             await self._events.aclose()
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuthCheck:
+    """What a custom authorizer sees: the request as received (for signature checks)."""
+
+    method: str
+    path: str
+    query: str
+    headers: Mapping[str, str]  # lower-case names
+    body: bytes
+
+
 class RegionRuntime:
     """Mutable state and request handlers of one region.
 
@@ -401,6 +413,9 @@ class RegionRuntime:
         self.fault: Fault = spec.fault
         self.latency: Latency = spec.latency
         self.models: dict[str, str] = dict(spec.models)
+        #: in-process fleets: a callable that replaces the API-key check (SigV4,
+        #: short-lived tokens...); ``None``: the spec's api_key
+        self.authorizer: Callable[[AuthCheck], bool] | None = None
         self._served_names: frozenset[str] = frozenset(self.models.values())
         self.waiting = 0
         self.rng = random.Random(self._seed())
@@ -559,6 +574,7 @@ class RegionRuntime:
         self.clear()
         if config:
             self.restore_config()
+            self.authorizer = None
             await self.apply_fault(self.spec.fault)
 
     def state(self) -> dict[str, Any]:
@@ -597,7 +613,20 @@ class RegionRuntime:
         self.records.append(rec)
         return rec
 
-    def _authorized(self, headers: dict[str, str]) -> bool:
+    def _authorized(self, headers: dict[str, str], scope: Scope | None = None, body: bytes = b"") -> bool:
+        if self.authorizer is not None:
+            qs = scope.get("query_string", b"") if scope is not None else b""
+            check = AuthCheck(
+                scope["method"] if scope is not None else "GET",
+                ((scope.get("raw_path") or b"").decode("latin-1") or scope["path"]) if scope is not None else "/",
+                qs.decode("latin-1"),
+                headers,
+                body,
+            )
+            try:
+                return bool(self.authorizer(check))
+            except Exception:
+                return False
         key = self.spec.api_key
         auth = headers.get("authorization")
         if auth is not None:
@@ -770,7 +799,7 @@ class RegionRuntime:
             model = body.get("model")
             rec.model = model if isinstance(model, str) else None
             rec.stream = body.get("stream") is True
-        if not self._authorized(rec.headers):
+        if not self._authorized(rec.headers, scope, raw):
             await self._reply(send, rec, 401, _error(*_STATUS_ERRORS[401]))
             return None
         if not isinstance(body, dict):
@@ -1301,7 +1330,7 @@ class RegionRuntime:
         try:
             if await self._flapping_down(scope, receive, rec):
                 return
-            if not self._authorized(rec.headers):
+            if not self._authorized(rec.headers, scope):
                 await self._reply(send, rec, 401, _error(*_STATUS_ERRORS[401]))
                 return
             if self.fault.mode == "huge_body":  # a listing that never ends
@@ -1323,7 +1352,7 @@ class RegionRuntime:
     async def retrieve_model(self, request: Request) -> Response:
         rec = self._begin(request.scope)
         rec.end_time = time.monotonic()
-        if not self._authorized(rec.headers):
+        if not self._authorized(rec.headers, request.scope):
             rec.status, rec.outcome = 401, "error:401"
             return JSONResponse(_error(*_STATUS_ERRORS[401]), status_code=401)
         name = request.path_params["model"]
