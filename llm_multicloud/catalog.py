@@ -37,7 +37,16 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from . import auth as auth_mod
 from . import regions
@@ -206,6 +215,15 @@ class EndpointSpec(_Strict):
     resume: Literal["vllm", "prefix", "none"] | None = None
     #: rpm/tpm quota; endpoints of one quota domain share one bucket.
     limits: LimitsSpec | None = None
+
+    @field_serializer("auth")
+    def _auth_dump(self, v: Any) -> Any:
+        """Dumps (catalog versions, CLI) show a credential's kind and settings, never a secret."""
+        if isinstance(v, Credential):
+            return v.describe()
+        if isinstance(v, Mapping):
+            return {k: ("***" if _secret_name(str(k)) else x) for k, x in v.items()}
+        return None if v is None else repr(type(v).__name__)
 
     @field_validator("id")
     @classmethod
@@ -518,6 +536,11 @@ class _Secrets:
         for e in self._eps:
             yield from e.credential.secrets()
         yield from self._also
+
+
+def _secret_name(name: str) -> bool:
+    low = name.lower()
+    return ("key" in low or "secret" in low or "token" in low) and not low.endswith(("_env", "_file", "_path"))
 
 
 def _identity_domain(cred: Credential, region: str) -> str | None:

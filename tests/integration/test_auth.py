@@ -19,19 +19,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx2 as httpx_lib
 import openai
 import pytest
 
 import llm_multicloud as lmc
 from llm_multicloud.auth import OutgoingRequest
+from llm_multicloud.client import _lib
 from llm_multicloud.fleet import Fleet, Latency, RegionSpec
-
-from .authsrv import EntraLikeCredential, TokenAuthority, rsa_service_account, sigv4_verifier
+from llm_multicloud.fleet.identity import EntraLikeCredential, TokenAuthority, rsa_service_account, sigv4_verifier
 
 pytest.importorskip("botocore")
 pytest.importorskip("google.auth")
 pytest.importorskip("azure.core")
+httpx_lib = _lib(None)  # httpx2 with openai 3.x, httpx with 2.x
 
 MODEL = "llama-3.1-8b"
 FAST = Latency(ttft_ms=1, ttft_jitter=0.0, itl_ms=0.0)

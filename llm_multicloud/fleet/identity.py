@@ -1,5 +1,8 @@
 """Local stand-ins for the clouds' identity services, verified with the clouds' own libraries.
 
+For tests, examples and outage rehearsals of credentials (``Fleet.set_authorizer``);
+they need the extras of the schemes they verify (botocore, google-auth, azure-core).
+
 * :class:`TokenAuthority` — an OAuth 2.0 token endpoint on 127.0.0.1 that issues
   short-lived bearer tokens (seconds): the JWT-bearer grant of Google service
   accounts (the assertion is verified with google-auth against the account's
@@ -29,7 +32,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from llm_multicloud.fleet.server import AuthCheck
+from .server import AuthCheck
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
@@ -144,8 +147,9 @@ class TokenAuthority:
         return 200, {"access_token": tok, "token_type": "Bearer", "expires_in": max(round(exp - time.time()), 1)}
 
     def _verify_assertion(self, assertion: str) -> str | None:
-        from google.auth import jwt
+        from google.auth import jwt as google_jwt
 
+        jwt: Any = google_jwt
         try:
             claims = jwt.decode(assertion, verify=False)
             pub = self._accounts.get(claims.get("iss", ""))
