@@ -131,6 +131,17 @@ class Credential:
         """Secret-free description for messages: the kind and non-secret settings."""
         return self.kind
 
+    def signature(self) -> tuple[object, ...]:
+        """What makes two credentials the same (a reloaded catalog builds new objects
+        for unchanged endpoints): kind, identity and settings, secret-free."""
+        return (type(self).__name__, self.kind, self.identity, self.describe(), getattr(self, "header", None))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Credential) and self.signature() == other.signature()
+
+    def __hash__(self) -> int:
+        return hash(self.signature())
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.describe()}>"
 
