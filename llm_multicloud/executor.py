@@ -276,7 +276,9 @@ class Executor:
     @property
     def redact(self) -> Redactor:
         """Masks keys in every string derived from upstream bytes (reasons, messages):
-        Health's, which knows the keys of every catalog generation."""
+        Health's, which knows the keys of every catalog generation (and learns the
+        tokens that credentials fetched since: they rotate)."""
+        self.health.learn_secrets(self.catalog.live_secrets())
         return self.health.redact
 
     def resume_style(self, ep: Endpoint) -> str:

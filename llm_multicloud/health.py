@@ -480,6 +480,19 @@ class Health:
         #: (those of every catalog this Health has served: old attempts may still run)
         self._secrets: set[str] = set(catalog.secrets())
         self.redact = redactor(self._secrets)
+        #: rotating tokens seen since (the latest few: older ones no longer work anyway)
+        self._rotated: dict[str, None] = {}
+
+    def learn_secrets(self, current: Iterable[str]) -> None:
+        """Also mask these secrets (credentials' current tokens; called on error paths)."""
+        new = [s for s in current if s not in self._secrets and s not in self._rotated]
+        if not new:
+            return
+        for s in new:
+            self._rotated[s] = None
+        while len(self._rotated) > 32:
+            del self._rotated[next(iter(self._rotated))]
+        self.redact = redactor([*self._secrets, *self._rotated])
 
     def learn_secret(self, secret: str | None) -> None:
         """Mask this credential too from now on: one that is not in the catalog (a token
@@ -588,7 +601,7 @@ class Health:
             self.domains = domains
             self._assign_buckets(states, policy)
             self._secrets.update(catalog.secrets())
-            self.redact = redactor(self._secrets)
+            self.redact = redactor([*self._secrets, *self._rotated])
             new = tuple(states)
             self.by_id = {st.endpoint.id: st for st in new}
             self.states = new

@@ -61,7 +61,7 @@ class EnvKey(Credential):
         self._last = value
 
     async def apply(self, req: OutgoingRequest) -> object:
-        key = os.environ.get(self.name)
+        key = (os.environ.get(self.name) or "").strip()
         if not key:
             self.unavailable = f"static (api_key_env): environment variable {self.name!r} is not set or empty"
             raise CredentialUnavailable(self.unavailable)
