@@ -22,8 +22,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import re
 import secrets
+import ssl
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -67,9 +70,17 @@ def rsa_service_account(
 
 
 class TokenAuthority:
-    """Issues tokens that live ``ttl_s`` seconds; thread-safe; 127.0.0.1 only."""
+    """Issues tokens that live ``ttl_s`` seconds; thread-safe; 127.0.0.1 only.
 
-    def __init__(self, ttl_s: float = 2.0) -> None:
+    With ``tls=True`` it serves HTTPS with a certificate from a throwaway CA
+    (``trustme``; its PEM at :attr:`ca_path`) and speaks enough of a Microsoft Entra
+    authority for ``azure.identity.ClientSecretCredential(tenant, client, secret,
+    authority=authority.authority_url, disable_instance_discovery=True,
+    connection_verify=authority.ca_path)``: the OpenID configuration document at
+    ``/{tenant}/v2.0/.well-known/openid-configuration`` and the token endpoint it names.
+    """
+
+    def __init__(self, ttl_s: float = 2.0, *, tls: bool = False) -> None:
         self.ttl_s = ttl_s
         self._lock = threading.Lock()
         self._tokens: dict[str, tuple[float, str]] = {}  # token -> (expires_at, subject)
@@ -77,6 +88,7 @@ class TokenAuthority:
         self._accounts: dict[str, str] = {}  # client_email -> public key PEM
         self.revoked: set[str] = set()  # subjects
         self.issued: dict[str, int] = {}
+        self.scopes_seen: set[str] = set()
         self.refused = 0
         authority = self
 
@@ -84,10 +96,28 @@ class TokenAuthority:
             def log_message(self, *args: Any) -> None:
                 pass
 
+            def do_GET(self) -> None:
+                tenant = self.path.strip("/").split("/")[0]
+                if not self.path.endswith("/.well-known/openid-configuration"):
+                    self._reply(404, {"error": "not_found"})
+                    return
+                base = f"{authority.authority_url}/{tenant}"
+                self._reply(
+                    200,
+                    {
+                        "issuer": f"{base}/v2.0",
+                        "token_endpoint": f"{base}/oauth2/v2.0/token",
+                        "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+                        "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
+                    },
+                )
+
             def do_POST(self) -> None:
                 n = int(self.headers.get("content-length") or 0)
                 form = dict(urllib.parse.parse_qsl(self.rfile.read(n).decode()))
-                status, payload = authority._grant(form)
+                self._reply(*authority._grant(form))
+
+            def _reply(self, status: int, payload: dict[str, Any]) -> None:
                 body = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
@@ -97,7 +127,24 @@ class TokenAuthority:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/token"
+        port = self._server.server_address[1]
+        self.ca_path: str | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if tls:
+            import trustme
+
+            ca = trustme.CA()
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ca.issue_cert("localhost", "127.0.0.1").configure_cert(ctx)
+            self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
+            self._tmp = tempfile.TemporaryDirectory(prefix="lmc-authority-")
+            self.ca_path = os.path.join(self._tmp.name, "ca.pem")
+            ca.cert_pem.write_to_path(self.ca_path)
+        scheme = "https" if tls else "http"
+        #: an Entra-style authority (TLS mode): https://localhost:PORT
+        self.authority_url = f"{scheme}://localhost:{port}"
+        #: the OAuth token endpoint (service accounts' token_uri, client credentials)
+        self.url = f"{scheme}://127.0.0.1:{port}/token"
         self._thread = threading.Thread(target=self._server.serve_forever, name="token-authority", daemon=True)
         self._thread.start()
 
@@ -105,6 +152,8 @@ class TokenAuthority:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)
+        if self._tmp is not None:
+            self._tmp.cleanup()
 
     # -- registration -------------------------------------------------------------------
     def add_client(self, client_id: str, secret: str) -> None:
@@ -133,6 +182,8 @@ class TokenAuthority:
 
     def _grant(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
         grant = form.get("grant_type")
+        if form.get("scope"):
+            self.scopes_seen.update(form["scope"].split())
         subject: str | None = None
         if grant == JWT_BEARER:
             subject = self._verify_assertion(form.get("assertion", ""))

@@ -53,6 +53,15 @@ def authority() -> Iterator[TokenAuthority]:
 
 
 @pytest.fixture(scope="module")
+def entra() -> Iterator[TokenAuthority]:
+    """A Microsoft Entra-style authority over TLS (throwaway CA) for the real ClientSecretCredential."""
+    pytest.importorskip("trustme")
+    a = TokenAuthority(ttl_s=TTL_S, tls=True)
+    yield a
+    a.close()
+
+
+@pytest.fixture(scope="module")
 def fleet(authority: TokenAuthority) -> Iterator[Fleet]:
     specs = [
         RegionSpec(id=rid, provider=p, region=r, models={MODEL: served}, api_key="unused-" + rid, latency=FAST, seed=i)
@@ -189,21 +198,62 @@ def test_hedge_is_signed_for_its_own_endpoint(clouds: Fleet) -> None:
     clouds.set_latency("aws-euc1", FAST)
 
 
+def test_resumed_stream_is_signed_for_its_new_body(clouds: Fleet) -> None:
+    """A stream breaks after commit on eu-central-1; the continuation (another body: the
+    partial answer appended) goes to us-east-1 and passes its SigV4 check."""
+    clouds.set_fault("aws-euc1", mode="close_mid_stream", after_chunks=3)
+    eps = [endpoint(clouds, "aws-euc1", auth={"kind": "aws"}), endpoint(clouds, "aws-use1", auth={"kind": "aws"})]
+    with multicloud(eps, resume={"enabled": True}) as mc:
+        stream = mc.wrap(openai.OpenAI(api_key="placeholder")).chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=10, stream=True
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text.startswith("[aws-euc1]")
+    (cont,) = [r for r in clouds.received("aws-use1") if r.path.endswith("/chat/completions")]
+    assert cont.status == 200 and cont.json["messages"][-1]["role"] == "assistant"
+    assert "/us-east-1/bedrock/" in cont.headers["authorization"]
+
+
+def test_probes_are_signed_too(clouds: Fleet) -> None:
+    with multicloud(
+        [endpoint(clouds, "aws-euc1", auth={"kind": "aws"})], probe={"enabled": True, "interval_s": 0.2}
+    ) as mc:
+        mc.wrap(openai.OpenAI(api_key="placeholder"))
+        mc._portal()  # the background loop (and so the prober) starts with the first request or this
+        clouds.wait_for(lambda: any(r.path.endswith("/models") for r in clouds.received("aws-euc1")), timeout=10)
+    probes = [r for r in clouds.received("aws-euc1") if r.path.endswith("/models")]
+    assert probes and all(r.status == 200 for r in probes)
+    assert probes[0].headers["authorization"].startswith("AWS4-HMAC-SHA256 ")
+
+
 # ---------------------------------------------------------------------------- tokens
 
 
-def test_sustained_run_across_many_token_lifetimes(clouds: Fleet, authority: TokenAuthority, tmp_path: Path) -> None:
-    """Bedrock (SigV4), Vertex (google-auth service account) and Azure (TokenCredential)
-    in one catalog, traffic over ~4 token lifetimes: no error reaches the caller, no
-    endpoint is penalised, and tokens were refreshed ahead of expiry."""
-    authority.add_client("lmc-azure-app", "azure-client-secret-value")
-    entra = EntraLikeCredential(authority.url, "lmc-azure-app", "azure-client-secret-value")
+def test_sustained_run_across_many_token_lifetimes(
+    clouds: Fleet, authority: TokenAuthority, entra: TokenAuthority, tmp_path: Path
+) -> None:
+    """Bedrock (SigV4), Vertex (google-auth service account) and Azure (azure.identity's
+    own ClientSecretCredential against a local Entra-style authority over TLS) in one
+    catalog, traffic over ~4 token lifetimes: no error reaches the caller, no endpoint
+    is penalised, and tokens were refreshed ahead of expiry."""
+    from azure.identity import ClientSecretCredential
+
+    entra.add_client("lmc-azure-app", "azure-client-secret-value")
+    clouds.set_authorizer("azure-swc", entra.bearer_authorizer())
+    azure_cred = ClientSecretCredential(
+        "lmc-tenant",
+        "lmc-azure-app",
+        "azure-client-secret-value",
+        authority=entra.authority_url,
+        disable_instance_discovery=True,
+        connection_verify=entra.ca_path,
+    )
     eps = [
         endpoint(clouds, "aws-euc1", auth={"kind": "aws"}),
         endpoint(clouds, "gcp-euw4", auth={"kind": "gcp", "credentials_file": sa_file(authority, tmp_path)}),
-        endpoint(clouds, "azure-swc", auth=lmc.auth.azure(entra)),
+        endpoint(clouds, "azure-swc", auth=lmc.auth.azure(azure_cred)),
     ]
-    issued0 = dict(authority.issued)
+    issued0 = {**authority.issued, **entra.issued}
     with multicloud(eps, strategy="weighted") as mc:
         client = mc.wrap(openai.OpenAI(api_key="placeholder"))
         aclient = mc.wrap(openai.AsyncOpenAI(api_key="placeholder"))
@@ -248,12 +298,14 @@ def test_sustained_run_across_many_token_lifetimes(clouds: Fleet, authority: Tok
     for e in snap["endpoints"]:
         assert e["failures"] == 0 and e["state"] == "closed", e
     # each token credential fetched several times (every ~1-1.6 s of a 2 s lifetime)
+    issued = {**authority.issued, **entra.issued}
     grown = {
-        s: authority.issued.get(s, 0) - issued0.get(s, 0)
+        s: issued.get(s, 0) - issued0.get(s, 0)
         for s in ("lmc-azure-app", "sa@lmc-test-project.iam.gserviceaccount.com")
     }
     assert all(v >= 3 for v in grown.values()), grown
-    assert entra.scopes == ["https://cognitiveservices.azure.com/.default"]
+    assert entra.scopes_seen == {"https://cognitiveservices.azure.com/.default"}
+    azure_cred.close()
 
 
 def test_expired_token_is_rejected_by_the_server(clouds: Fleet, authority: TokenAuthority) -> None:
