@@ -497,9 +497,8 @@ class Health:
     def learn_secret(self, secret: str | None) -> None:
         """Mask this credential too from now on: one that is not in the catalog (a token
         a credential provider fetched at run time). Cheap when already known."""
-        if secret and secret not in self._secrets:
-            self._secrets.add(secret)
-            self.redact = redactor(self._secrets)
+        if secret:
+            self.learn_secrets((secret,))
 
     def emit(self, t: Transition | None, ep: Endpoint | None = None) -> None:
         if t is None:
