@@ -51,14 +51,13 @@ PLACEHOLDER_BASE_URL = "http://llm-multicloud.invalid/v1"
 #: (Anthropic's ``/v1/messages``...), so that the path is not doubled.
 PLACEHOLDER_ROOT_URL = "http://llm-multicloud.invalid"
 
-#: Why ``wrap()`` refuses ``openai.AzureOpenAI`` and what to do instead (one place:
-#: update it when the ``azure-openai`` catalog preset lands).
+#: Why ``wrap()`` refuses ``openai.AzureOpenAI`` and what to do instead (one place).
 AZURE_CLIENT_REFUSED = (
     "wrap() cannot route {cls}: it rewrites every path to /openai/deployments/<deployment>/... and adds its "
     "own api-version, which no endpoint of a catalog serves (every request would end in a 404). Wrap "
-    "openai.OpenAI / openai.AsyncOpenAI instead and reach Azure OpenAI through the catalog: an endpoint "
-    "with provider: azure, base_url: https://<resource>.openai.azure.com/openai/v1 and auth_header: api-key "
-    "(a catalog preset for Azure OpenAI is coming)."
+    "openai.OpenAI / openai.AsyncOpenAI instead and reach Azure OpenAI through the catalog's preset: "
+    "{{preset: azure-openai, resource: <resource>, region: <azure region>, models: {{<model>: <deployment>}}}} "
+    "(Entra ID by default, or api_key_env for a key; see docs/auth.md#presets)."
 )
 
 
