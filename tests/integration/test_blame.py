@@ -220,10 +220,10 @@ def test_wrap_refuses_azure_clients_saying_what_to_do(clean: Fleet, cls: str) ->
     would 404 everywhere. Refused before anything is sent, with the way to do it."""
     client = getattr(openai, cls)(api_key="unused", api_version="2024-10-21", azure_endpoint="https://x.invalid")
     with make_mc(clean) as mc:
-        with pytest.raises(TypeError, match="provider: azure") as ei:
+        with pytest.raises(TypeError, match="preset: azure-openai") as ei:
             mc.wrap(client)
         assert cls in str(ei.value) and "openai.OpenAI" in str(ei.value)
-    with pytest.raises(TypeError, match="provider: azure"):
+    with pytest.raises(TypeError, match="preset: azure-openai"):
         lmc.wrap(client, catalog=clean.catalog())
     assert clean.received() == []
 
