@@ -11,6 +11,9 @@ Three local "clouds" on 127.0.0.1 that check credentials the way real ones do:
 Three seconds of traffic cross three token lifetimes and one key rotation; the
 script checks that no request failed and no endpoint was penalised.
 
+Prerequisites: the ``fleet`` extra and the openai SDK — ``pip install '.[demo]'``;
+for the SigV4 part botocore — ``pip install '.[aws]'`` (without it that part is skipped).
+
     python examples/cloud_credentials.py
 """
 

@@ -40,7 +40,7 @@ _EXPORTS = {
     "StreamInterrupted": "errors",
 }
 
-__all__ = ("__version__", *sorted(_EXPORTS))
+__all__ = ("__version__", "auth", *sorted(_EXPORTS))
 
 if _typing.TYPE_CHECKING:
     from .catalog import Catalog as Catalog
@@ -83,4 +83,4 @@ def __getattr__(name: str) -> _typing.Any:
 
 def __dir__() -> list[str]:
     # the public names only: not the helpers this module imports for itself
-    return sorted([*__all__, "auth"])
+    return sorted(__all__)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import llm_multicloud as lmc
 
 
@@ -15,7 +17,8 @@ def test_every_exported_name_resolves_and_belongs_to_the_package() -> None:
         value = getattr(lmc, name)
         if name == "__version__" or isinstance(value, str):
             continue
-        module = getattr(value, "__module__", "")
+        # a subpackage (lmc.auth) is its own module
+        module = value.__name__ if isinstance(value, types.ModuleType) else getattr(value, "__module__", "")
         assert module.startswith("llm_multicloud"), (name, module)
 
 
