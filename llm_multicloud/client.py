@@ -101,7 +101,6 @@ class MultiCloud:
             from .telemetry import Telemetry
 
             self.telemetry: Telemetry | None = Telemetry()
-            self.telemetry.bind_catalog(self.catalog)
             self.telemetry.bind_capacity(self.capacity)
             self.request_hooks.append(self.telemetry.on_request)
             self.health.listeners.append(self.telemetry.on_transition)
@@ -135,6 +134,8 @@ class MultiCloud:
         from .live import Operations
 
         self._ops = Operations(self, catalog, policy)
+        if self.telemetry is not None:
+            self.telemetry.bind_fleet(self)  # observable gauges of this fleet's state
         self._watcher: Any = None
         if watch:
             self._start_watch()

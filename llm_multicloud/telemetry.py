@@ -70,6 +70,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -81,16 +82,23 @@ from .executor import AttemptRecord, RequestRecord
 from .health import Transition
 
 __all__ = [
+    "BREAKER_STATE",
+    "BUDGET_BALANCE",
+    "COOLDOWN_REMAINING",
     "COST",
+    "DRAINING",
     "DURATION_BUCKETS",
     "FAILOVERS",
+    "GAUGES",
     "HEDGES",
+    "IN_FLIGHT",
     "OPERATION_DURATION",
     "PROVIDER_NAME",
     "TIME_TO_FIRST_CHUNK",
     "TOKEN_BUCKETS",
     "TOKEN_USAGE",
     "TRANSITIONS",
+    "TTFT_ESTIMATE",
     "Telemetry",
     "cloud_provider",
 ]
@@ -115,6 +123,21 @@ TRANSITIONS = "llm_multicloud.breaker.transitions"
 COST = "llm_multicloud.cost"
 CAPACITY_TOKENS = "llm_multicloud.capacity.remaining_tokens"
 CAPACITY_REQUESTS = "llm_multicloud.capacity.remaining_requests"
+
+# Observable gauges: the fleet's state now, read at each collection (scrape).
+#: 0 closed, 1 half-open (trial requests admitted), 2 open (ejected)
+BREAKER_STATE = "llm_multicloud.endpoint.breaker_state"
+#: 1 while an operator drained the endpoint (``MultiCloud.drain``), else 0
+DRAINING = "llm_multicloud.endpoint.draining"
+IN_FLIGHT = "llm_multicloud.endpoint.in_flight"
+#: the router's peak-EWMA time-to-first-token estimate (absent before any sample)
+TTFT_ESTIMATE = "llm_multicloud.endpoint.ttft_estimate"
+#: seconds left of the endpoint's quota-domain cooldown (429/401/403), 0 when none
+COOLDOWN_REMAINING = "llm_multicloud.endpoint.cooldown_remaining"
+#: extra requests the retry / hedge budget allows now (``llm_multicloud.budget``: retry | hedge)
+BUDGET_BALANCE = "llm_multicloud.budget.balance"
+GAUGES: tuple[str, ...] = (BREAKER_STATE, DRAINING, IN_FLIGHT, TTFT_ESTIMATE, COOLDOWN_REMAINING, BUDGET_BALANCE)
+_BREAKER_CODES = {"closed": 0, "half_open": 1, "open": 2}
 
 #: Semconv ExplicitBucketBoundaries for the GenAI client duration / TTFC histograms (s).
 DURATION_BUCKETS: tuple[float, ...] = (
@@ -238,6 +261,52 @@ class _Instruments:
             ]
 
 
+_GAUGE_LOCK = threading.Lock()
+#: Meter providers that have the gauges (each gets them once; the key is the provider
+#: object itself, kept alive here, so that its id cannot be reused).
+_GAUGED: dict[int, object] = {}
+#: Telemetry objects with a bound MultiCloud (weak: a dropped MultiCloud stops reporting).
+_SOURCES: weakref.WeakSet[Telemetry] = weakref.WeakSet()
+
+_GAUGE_SPECS: tuple[tuple[str, str, str], ...] = (
+    (BREAKER_STATE, "{state}", "Circuit breaker per endpoint: 0 closed, 1 half-open, 2 open."),
+    (DRAINING, "{endpoint}", "1 while an operator has drained the endpoint."),
+    (IN_FLIGHT, "{request}", "Attempts in flight to the endpoint from this process."),
+    (TTFT_ESTIMATE, "s", "The router's time-to-first-token estimate for the endpoint (peak-EWMA)."),
+    (COOLDOWN_REMAINING, "s", "Seconds left of the endpoint's quota cooldown (429/401/403)."),
+    (BUDGET_BALANCE, "{request}", "Extra requests (retries or hedges) the budget allows now."),
+)
+
+
+def _ensure_gauges(mp: object, meter: metrics.Meter) -> None:
+    """Register the observable gauges with a meter provider, once: one set of instruments
+    per provider reports every MultiCloud bound to it (an SDK keeps the first
+    registration of a name, so per-MultiCloud instruments would be silently dropped)."""
+    with _GAUGE_LOCK:
+        if id(mp) in _GAUGED:
+            return
+        _GAUGED[id(mp)] = mp
+    for name, unit, description in _GAUGE_SPECS:
+        meter.create_observable_gauge(name, callbacks=[_gauge_callback(mp, name)], unit=unit, description=description)
+
+
+def _gauge_callback(mp: object, name: str) -> Callable[[metrics.CallbackOptions], Iterable[metrics.Observation]]:
+    def observe(_options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+        out: list[metrics.Observation] = []
+        with _GAUGE_LOCK:
+            sources = list(_SOURCES)
+        for tel in sources:
+            if tel._mp_seen is not mp:
+                continue
+            try:
+                out.extend(tel._observe(name))
+            except Exception:  # a scrape must not fail because of one MultiCloud
+                tel._failed(f"gauge {name}")
+        return out
+
+    return observe
+
+
 def _histogram(meter: metrics.Meter, name: str, unit: str, description: str, buckets: Sequence[float]) -> Any:
     try:
         return meter.create_histogram(name, unit, description, explicit_bucket_boundaries_advisory=buckets)
@@ -274,6 +343,7 @@ class Telemetry:
         self._failures = 0
         self._tp_env = _TP_ENV in os.environ
         self._mp_env = _MP_ENV in os.environ
+        self._fleet: weakref.ref[Any] | None = None
 
     # -- resolution -----------------------------------------------------------------
     # The public getters (trace.get_tracer_provider / metrics.get_meter_provider) test
@@ -324,6 +394,7 @@ class Telemetry:
                     meter = mp.get_meter(SCOPE, _VERSION)
                     if not isinstance(meter, metrics.NoOpMeter):
                         inst = _Instruments(meter, self._capacity)
+                        _ensure_gauges(mp, meter)
                 self._inst = inst
                 self._mp_seen = mp
             return self._inst
@@ -346,6 +417,58 @@ class Telemetry:
         """Where the capacity gauges read from: one dict per quota-domain bucket (as in
         ``snapshot()``), read when the SDK collects."""
         self._capacity = source
+
+    def bind_fleet(self, mc: Any) -> None:
+        """Export ``mc``'s state as observable gauges (breaker state, draining, in-flight,
+        TTFT estimate, cooldown remaining per endpoint; retry and hedge budget levels).
+        Registered with the meter provider now if one is configured, else as soon as
+        one is seen (at the next request or transition). Holds ``mc`` weakly."""
+        self._fleet = weakref.ref(mc)
+        self.bind_catalog(mc.catalog)
+        with _GAUGE_LOCK:
+            _SOURCES.add(self)
+        try:
+            self._resolve_instruments()
+        except Exception:
+            self._failed("gauge registration")
+
+    def _observe(self, name: str) -> list[metrics.Observation]:
+        """The observations of one gauge for the bound MultiCloud (empty once it is gone
+        or closed)."""
+        mc = self._fleet() if self._fleet is not None else None
+        if mc is None or getattr(mc, "_closed", False):
+            return []
+        if name == BUDGET_BALANCE:
+            ex = mc.executor
+            return [
+                metrics.Observation(ex.retry_budget.balance(), {"llm_multicloud.budget": "retry"}),
+                metrics.Observation(ex.hedge_budget.balance(), {"llm_multicloud.budget": "hedge"}),
+            ]
+        now = mc.clock()
+        out = []
+        for st in mc.health.states:
+            ep = st.endpoint
+            attrs = {
+                "llm_multicloud.endpoint": ep.id,
+                "cloud.provider": cloud_provider(ep.provider),
+                "cloud.region": ep.region,
+            }
+            value: float
+            if name == BREAKER_STATE:
+                b = st.breaker
+                value = _BREAKER_CODES["half_open" if b == "open" and now >= st.open_until else b]
+            elif name == DRAINING:
+                value = 1 if st.drained is not None else 0
+            elif name == IN_FLIGHT:
+                value = st.inflight
+            elif name == TTFT_ESTIMATE:
+                if st.ttft_ms is None:
+                    continue
+                value = st.ttft_ms / 1000.0
+            else:
+                value = max(st.quota.until - now, 0.0)
+            out.append(metrics.Observation(value, attrs))
+        return out
 
     # -- hooks ----------------------------------------------------------------------
     def on_request(self, rec: RequestRecord) -> None:

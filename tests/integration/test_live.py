@@ -3,13 +3,17 @@ drains, weights, and the guarantee that a swap loses and misroutes nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
+import logging
 import time
 from typing import Any
 
 import anyio
 import openai
 import pytest
+import yaml
 
 import llm_multicloud as lmc
 from llm_multicloud.fleet import Fleet, Latency, start_fleet_process
@@ -344,3 +348,103 @@ async def _swaps_under_load(fleet: Any) -> None:
     assert snap["retired"] == [] and all(e["in_flight"] == 0 for e in snap["endpoints"])
     assert max(peak) >= 300, peak  # streams open at once while swapping
     print(f"in flight at each swap: {peak}")
+
+
+def test_state_change_log_records_carry_structured_fields(clean: Fleet) -> None:
+    """Every state-change record of the llm_multicloud loggers has endpoint, provider,
+    region, from, to, reason as attributes (``extra=``): what JSON formatters emit."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep(level=logging.DEBUG)
+    root = logging.getLogger("llm_multicloud")
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        with make_mc(clean) as mc:
+            client = mc.wrap(openai.OpenAI(api_key="sk-placeholder"))
+            mc.drain("aws-euc1", reason="maintenance")  # serving -> drained
+            clean.set_fault("gcp-euw4", mode="status", status=503)
+            clean.set_fault("aws-use1", mode="status", status=429, retry_after="5")
+            for _ in range(5):  # gcp-euw4: closed -> open; aws-use1: closed -> cooling
+                with contextlib.suppress(openai.APIStatusError):
+                    _ask(client)
+            mc.undrain("aws-euc1")  # drained -> serving
+            mc.update_catalog(_without(clean.catalog(), "azure-jpe"))  # -> removed
+            mc.update_catalog(clean.catalog())  # added
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    changes = [r for r in records if hasattr(r, "to")]
+    seen = {(r.endpoint, getattr(r, "from"), r.to) for r in changes}  # type: ignore[attr-defined]
+    assert {
+        ("aws-euc1", "serving", "drained"),
+        ("gcp-euw4", "closed", "open"),
+        ("aws-use1", "closed", "cooling"),
+        ("aws-euc1", "drained", "serving"),
+        ("azure-jpe", "closed", "removed"),
+        ("azure-jpe", "absent", "serving"),
+    } <= seen
+    where = {"aws-euc1": ("aws", "eu-central-1"), "gcp-euw4": ("gcp", "europe-west4"),
+             "aws-use1": ("aws", "us-east-1"), "azure-jpe": ("azure", "japaneast")}  # fmt: skip
+    for r in changes:
+        f = r.__dict__
+        assert (f["provider"], f["region"]) == where[f["endpoint"]], f
+        assert isinstance(f["reason"], str) and f["reason"]
+    # the health logger's state-change records are all structured
+    health = [r for r in records if r.name == "llm_multicloud.health"]
+    assert health and all(hasattr(r, "to") for r in health)
+    # what a JSON formatter (python-json-logger, structlog's stdlib bridge) gets
+    line = json.dumps({k: changes[0].__dict__[k] for k in ("endpoint", "provider", "region", "from", "to", "reason")})
+    assert json.loads(line)["to"] == "drained"
+
+
+# ------------------------------------------------------------------ file watching
+
+
+def test_watched_file_reloads_and_a_broken_edit_keeps_serving(
+    clean: Fleet, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    pytest.importorskip("watchfiles")
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump(clean.catalog()), encoding="utf-8")
+    policy = {"strategy": "ordered", "probe": {"enabled": False}, "hedge": {"enabled": False}, "explore": 0.0}
+    caplog.set_level(logging.INFO, logger="llm_multicloud.live")
+    with lmc.MultiCloud(path, policy, watch=True) as mc:
+        client = mc.wrap(openai.OpenAI(api_key="sk-placeholder"))
+        assert _ask(client).headers["x-llm-multicloud-endpoint"] == "aws-euc1"
+        v0 = mc.catalog_version
+
+        # An edit (written in place) is picked up: aws-euc1 removed.
+        path.write_text(yaml.safe_dump(_without(clean.catalog(), "aws-euc1")), encoding="utf-8")
+        clean.wait_for(lambda: mc.catalog_version != v0, timeout=10)
+        assert _ask(client).headers["x-llm-multicloud-endpoint"] == "gcp-euw4"
+        v1 = mc.catalog_version
+
+        # A broken edit: one clear error, the last good catalog keeps serving.
+        path.write_text("endpoints:\n  - id: gcp-euw4\n    regon: oops\n", encoding="utf-8")
+        clean.wait_for(lambda: any(r.levelno == logging.ERROR for r in caplog.records), timeout=10)
+        assert mc.catalog_version == v1
+        for _ in range(5):
+            assert _ask(client).headers["x-llm-multicloud-endpoint"] == "gcp-euw4"
+
+        # The next good edit (atomically renamed into place, as config managers do) wins.
+        tmp = tmp_path / ".catalog.yaml.tmp"
+        tmp.write_text(yaml.safe_dump(clean.catalog()), encoding="utf-8")
+        tmp.replace(path)
+        clean.wait_for(lambda: mc.catalog_version == v0, timeout=10)
+        assert _ask(client).headers["x-llm-multicloud-endpoint"] == "aws-euc1"
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, [r.getMessage() for r in errors]
+    msg = errors[0].getMessage()
+    assert "keeping the last good catalog" in msg and "regon: unknown field" in msg
+    assert str(path) in msg
+
+
+def test_watch_needs_a_path(clean: Fleet) -> None:
+    with pytest.raises(lmc.CatalogError, match="watch=True needs a catalog file path"):
+        lmc.MultiCloud(clean.catalog(), watch=True)
