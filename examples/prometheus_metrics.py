@@ -19,6 +19,7 @@ down, scrapes its own ``/metrics`` and checks the gauges say so.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 import urllib.request
@@ -77,10 +78,8 @@ def main() -> int:
             second = mc.catalog.endpoints[1].id
             fleet.set_fault(second, mode="status", status=503)
             for _ in range(6):
-                try:
+                with contextlib.suppress(openai.APIError):
                     client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
-                except openai.APIError:
-                    pass
 
             samples = scrape(port)
             for name in sorted(samples):
