@@ -192,8 +192,9 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return redactor(secrets)(text)
 
 
-def error_message(body: bytes) -> str:
-    """The human part of an upstream error body (OpenAI-style JSON or text), shortened."""
+def error_message(body: bytes, limit: int = 200) -> str:
+    """The human part of an upstream error body (OpenAI-style JSON or text), shortened
+    to ``limit`` characters (the CLI shows errors whole: a larger limit)."""
     text = body.decode("utf-8", "replace").strip()
     if text.startswith("data:"):
         text = text[5:].strip()
@@ -206,7 +207,7 @@ def error_message(body: bytes) -> str:
                 text = str(msg)
     except ValueError:
         pass
-    return text[:200] or "(empty body)"
+    return text[:limit] or "(empty body)"
 
 
 def readable_status_errors(client: Any) -> Any:
