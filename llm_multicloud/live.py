@@ -251,9 +251,9 @@ class Operations:
 
     def _announce_drains(self, ids: list[str], reason: str | None) -> None:
         shared = getattr(self.mc, "_shared", None)
-        if shared is not None and hasattr(shared, "announce_drain"):
+        if shared is not None:
             shared.announce_drain(ids, reason)
-        else:
+        elif self.mc.policy.state.backend == "redis":  # published once the shared state starts
             self.pending_drains.update(dict.fromkeys(ids, reason))
 
     def set_weight(self, endpoint_id: str, weight: float | None) -> CatalogUpdate:

@@ -69,7 +69,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import anyio
@@ -83,6 +83,7 @@ if TYPE_CHECKING:
     from .health import EndpointState, Transition
 
 log = logging.getLogger("llm_multicloud.shared")
+_T = TypeVar("_T")
 
 #: Schema version: in every key (``{prefix}:v1:...``) and in every value (``"v": 1``).
 SCHEMA = 1
@@ -148,17 +149,11 @@ class SharedState:
         host = socket.gethostname()[:48] or "host"
         #: This replica's id in Redis: readable by operators, unique per process and instance.
         self.id = f"{host}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        p = f"{self.policy.prefix}:v{SCHEMA}"
-        states = mc.health.states
-        self._k_eject = [f"{p}:eject:{st.endpoint.id}" for st in states]
-        self._domains = list(mc.health.domains)
-        self._k_cool = [f"{p}:cool:{name}" for name in self._domains]
+        p = self._p = f"{self.policy.prefix}:v{SCHEMA}"
         self._k_replicas = f"{p}:replicas"
-        self._index = {st.endpoint.id: i for i, st in enumerate(states)}
-        #: one endpoint per quota domain, to apply a remote cooldown through
-        self._domain_st: dict[str, EndpointState] = {}
-        for st in states:
-            self._domain_st.setdefault(st.quota.name, st)
+        self._k_drains = f"{p}:drains"
+        self._states: tuple[EndpointState, ...] = ()
+        self._bind()
         url = self.policy.url or ""
         self._url_safe, password = _safe_url(url)
         self._secrets = [*mc.catalog.secrets(), *([password] if password else [])]
@@ -191,6 +186,35 @@ class SharedState:
         self._replicas = 0
         self.rounds = 0
         self.failed_rounds = 0
+        # Live operations: drains to publish (id -> reason, None: undrain), and the
+        # catalog versions other replicas announce.
+        self._drain_lock = threading.Lock()
+        self._drain_ops: dict[str, str | None] = dict(mc._ops.pending_drains)
+        mc._ops.pending_drains.clear()
+        self._versions: dict[str, str] = {}
+        self._mismatch_logged: frozenset[tuple[str, str]] = frozenset()
+        mc._ops.listeners.append(self._on_catalog)
+
+    def _bind(self) -> None:
+        """Keys and indexes for the current catalog (again after a live catalog update).
+        Facts remembered by index move with their endpoint id."""
+        old = self._states
+        states = self.mc.health.states
+        p = self._p
+        self._k_eject = [f"{p}:eject:{st.endpoint.id}" for st in states]
+        self._domains = list(self.mc.health.domains)
+        self._k_cool = [f"{p}:cool:{name}" for name in self._domains]
+        self._index = {st.endpoint.id: i for i, st in enumerate(states)}
+        #: one endpoint per quota domain, to apply a remote cooldown through
+        self._domain_st: dict[str, EndpointState] = {}
+        for st in states:
+            self._domain_st.setdefault(st.quota.name, st)
+        if old:
+            ids = [st.endpoint.id for st in old]
+            self._pushed_eject = _remap(self._pushed_eject, ids, self._index)
+            self._adopted_eject = _remap(self._adopted_eject, ids, self._index)
+            self._adopted_ttft = _remap(self._adopted_ttft, ids, self._index)
+        self._states = states
 
     # -- lifecycle ------------------------------------------------------------------
     async def run(self) -> None:
@@ -265,6 +289,10 @@ class SharedState:
             "schema": SCHEMA,
             "rounds": self.rounds,
             "failed_rounds": self.failed_rounds,
+            "catalog_version": self.mc.catalog_version,
+            "catalog_versions": dict(sorted(self._versions.items())),
+            "catalog_mismatch": self.catalog_mismatch(),
+            "pending_drains": len(self._drain_ops),
         }
 
     @property
@@ -295,7 +323,11 @@ class SharedState:
     # -- one round ---------------------------------------------------------------------
     async def _round(self, client: Redis) -> None:
         mc = self.mc
+        if mc.health.states is not self._states:
+            self._bind()  # a live catalog update since the last round
         now = mc.clock()
+        with self._drain_lock:
+            drain_ops = dict(self._drain_ops)
         pushes = self._pushes(now)
         entry = self._entry(now)
         w0 = time.time()
@@ -312,6 +344,14 @@ class SharedState:
                 pipe.mget(self._k_eject)
                 pipe.mget(self._k_cool)
                 pipe.hgetall(self._k_replicas)
+                # Drains: this replica's new ones first, then everyone's (the hash is the truth).
+                for eid, reason in drain_ops.items():
+                    if reason is None:
+                        pipe.hdel(self._k_drains, eid)
+                    else:
+                        body = {"v": SCHEMA, "reason": self._reason(reason), "by": self.id, "at": int(w0 * 1000)}
+                        pipe.hset(self._k_drains, eid, json.dumps(body, separators=(",", ":")))
+                pipe.hgetall(self._k_drains)
                 res: list[Any] = await pipe.execute(raise_on_error=False)
         t1 = mc.clock()
         w1 = time.time()
@@ -333,6 +373,12 @@ class SharedState:
         if prune and not isinstance(res[i - 1], Exception):
             self._prune.difference_update(prune)
         ejects, cools, replicas = res[i], res[i + 1], res[i + 2]
+        drains = res[-1]
+        if not any(isinstance(r, Exception) for r in res[len(res) - 1 - len(drain_ops) : -1]):
+            with self._drain_lock:  # published: forget them, unless changed meanwhile
+                for eid, reason in drain_ops.items():
+                    if eid in self._drain_ops and self._drain_ops[eid] == reason:
+                        del self._drain_ops[eid]
         self._merging = True
         try:
             if not isinstance(ejects, Exception):
@@ -341,6 +387,8 @@ class SharedState:
                 self._merge_cooldowns(cools, server_ms, t1)
             if not isinstance(replicas, Exception):
                 self._merge_replicas(replicas, server_ms, t1)
+            if not isinstance(drains, Exception):
+                self._merge_drains(drains)
         finally:
             self._merging = False
         self.rounds += 1
@@ -353,7 +401,7 @@ class SharedState:
     def _pushes(self, now: float) -> list[_Push]:
         """New local facts: ejections and cooldowns this replica found itself."""
         out: list[_Push] = []
-        for i, st in enumerate(self.mc.health.states):
+        for i, st in enumerate(self._states):
             until = st.open_until
             if (
                 st.breaker == "open"
@@ -364,7 +412,9 @@ class SharedState:
                 body = {"v": SCHEMA, "reason": self._reason(st.last_error), "ejections": st.ejections, "by": self.id}
                 out.append(_Push(self._k_eject[i], _ms(until - now), _open_json(body), "eject", i, until))
         for key, name in zip(self._k_cool, self._domains, strict=True):
-            dom = self.mc.health.domains[name]
+            dom = self.mc.health.domains.get(name)
+            if dom is None:  # removed by a catalog update during this round
+                continue
             until = dom.until
             known = (self._pushed_cool.get(name), self._adopted_cool.get(name))
             if until - now > MIN_PUSH_S and until not in known:
@@ -377,13 +427,20 @@ class SharedState:
         server_now = time.time() * 1000.0 + self._offset_ms
         inflight: dict[str, int] = {}
         ttft: dict[str, list[float]] = {}
-        for i, st in enumerate(self.mc.health.states):
+        for i, st in enumerate(self._states):
             if st.inflight > 0:
                 inflight[st.endpoint.id] = st.inflight
             est, at = st.ttft_ms, st.ttft_at
             if st.ttft_samples > 0 and est is not None and (est, at) != self._adopted_ttft.get(i):
                 ttft[st.endpoint.id] = [round(est, 3), st.ttft_samples, int(server_now - (now - at) * 1000.0)]
-        obj = {"v": SCHEMA, "at": int(server_now), "ttl": self._ttl_ms, "inflight": inflight, "ttft": ttft}
+        obj = {
+            "v": SCHEMA,
+            "at": int(server_now),
+            "ttl": self._ttl_ms,
+            "inflight": inflight,
+            "ttft": ttft,
+            "catalog": self.mc.catalog_version,
+        }
         return json.dumps(obj, separators=(",", ":"))
 
     # -- merge -------------------------------------------------------------------------
@@ -407,7 +464,7 @@ class SharedState:
                 continue
             # A deadline absurdly far ahead (bad data, another policy) is capped.
             local_until = t1 + min(remaining, longest)
-            st = h.states[i]
+            st = self._states[i]
             h.apply_remote_ejection(st, local_until, self._reason(reason), max(0, min(int(ejections), 1000)))
             if st.open_until == local_until:
                 self._adopted_eject[i] = local_until
@@ -427,7 +484,9 @@ class SharedState:
             remaining = (until - server_ms) / 1000.0
             if remaining <= 0:
                 continue
-            dom = h.domains[name]
+            dom = h.domains.get(name)
+            if dom is None:
+                continue
             before = dom.until
             # apply_remote_cooldown caps it (max_retry_after_s) and only moves forward.
             h.apply_remote_cooldown(self._domain_st[name], t1 + remaining, self._reason(reason))
@@ -435,9 +494,10 @@ class SharedState:
                 self._adopted_cool[name] = dom.until
 
     def _merge_replicas(self, entries: dict[bytes | str, bytes | str], server_ms: float, t1: float) -> None:
-        states = self.mc.health.states
+        states = self._states
         n = len(states)
         remote = [0] * n
+        versions: dict[str, str] = {}
         ttft: list[list[tuple[float, float, float]]] = [[] for _ in range(n)]
         live = 0
         for field, raw in entries.items():
@@ -458,6 +518,8 @@ class SharedState:
                     self._prune.add(field)  # long dead: tidy the hash
                 continue
             live += 1
+            if isinstance(obj.get("catalog"), str):
+                versions[rid] = obj["catalog"][:64]
             if rid == self.id:
                 continue
             invalid = False  # endpoints we do not know are fine (another catalog version)
@@ -481,6 +543,8 @@ class SharedState:
             if invalid:
                 self._bad(key, "invalid in-flight or TTFT values (the valid ones are used)")
         self._replicas = live
+        self._versions = versions
+        self._check_versions()
         for st, r in zip(states, remote, strict=True):
             st.remote_inflight = r
         decay = self.mc.policy.decay_s
@@ -519,6 +583,74 @@ class SharedState:
             st.ttft_ms = value
             st.ttft_at = at_local
         self._adopted_ttft[i] = (value, at_local)
+
+    # -- live operations: drains and catalog versions --------------------------------
+    def announce_drain(self, ids: list[str], reason: str | None) -> None:
+        """Publish a local drain (``reason``) or undrain (None) at the next round, which
+        starts at once. Called from any thread; never blocks."""
+        with self._drain_lock:
+            for eid in ids:
+                self._drain_ops[eid] = reason
+        self._poke()
+
+    def _on_catalog(self, _version: str) -> None:
+        """A live catalog update: announce the new version now, not next period."""
+        self._poke()
+
+    def _poke(self) -> None:
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # loop closed: we are shutting down
+                loop.call_soon_threadsafe(self._wake_up)
+
+    def _merge_drains(self, entries: dict[bytes | str, bytes | str]) -> None:
+        """Make local drains match the shared hash (what operators set on any replica),
+        except for ids with a local change not yet published."""
+        want: dict[str, str] = {}
+        for field, raw in entries.items():
+            eid = field.decode("utf-8", "replace") if isinstance(field, bytes) else str(field)
+            obj = self._parse(f"{self._k_drains}[{eid[:80]}]", raw)
+            if obj is None:
+                continue
+            reason = obj.get("reason")
+            if not isinstance(reason, str):
+                self._bad(f"{self._k_drains}[{eid[:80]}]", "wrong field types")
+                continue
+            want[eid] = reason
+        with self._drain_lock:
+            pending = set(self._drain_ops)
+        ops = self.mc._ops
+        for st in self._states:
+            eid = st.endpoint.id
+            if eid in pending:
+                continue
+            if eid in want and st.drained != want[eid]:
+                ops.drain([eid], want[eid], remote=True)
+            elif eid not in want and st.drained is not None:
+                ops.undrain([eid], remote=True)
+
+    def _check_versions(self) -> None:
+        """Warn (once per distinct disagreement) when live replicas run other catalogs."""
+        mine = self.mc.catalog_version
+        other = frozenset((rid, v) for rid, v in self._versions.items() if v != mine and rid != self.id)
+        if other == self._mismatch_logged:
+            return
+        self._mismatch_logged = other
+        if other:
+            shown = ", ".join(f"{rid} runs {v}" for rid, v in sorted(other)[:10])
+            log.warning(
+                "shared state: replicas disagree on the catalog: this replica (%s) runs %s; %s",
+                self.id,
+                mine,
+                shown,
+                extra={"catalog_version": mine, "catalog_mismatch": sorted(other)},
+            )
+        else:
+            log.info("shared state: every replica runs catalog %s again", mine, extra={"catalog_version": mine})
+
+    def catalog_mismatch(self) -> list[dict[str, str]]:
+        mine = self.mc.catalog_version
+        return [{"replica": r, "catalog_version": v} for r, v in sorted(self._versions.items()) if v != mine]
 
     # -- helpers -----------------------------------------------------------------------
     def _parse(self, key: str, raw: object) -> dict[str, Any] | None:
@@ -628,6 +760,16 @@ def _safe_url(url: str) -> tuple[str, str | None]:
         return f"{u.scheme}://{user}{host}{port}{u.path}", password
     except ValueError:
         return "<unparsable url>", None
+
+
+def _remap(d: dict[int, _T], old_ids: list[str], index: dict[str, int]) -> dict[int, _T]:
+    """Facts kept by endpoint index, moved to the indexes of a new catalog (by id)."""
+    out: dict[int, _T] = {}
+    for i, v in d.items():
+        j = index.get(old_ids[i]) if i < len(old_ids) else None
+        if j is not None:
+            out[j] = v
+    return out
 
 
 def _open_json(obj: dict[str, Any]) -> str:

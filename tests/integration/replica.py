@@ -10,6 +10,7 @@ request would do); ``reset`` closes it. Then:
 * ``send``: ``n`` chat requests (``headers``, ``interval_s``) → endpoints served, errors;
 * ``hold`` / ``release``: open ``n`` streams and keep them open after the first
   content chunk (in flight) / close them;
+* ``drain`` / ``undrain`` (``endpoint``, ``reason``), ``update_catalog`` (``catalog``);
 * ``snapshot``, ``transitions`` (breaker/cooldown transitions with their monotonic
   time: CLOCK_MONOTONIC is system-wide on Linux, so comparable across processes),
   ``attempts`` (the audit hook: endpoint of every attempt), ``logs`` (records of
@@ -100,6 +101,12 @@ class Replica:
             n = len(self.held)
             self.held.clear()
             return {"released": n}
+        if op == "drain":
+            return self.mc.drain(cmd["endpoint"], reason=cmd["reason"])
+        if op == "undrain":
+            return self.mc.undrain(cmd["endpoint"])
+        if op == "update_catalog":
+            return self.mc.update_catalog(cmd["catalog"]).version
         if op == "snapshot":
             return self.mc.snapshot()
         if op == "transitions":
