@@ -33,6 +33,7 @@ _EXPORTS = {
     "RequestRecord": "executor",
     "Transition": "health",
     "CatalogUpdate": "live",
+    "status_app": "status",
     "LLMMulticloudError": "errors",
     "CatalogError": "errors",
     "ResidencyError": "errors",
@@ -66,6 +67,7 @@ if _typing.TYPE_CHECKING:
     from .live import CatalogUpdate as CatalogUpdate
     from .policy import Policy as Policy
     from .router import Plan as Plan
+    from .status import status_app as status_app
 
 
 def __getattr__(name: str) -> _typing.Any:
