@@ -1,7 +1,9 @@
 """Export the fleet's state to Prometheus through the OpenTelemetry Prometheus exporter.
 
-    pip install 'llm-multicloud[prometheus]'    # opentelemetry-sdk + opentelemetry-exporter-prometheus
     python examples/prometheus_metrics.py
+
+Prerequisites: the simulated fleet and the OTel SDK with its Prometheus exporter,
+``pip install '.[fleet,prometheus]'`` (without the exporter it says so and exits 0).
 
 What an application does once at start-up: a ``MeterProvider`` with a
 ``PrometheusMetricReader``, and prometheus_client's HTTP server for Prometheus to

@@ -3,6 +3,8 @@
     python examples/status_page.py            # serves it, prints what it shows, exits
     python examples/status_page.py --serve    # keeps serving: open the printed URL
 
+Prerequisites: the simulated fleet and uvicorn, ``pip install '.[fleet]'``.
+
 Starts the simulated fleet on 127.0.0.1, sends some traffic, drains one region and
 takes another down, then serves the status app with uvicorn on a free port of
 127.0.0.1 (in your service: mount it, e.g. ``app.mount("/ops/llm", status_app(mc))``)
