@@ -403,7 +403,13 @@ class Router:
                     0, Candidate(ep, pr, sc, _cost(ep, input_tokens, out_tok), "exploration: no recent TTFT sample")
                 )
         recheck = (seed * 7727.0) % 1.0  # another independent draw
-        if rechecks and len(usable) > 1 and recheck < p.recheck and p.strategy in ("latency", "balanced"):
+        if (
+            pinned is None  # an affinity pin is not moved for a recheck: its own traffic samples it
+            and rechecks
+            and len(usable) > 1
+            and recheck < p.recheck
+            and p.strategy in ("latency", "balanced")
+        ):
             # Recheck: one request to an endpoint whose estimate jumped on a single
             # sample, so that the next sample can tell an outlier from a slowdown.
             sc, pr, ep = rechecks[int(recheck / p.recheck * len(rechecks)) % len(rechecks)]
