@@ -135,7 +135,8 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    session.install("-e", ".[dev]", "openai>=3,<4")
+    # demo: rich, which the demo's live view imports (typed by its own annotations)
+    session.install("-e", ".[dev,demo]", "openai>=3,<4")
     session.run("mypy", "llm_multicloud")
 
 
