@@ -63,6 +63,7 @@ from .policy import Policy, Timeouts
 from .redaction import Redactor
 from .router import Candidate, Plan, Router, complies
 from .upstream import Upstream, UpstreamError, UpstreamResponse
+from .vocabulary import AttemptKind, AttemptOutcome, RequestOutcome
 
 if TYPE_CHECKING:
     from .stream import Passthrough
@@ -93,13 +94,13 @@ class AttemptRecord:
 
     request_id: str
     attempt: int
-    kind: str  # primary | hedge | retry
+    kind: str  # an AttemptKind: primary | hedge | retry
     endpoint: str
     provider: str
     region: str
     residency: str  # the request's residency constraint ("any" when unconstrained)
     model: str
-    outcome: str  # won | failed | cancelled | request_error | local_error | interrupted | closed_by_caller
+    outcome: str  # an AttemptOutcome: won | failed | cancelled | request_error | local_error | interrupted | ...
     status: int | None
     reason: str | None
     ttft_ms: float | None
@@ -124,7 +125,7 @@ class RequestRecord:
     operation: str  # chat | text_completion | embeddings | responses | ...
     model: str  # the logical model the caller asked for
     stream: bool
-    outcome: str  # ok | request_error | failed | timeout | interrupted | closed_by_caller | cancelled
+    outcome: str  # a RequestOutcome: ok | request_error | failed | timeout | interrupted | closed_by_caller | ...
     status: int | None
     error_type: str | None
     endpoint: str | None  # who served (None: nobody)
@@ -781,13 +782,13 @@ class Executor:
         rec = AttemptRecord(
             request_id=intent.request_id,
             attempt=a.n,
-            kind=a.kind,
+            kind=AttemptKind(a.kind),
             endpoint=a.ep.id,
             provider=a.ep.provider,
             region=a.ep.region,
             residency=intent.constraints.residency_label or "any",
             model=intent.model or "",
-            outcome=outcome,
+            outcome=AttemptOutcome(outcome),
             status=a.status,
             reason=a.reason,
             ttft_ms=None if a.ttft is None else a.ttft * 1000.0,
@@ -821,7 +822,7 @@ class Executor:
             operation=intent.operation,
             model=intent.model or "",
             stream=intent.stream,
-            outcome=outcome,
+            outcome=RequestOutcome(outcome),
             status=status,
             error_type=error_type,
             endpoint=ep.id if ep else None,
