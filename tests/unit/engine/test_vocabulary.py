@@ -16,7 +16,7 @@ from llm_multicloud.vocabulary import (
 
 def test_members_compare_and_serialise_as_their_strings() -> None:
     assert AttemptKind.HEDGE == "hedge"
-    assert "won" == AttemptOutcome.WON
+    assert AttemptOutcome.WON == "won"
     assert f"{RequestOutcome.CLOSED_BY_CALLER}" == "closed_by_caller"
     assert json.dumps({"kind": AttemptKind.RETRY}) == '{"kind": "retry"}'
     assert AttemptOutcome("cancelled") is AttemptOutcome.CANCELLED
