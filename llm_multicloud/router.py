@@ -35,15 +35,26 @@ Steps:
    returns to the endpoint that holds its prompt cache. It acts only after steps
    1-2: it never reaches a non-compliant, ejected, cooling or full endpoint, and a
    large latency or cost gap or an overloaded pin takes it out of the window.
+
+Cost: steps 2-3 are one loop over the compliant endpoints (memoised rows: endpoint,
+state, prior), which allocates nothing per endpoint (three float/endpoint lists, no
+tuple each, so large catalogs do not drive the garbage collector), and collects the
+exploration and recheck lists only when the seed's draws can use them. Step 4 sorts
+everything for small sets and for ``explain`` (``_order_sorted``, the reference); for
+large sets with a ``limit`` it orders only what can reach the first ``limit`` places or
+decide the power of two choices (``_order_top``), held to the reference's plan by a
+property test. The loop still reads every compliant endpoint's health: ~0.3-0.9 µs
+each on a loaded 2-core VM, the floor of this design (see docs/benchmarks.md, B1).
 """
 
 from __future__ import annotations
 
+import heapq
 import math
-import operator
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import compress
 from typing import Protocol
 
 from cachetools import LRUCache
@@ -199,6 +210,12 @@ class Router:
             tuple[tuple[Endpoint, ...], tuple[Exclusion, ...]],
         ] = LRUCache(maxsize=4096)
         self._geo_cache: LRUCache[tuple[float, float] | None, list[float]] = LRUCache(maxsize=1024)
+        #: from this many usable endpoints on, a limited plan takes the top-k path
+        self.top_k_from = TOP_K_FROM
+        #: per (static key, near): the states it was built over, the static exclusions and
+        #: the hot loop's rows. A plain dict (one lookup per plan, ~50 ns; an LRU's
+        #: bookkeeping costs microseconds), emptied when it reaches ROWS_CACHE_SIZE.
+        self._rows_cache: dict[_RowsKey, tuple[Sequence[EndpointView], tuple[Exclusion, ...], list[_Row]]] = {}
 
     def _compliant(self, model: str, c: Constraints) -> tuple[tuple[Endpoint, ...], tuple[Exclusion, ...]]:
         key = (model, c.residency, c.tags, c.residency_label)
@@ -226,6 +243,27 @@ class Router:
         res = (tuple(ok), tuple(out))
         self._static[key] = res
         return res
+
+    def _rows(
+        self, model: str, c: Constraints, states: Sequence[EndpointView]
+    ) -> tuple[tuple[Exclusion, ...], list[_Row]]:
+        """The static exclusions, and what the hot loop iterates: per compliant endpoint,
+        its state and its static numbers (so that a request does not index three lists
+        per endpoint). Memoised per key and per ``states`` object when that is a tuple
+        (one catalog generation's states, immutable; any other sequence is rebuilt on
+        every call)."""
+        key = (model, c.residency, c.tags, c.residency_label, c.near)
+        hit = self._rows_cache.get(key)
+        if hit is not None and hit[0] is states:
+            return hit[1], hit[2]
+        compliant, static_out = self._compliant(model, c)
+        geo = self._geo(c.near)
+        rows = [(ep, states[ep.index], geo[ep.index], ep.max_concurrency) for ep in compliant]
+        if type(states) is tuple:
+            if len(self._rows_cache) >= ROWS_CACHE_SIZE:
+                self._rows_cache.clear()
+            self._rows_cache[key] = (states, static_out, rows)
+        return static_out, rows
 
     def baseline_ms(self, ep: Endpoint, rtt_ms: float | None, c: Constraints) -> float:
         """What we expect of an endpoint with no recent TTFT sample."""
@@ -269,7 +307,7 @@ class Router:
         handful: primary, hedges, failovers); ``None`` ranks them all (explain).
         ``affinity``: (64-bit key hash, "session" | "prefix") for prompt-cache affinity."""
         p = self.policy
-        compliant, static_out = self._compliant(model, constraints)
+        static_out, rows = self._rows(model, constraints, states)
         excluded = list(static_out)
         window = context_window or self.catalog.models[model].context_window
         if window is not None and input_tokens + (max_tokens or 0) > window:
@@ -279,22 +317,35 @@ class Router:
                 f"the prompt (~{input_tokens} tokens) plus max_tokens ({max_tokens or 0}) exceeds the context "
                 f"window of {model!r} ({window} tokens); shorten the prompt or lower max_tokens",
             )
-        geo = self._geo(constraints.near)
         base_rtt = p.default_ttft_ms * 0.25
         tau = p.decay_s
         exp = math.exp
-        # One pass: health filter and prediction. Hot loop: no calls but exp().
-        usable: list[tuple[float, float, Endpoint]] = []  # (score, predicted, endpoint)
-        unexplored: list[tuple[float, float, Endpoint]] = []  # no TTFT sample, or a stale one
-        rechecks: list[tuple[float, float, Endpoint]] = []  # estimate jumped on one sample
+        # One pass: health filter and prediction. Hot loop: attribute reads, no calls but
+        # exp(), and no object per endpoint (floats are not tracked by the garbage
+        # collector; a tuple per endpoint per request was a gen-2 collection every few
+        # hundred plans at 10,000 endpoints). Usable endpoints go into three parallel
+        # lists; the other lists hold positions into them.
+        scores: list[float] = []
+        preds: list[float] = []
+        ueps: list[Endpoint] = []
+        add_score, add_pred, add_ep = scores.append, preds.append, ueps.append
+        unexplored: list[int] = []  # no TTFT sample, or a stale one
+        rechecks: list[int] = []  # estimate jumped on one sample
         stale_after = 3.0 * tau
         full: list[tuple[float, float, Endpoint]] = []
         ejected: list[tuple[Endpoint, EndpointView]] = []
         cooling: list[tuple[Endpoint, EndpointView]] = []
         limited: list[tuple[Endpoint, Bucket]] = []
         need = estimate_tokens(input_tokens, max_tokens)
-        for ep in compliant:
-            st = states[ep.index]
+        # Two independent draws from the same seed decide, before the scan, whether this
+        # request explores or rechecks; only then are those lists collected.
+        explore = (seed * 104729.0) % 1.0
+        recheck = (seed * 7727.0) % 1.0
+        steerable = p.strategy in ("latency", "balanced")
+        want_explore = steerable and explore < p.explore
+        want_recheck = steerable and recheck < p.recheck
+        collect = want_explore or want_recheck
+        for ep, st, geo_ms, cap in rows:
             if st.drained is not None:  # an operator's drain: never re-admitted, not even in panic
                 excluded.append(Exclusion(ep, f"drained: {st.drained}", "drained"))
                 continue
@@ -320,45 +371,59 @@ class Router:
                 limited.append((ep, b))
                 continue
             rtt = st.rtt_ms
-            base = geo[ep.index] if rtt is None else rtt + base_rtt
+            base = geo_ms if rtt is None else rtt + base_rtt
             est = st.ttft_ms
-            pred = base if est is None else base + (est - base) * exp((st.ttft_at - now) / tau)
             busy = st.inflight + st.remote_inflight
-            item = (pred * (1.0 + busy + st.queue_waiting), pred, ep)
-            if ep.max_concurrency is not None and busy >= ep.max_concurrency:
-                full.append(item)
+            if est is None:
+                pred = base
+                if cap is not None and busy >= cap:
+                    full.append((pred * (1.0 + busy + st.queue_waiting), pred, ep))
+                    continue
+                if want_explore:
+                    unexplored.append(len(scores))
             else:
-                usable.append(item)
-                if est is None or now - st.ttft_at > stale_after:
-                    unexplored.append(item)
-                elif st.ttft_before_jump is not None and busy == 0:
-                    rechecks.append(item)
+                at = st.ttft_at
+                pred = base + (est - base) * exp((at - now) / tau)
+                if cap is not None and busy >= cap:
+                    full.append((pred * (1.0 + busy + st.queue_waiting), pred, ep))
+                    continue
+                if collect:  # only when this seed's draws can explore or recheck at all
+                    if now - at > stale_after:
+                        if want_explore:
+                            unexplored.append(len(scores))
+                    elif want_recheck and busy == 0 and st.ttft_before_jump is not None:
+                        rechecks.append(len(scores))
+            add_score(pred * (1.0 + busy + st.queue_waiting))
+            add_pred(pred)
+            add_ep(ep)
         notes: list[str] = []
         readmitted: list[tuple[Endpoint, EndpointView]] = []
-        if full and not usable:
+        if full and not scores:
             # Everything compliant and healthy is at its concurrency limit: trying one
             # (its own queue or 429 will tell) beats failing outright.
-            usable, full = full, []
+            scores, preds, ueps = [t[0] for t in full], [t[1] for t in full], [t[2] for t in full]
+            full = []
             notes.append("every usable endpoint is at max_concurrency; trying them anyway")
         for _, _, ep in full:
             st = states[ep.index]
             excluded.append(
                 Exclusion(ep, f"at max_concurrency ({st.inflight + st.remote_inflight}/{ep.max_concurrency})", "full")
             )
-        n_ok = len(usable) + len(ejected) + len(cooling) + len(limited)
+        n_usable = len(scores)
+        n_ok = n_usable + len(ejected) + len(cooling) + len(limited)
         if ejected:
             ejected.sort(key=lambda es: es[1].open_until)
             cap = math.floor(p.breaker.max_ejection_fraction * n_ok)
             if len(ejected) > cap:
                 k = len(ejected) - cap
                 readmitted, ejected = ejected[:k], ejected[k:]
-                if usable or cooling:
+                if n_usable or cooling:
                     notes.append(
                         f"{k} ejected endpoint(s) re-admitted: at most "
                         f"{p.breaker.max_ejection_fraction:.0%} may be ejected"
                     )
         panic = False
-        if not usable and not readmitted and ejected:
+        if not n_usable and not readmitted and ejected:
             # Panic: every compliant endpoint is out. Try the least-bad ones anyway,
             # residency still binding (they are all compliant).
             readmitted, ejected = ejected, []
@@ -375,44 +440,33 @@ class Router:
             )
         for ep, b in limited:
             excluded.append(Exclusion(ep, f"over its capacity limit: {b.describe(now, need)}", "limited"))
-        if not usable and not readmitted and (cooling or limited):
+        if not n_usable and not readmitted and (cooling or limited):
             # Nothing can take it now: the earliest time one can (the executor waits
             # for it within the request's deadline, or says why it cannot).
             wait_until = min([st.quota.until for _, st in cooling] + [b.ready_at(now, need) for _, b in limited])
 
         out_tok = max_tokens if max_tokens is not None else DEFAULT_OUTPUT_TOKENS
-        cands = self._rank(usable, seed, input_tokens, out_tok, limit)
+        cands = self._rank(scores, preds, ueps, seed, input_tokens, out_tok, limit)
         pinned = None
-        if affinity is not None and len(usable) > 1 and p.affinity.enabled and p.strategy != "ordered":
-            cands, pinned = self._affine(cands, usable, affinity, input_tokens, out_tok, limit)
-        explore = (seed * 104729.0) % 1.0  # an independent draw from the same seed
-        if (
-            pinned is None
-            and unexplored
-            and len(usable) > 1
-            and explore < p.explore
-            and p.strategy in ("latency", "balanced")
-        ):
+        if affinity is not None and n_usable > 1 and p.affinity.enabled and p.strategy != "ordered":
+            cands, pinned = self._affine(cands, scores, preds, ueps, affinity, input_tokens, out_tok, limit)
+        if pinned is None and unexplored and n_usable > 1:
             # Exploration: a small share of requests goes to an endpoint we know
             # nothing recent about, so that a recovered or never-tried region can
             # show it is fast (the prior alone would keep it out for ever).
-            sc, pr, ep = unexplored[int(explore / p.explore * len(unexplored)) % len(unexplored)]
+            j = unexplored[int(explore / p.explore * len(unexplored)) % len(unexplored)]
+            sc, pr, ep = scores[j], preds[j], ueps[j]
             if cands and cands[0].endpoint is not ep:
                 cands = [c for c in cands if c.endpoint is not ep]
                 cands.insert(
                     0, Candidate(ep, pr, sc, _cost(ep, input_tokens, out_tok), "exploration: no recent TTFT sample")
                 )
-        recheck = (seed * 7727.0) % 1.0  # another independent draw
-        if (
-            pinned is None  # an affinity pin is not moved for a recheck: its own traffic samples it
-            and rechecks
-            and len(usable) > 1
-            and recheck < p.recheck
-            and p.strategy in ("latency", "balanced")
-        ):
+        # (an affinity pin is not moved for a recheck: its own traffic samples it)
+        if pinned is None and rechecks and n_usable > 1:
             # Recheck: one request to an endpoint whose estimate jumped on a single
             # sample, so that the next sample can tell an outlier from a slowdown.
-            sc, pr, ep = rechecks[int(recheck / p.recheck * len(rechecks)) % len(rechecks)]
+            j = rechecks[int(recheck / p.recheck * len(rechecks)) % len(rechecks)]
+            sc, pr, ep = scores[j], preds[j], ueps[j]
             if cands and cands[0].endpoint is not ep:
                 cands = [c for c in cands if c.endpoint is not ep]
                 cands.insert(
@@ -421,6 +475,7 @@ class Router:
                         ep, pr, sc, _cost(ep, input_tokens, out_tok), "recheck: its estimate jumped on one sample"
                     ),
                 )
+        geo = self._geo(constraints.near) if readmitted else []
         for ep, st in readmitted:
             rtt = st.rtt_ms
             base = geo[ep.index] if rtt is None else rtt + base_rtt
@@ -441,7 +496,9 @@ class Router:
     def _affine(
         self,
         ranked: list[Candidate],
-        usable: list[tuple[float, float, Endpoint]],
+        scores: list[float],
+        preds: list[float],
+        eps: list[Endpoint],
         affinity: tuple[int, str],
         input_tokens: int,
         out_tokens: int,
@@ -449,7 +506,8 @@ class Router:
     ) -> tuple[list[Candidate], str | None]:
         """Put the key's rendezvous pin first, among the usable endpoints near the
         strategy's first choice; the rest of the window follows in rendezvous order
-        (where the key goes if its pin leaves), then the other ranked candidates."""
+        (where the key goes if its pin leaves), then the other ranked candidates.
+        ``scores``/``preds``/``eps``: the usable endpoints, in scan order."""
         a = self.policy.affinity
         lead = ranked[0]
         inf = math.inf
@@ -458,7 +516,7 @@ class Router:
         load_lim = lead.score * a.overload + a.slack_ms
         cost_lim = lead_cost * (1.0 + a.cost_slack) + 1e-12
         window: list[tuple[float, float, Endpoint]] = []
-        for item in usable:
+        for item in zip(scores, preds, eps, strict=True):
             sc, pr, ep = item
             if pr > lat_lim or sc > load_lim:
                 continue
@@ -473,7 +531,7 @@ class Router:
         kh, source = affinity
         uniform = hrw.uniform_weights([ep.weight for _, _, ep in window])
         order = hrw.rank(kh, window, _ident, None if uniform else _weight)
-        k = len(usable) if limit is None else min(limit, len(usable))
+        k = len(eps) if limit is None else min(limit, len(eps))
         chosen = {ep.index for _, _, ep in order}
         out = [Candidate(ep, pr, sc, _cost(ep, input_tokens, out_tokens)) for sc, pr, ep in order[:k]]
         for c in ranked:
@@ -491,79 +549,179 @@ class Router:
 
     def _rank(
         self,
-        items: list[tuple[float, float, Endpoint]],
+        scores: list[float],
+        preds: list[float],
+        eps: list[Endpoint],
         seed: float,
         input_tokens: int,
         out_tokens: int,
         limit: int | None,
     ) -> list[Candidate]:
-        """Order (score, predicted, endpoint) items by the strategy; Candidates for the
-        first ``limit``."""
-        n = len(items)
-        k = n if limit is None else min(limit, n)
+        """Order the usable endpoints (parallel lists, in scan order) by the strategy;
+        Candidates for the first ``limit``.
+
+        Small sets, and ``limit=None`` (explain), get :meth:`_order_sorted`, the
+        reference: a stable sort of all of them. Large sets with a limit (the
+        executor's case) get :meth:`_order_top`, which orders only the endpoints that
+        can reach the first ``limit`` places or decide the power of two choices; a
+        property test holds it to the same plan as the reference."""
+        n = len(scores)
         if n == 0:
             return []
         if n == 1:
-            sc, pr, ep = items[0]
-            return [Candidate(ep, pr, sc, _cost(ep, input_tokens, out_tokens), "only usable endpoint")]
-        p = self.policy
-        s = p.strategy
-        inf = math.inf
-
-        def cost_of(ep: Endpoint) -> float:
-            return inf if ep.price is None else input_tokens * ep.price[0] + out_tokens * ep.price[1]
-
-        note = ""
-        if s == "ordered":
-            items.sort(key=lambda t: t[2].index)
-            note = "first in catalog order"
-        elif s == "weighted":
-            rng = random.Random(seed)
-            items.sort(key=lambda t: -math.log(max(rng.random(), 1e-12)) / t[2].weight)
-            note = "weighted random pick"
-        elif s == "cost":
-            items.sort(key=lambda t: (cost_of(t[2]), t[0]))
-            note = "cheapest usable endpoint"
+            ep = eps[0]
+            return [Candidate(ep, preds[0], scores[0], _cost(ep, input_tokens, out_tokens), "only usable endpoint")]
+        k = n if limit is None else min(limit, n)
+        if limit is None or n < self.top_k_from:
+            order, note = self._order_sorted(scores, eps, seed, input_tokens, out_tokens)
         else:
-            items.sort(key=_score)
-            best = items[0][0]
-            if s == "balanced":
-                lim = p.slo_ms if p.slo_ms is not None else best * (1.0 + p.slack) + p.slack_ms
-                m = 0
-                while m < n and items[m][0] <= lim:
-                    m += 1
-                m = max(m, 1)  # with an SLO nobody meets, the fastest is "near" itself
-                near = items[:m]
-                near.sort(key=lambda t: (cost_of(t[2]), t[0]))
-                items[:m] = near
-                window = f"SLO {p.slo_ms:.0f} ms" if p.slo_ms is not None else f"{lim:.0f} ms of the fastest"
-                note = f"cheapest within {window}"
-                c0 = cost_of(items[0][2])
-                top = items[0][0] * (1.0 + p.near_equal)
-                g = 1
-                while g < m and cost_of(items[g][2]) == c0 and items[g][0] <= top:
-                    g += 1
-            else:
-                note = "lowest predicted TTFT × load"
-                top = best * (1.0 + p.near_equal)
-                g = 1
-                while g < n and items[g][0] <= top:
-                    g += 1
-            if g >= 2:
-                # Power of two choices among the g near-equal leaders: two distinct
-                # indices drawn from the seed, the less loaded one goes first.
-                i = int(seed * g) % g
-                j = (i + 1 + int(seed * 7919.0 % 1.0 * (g - 1))) % g
-                pick = i if items[i][0] <= items[j][0] else j
-                if pick != 0:
-                    items.insert(0, items.pop(pick))
-                    note += " (power of two choices among near-equals)"
-        out = [Candidate(ep, pr, sc, None if ep.price is None else cost_of(ep) / 1e6) for sc, pr, ep in items[:k]]
+            order, note = self._order_top(scores, eps, seed, input_tokens, out_tokens, k)
+        out = []
+        for i in order[:k]:
+            ep = eps[i]
+            price = ep.price
+            cost = None if price is None else (input_tokens * price[0] + out_tokens * price[1]) / 1e6
+            out.append(Candidate(ep, preds[i], scores[i], cost))
         out[0].note = note
         return out
 
+    def _order_sorted(
+        self, scores: list[float], eps: list[Endpoint], seed: float, input_tokens: int, out_tokens: int
+    ) -> tuple[list[int], str]:
+        """Positions of every usable endpoint in plan order, by full stable sorts."""
+        p = self.policy
+        s = p.strategy
+        n = len(scores)
+        order = list(range(n))
+        if s == "ordered":
+            order.sort(key=lambda i: eps[i].index)
+            return order, "first in catalog order"
+        if s == "weighted":
+            keys = _weighted_keys(eps, seed)
+            order.sort(key=keys.__getitem__)
+            return order, "weighted random pick"
+        if s == "cost":
+            costs = _costs(eps, input_tokens, out_tokens)
+            order.sort(key=lambda i: (costs[i], scores[i]))
+            return order, "cheapest usable endpoint"
+        order.sort(key=scores.__getitem__)
+        best = scores[order[0]]
+        if s == "balanced":
+            lim = p.slo_ms if p.slo_ms is not None else best * (1.0 + p.slack) + p.slack_ms
+            m = 0
+            while m < n and scores[order[m]] <= lim:
+                m += 1
+            m = max(m, 1)  # with an SLO nobody meets, the fastest is "near" itself
+            near = order[:m]
+            wcost = {i: _cost_key(eps[i], input_tokens, out_tokens) for i in near}  # the window's only
+            near.sort(key=lambda i: (wcost[i], scores[i]))
+            order[:m] = near
+            note = self._balanced_note(lim)
+            c0 = wcost[near[0]]
+            top = scores[near[0]] * (1.0 + p.near_equal)
+            g = 1
+            while g < m and wcost[near[g]] == c0 and scores[near[g]] <= top:
+                g += 1
+        else:
+            note = "lowest predicted TTFT × load"
+            top = best * (1.0 + p.near_equal)
+            g = 1
+            while g < n and scores[order[g]] <= top:
+                g += 1
+        return order, note + _two_choices(order, g, scores, seed)
 
-_score = operator.itemgetter(0)
+    def _order_top(
+        self, scores: list[float], eps: list[Endpoint], seed: float, input_tokens: int, out_tokens: int, k: int
+    ) -> tuple[list[int], str]:
+        """The first ``k`` positions of :meth:`_order_sorted` (at least), without sorting
+        everything: selections by threshold (C-level ``compress``) and ``heapq``, both
+        stable, so ties keep scan order as the full stable sort does."""
+        p = self.policy
+        s = p.strategy
+        n = len(scores)
+        if s == "ordered":
+            return heapq.nsmallest(k, range(n), key=lambda i: eps[i].index), "first in catalog order"
+        if s == "weighted":
+            keys = _weighted_keys(eps, seed)  # every draw, in scan order: the same keys as the full sort
+            return heapq.nsmallest(k, range(n), key=keys.__getitem__), "weighted random pick"
+        if s == "cost":
+            costs = _costs(eps, input_tokens, out_tokens)
+            return heapq.nsmallest(k, range(n), key=lambda i: (costs[i], scores[i])), "cheapest usable endpoint"
+        best = min(scores)
+        if s == "balanced":
+            lim = p.slo_ms if p.slo_ms is not None else best * (1.0 + p.slack) + p.slack_ms
+            window = list(compress(range(n), map(lim.__ge__, scores)))  # score <= lim, scan order
+            if not window:
+                window = [scores.index(best)]  # an SLO nobody meets: the fastest (first of equals)
+            m = len(window)
+            wcost = [_cost_key(eps[i], input_tokens, out_tokens) for i in window]
+            c0 = min(wcost)
+            s0 = min(scores[i] for i, c in zip(window, wcost, strict=True) if c == c0)
+            top = s0 * (1.0 + p.near_equal)
+            g = sum(1 for i, c in zip(window, wcost, strict=True) if c == c0 and scores[i] <= top)
+            wkey = dict(zip(window, wcost, strict=True))
+            order = heapq.nsmallest(max(k, g), window, key=lambda i: (wkey[i], scores[i]))
+            if m < k:
+                inside = set(window)
+                rest = [i for i in range(n) if i not in inside]
+                order += heapq.nsmallest(k - m, rest, key=scores.__getitem__)
+            note = self._balanced_note(lim)
+        else:
+            top = best * (1.0 + p.near_equal)
+            kth = heapq.nsmallest(k, scores)[-1]
+            thr = kth if kth > top else top
+            order = list(compress(range(n), map(thr.__ge__, scores)))
+            order.sort(key=scores.__getitem__)
+            g = 1
+            while g < len(order) and scores[order[g]] <= top:
+                g += 1
+            note = "lowest predicted TTFT × load"
+        return order, note + _two_choices(order, g, scores, seed)
+
+    def _balanced_note(self, lim: float) -> str:
+        slo = self.policy.slo_ms
+        return f"cheapest within {f'SLO {slo:.0f} ms' if slo is not None else f'{lim:.0f} ms of the fastest'}"
+
+
+ROWS_CACHE_SIZE = 1024
+_RowsKey = tuple[str, frozenset[str] | None, tuple[tuple[str, str], ...], str, tuple[float, float] | None]
+#: (endpoint, its health, its geographic prior TTFT for the request's ``near``, max_concurrency)
+_Row = tuple[Endpoint, EndpointView, float, int | None]
+
+#: From this many usable endpoints on, a limited plan orders only what can reach its
+#: first places (below it, one sort of everything is cheaper than the selections).
+TOP_K_FROM = 500
+
+
+def _two_choices(order: list[int], g: int, scores: list[float], seed: float) -> str:
+    """Power of two choices among the ``g`` near-equal leaders: two distinct indices
+    drawn from the seed, the less loaded one goes first (in place). Returns the note."""
+    if g < 2:
+        return ""
+    i = int(seed * g) % g
+    j = (i + 1 + int(seed * 7919.0 % 1.0 * (g - 1))) % g
+    pick = i if scores[order[i]] <= scores[order[j]] else j
+    if pick == 0:
+        return ""
+    order.insert(0, order.pop(pick))
+    return " (power of two choices among near-equals)"
+
+
+def _weighted_keys(eps: list[Endpoint], seed: float) -> list[float]:
+    """Efraimidis–Spirakis keys (smallest first), one draw per endpoint in scan order."""
+    draw = random.Random(seed).random
+    log = math.log
+    return [-log(max(draw(), 1e-12)) / ep.weight for ep in eps]
+
+
+def _cost_key(ep: Endpoint, input_tokens: int, out_tokens: int) -> float:
+    """Expected micro-USD of a request (inf: price unknown, ranked last)."""
+    price = ep.price
+    return math.inf if price is None else input_tokens * price[0] + out_tokens * price[1]
+
+
+def _costs(eps: list[Endpoint], input_tokens: int, out_tokens: int) -> list[float]:
+    return [_cost_key(ep, input_tokens, out_tokens) for ep in eps]
 
 
 def _ident(item: tuple[float, float, Endpoint]) -> str:
