@@ -9,8 +9,9 @@ chunk the library requested on the caller's behalf.
 After commit, nothing can be silently lost: an upstream error, a malformed event
 (anything the SDK could not parse: each data event must be a JSON object), an event
 over ``read_limits.event_bytes``, no *data event* for ``chunk_gap_s``, a stream
-still running ``stream_total_s`` after the request started, or an end without
-``[DONE]`` is a *break*. By default a break raises
+still running ``stream_total_s`` after the request started, an end without
+``[DONE]``, or a chat/completions ``[DONE]`` before any choice had a
+``finish_reason`` (a server that stopped mid-answer) is a *break*. By default a break raises
 :class:`~llm_multicloud.errors.StreamInterrupted`, which carries what was delivered
 and the usage known so far; its message is redacted (keys masked).
 
@@ -63,6 +64,11 @@ class Passthrough:
         a.buffered = []
         self._done = False
         self._finished = False
+        #: chat and legacy completions end each choice with a finish_reason; a
+        #: ``[DONE]`` without one is a server that stopped mid-answer (llama.cpp's
+        #: ``interrupt_requests``, a killed worker behind a proxy): a break, not an end
+        self._needs_finish = intent.operation in ("chat", "text_completion")
+        self._finish_seen = False
         self._delivered: list[bytes] = []
         to = ex.timeouts_for(a.ep, intent.model)
         self._gap = to.chunk_gap_s
@@ -137,37 +143,43 @@ class Passthrough:
                     out.append(ev)  # a comment or keep-alive: passed on, but not progress
                     continue
                 self._quiet_since = None
-                if d.strip() == sse.DONE:
-                    self._done = True
-                    out.append(ev)
-                    continue
                 problem = None
-                # What the SDK will parse must parse: one C-speed json.loads per event
-                # (the SDK does the same, and far more), instead of a raw JSON error
-                # from inside the SDK after the caller already has part of the answer.
-                try:
-                    obj = json.loads(d)
-                except ValueError:
-                    obj = None
-                if not isinstance(obj, dict):
-                    problem = f"malformed event mid-stream: {self._ex.excerpt(ev)}"
-                elif b'"usage"' in d or b'"error"' in d or b'"response.' in d:
-                    kind = sse.kind_of(obj)
-                    if kind is sse.EventKind.ERROR:
-                        problem = f"error event mid-stream: {self._ex.message(ev)}"
-                    elif kind is sse.EventKind.MALFORMED:
+                obj = None
+                if d.strip() == sse.DONE:
+                    if not self._needs_finish or self._finish_seen:
+                        self._done = True
+                        out.append(ev)
+                        continue
+                    problem = "the stream sent [DONE] before any choice had a finish_reason (stopped mid-answer)"
+                else:
+                    # What the SDK will parse must parse: one C-speed json.loads per
+                    # event (the SDK does the same, and far more), instead of a raw JSON
+                    # error from inside the SDK after the caller has part of the answer.
+                    try:
+                        obj = json.loads(d)
+                    except ValueError:
+                        obj = None
+                    if not isinstance(obj, dict):
                         problem = f"malformed event mid-stream: {self._ex.excerpt(ev)}"
-                    else:
-                        usage = obj.get("usage")
-                        inner = obj.get("response")
-                        if not isinstance(usage, dict) and isinstance(inner, dict):
-                            usage = inner.get("usage")  # Responses API: in response.completed
-                        if isinstance(usage, dict):
-                            a.usage = usage
-                        if kind is sse.EventKind.DONE:
-                            self._done = True  # response.completed ends a Responses stream
-                        if kind is sse.EventKind.USAGE and self._strip:
-                            continue
+                    elif b'"usage"' in d or b'"error"' in d or b'"response.' in d:
+                        kind = sse.kind_of(obj)
+                        if kind is sse.EventKind.ERROR:
+                            problem = f"error event mid-stream: {self._ex.message(ev)}"
+                        elif kind is sse.EventKind.MALFORMED:
+                            problem = f"malformed event mid-stream: {self._ex.excerpt(ev)}"
+                        else:
+                            usage = obj.get("usage")
+                            inner = obj.get("response")
+                            if not isinstance(usage, dict) and isinstance(inner, dict):
+                                usage = inner.get("usage")  # Responses API: in response.completed
+                            if isinstance(usage, dict):
+                                a.usage = usage
+                            if kind is sse.EventKind.DONE:
+                                self._done = True  # response.completed ends a Responses stream
+                            if kind is sse.EventKind.USAGE and self._strip:
+                                continue
+                if problem is None and not self._finish_seen and b'"finish_reason"' in d:
+                    self._finish_seen = _finished_choice(obj)
                 if problem is not None:
                     if out:
                         # Deliver what came before the bad event first; the break is
@@ -276,6 +288,12 @@ class Passthrough:
             await self._next.aclose()
         if not self._finished:
             await self._finish("won" if self._done else "closed_by_caller")
+
+
+def _finished_choice(obj: object) -> bool:
+    """Whether a chat/completions chunk ends a choice (a non-null finish_reason)."""
+    choices = obj.get("choices") if isinstance(obj, dict) else None
+    return isinstance(choices, list) and any(isinstance(c, dict) and c.get("finish_reason") for c in choices)
 
 
 def _content_events(events: list[bytes]) -> int:

@@ -1028,6 +1028,12 @@ class RegionRuntime:
                 if mode == "malformed_sse":
                     rec.fault = mode
                     yield b"data: {not json\n\n"
+                if mode == "stop_mid_stream":
+                    rec.fault = mode
+                    rec.outcome = "fault:stop_mid_stream"
+                    rec.end_time = time.monotonic()
+                    yield b"data: [DONE]\n\n"  # and no finish_reason: stopped mid-answer
+                    return
                 if mode == "garbage_mid_stream":
                     rec.fault = mode
                     yield b'data: {"choices":[{"index":0,"delta":{"content":"x"}}]]}\n\n'

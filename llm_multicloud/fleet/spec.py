@@ -48,6 +48,7 @@ FaultMode = Literal[
     "huge_event",
     "huge_body",
     "key_echo",
+    "stop_mid_stream",
 ]
 
 #: Context window advertised by :meth:`Fleet.catalog` for every logical model
@@ -94,7 +95,9 @@ class Fault(BaseModel):
       event that looks like JSON and is not), ``drip`` (the rest one byte every
       ``interval_ms``), ``keepalive_only`` (``: keep-alive`` comments every
       ``interval_ms``, no more data), ``huge_event`` (one event of ``size`` bytes,
-      sent in 64 KiB pieces);
+      sent in 64 KiB pieces), ``stop_mid_stream`` (``[DONE]`` with no choice ever
+      given a ``finish_reason``: llama.cpp's ``interrupt_requests``, a worker that
+      stopped generating behind a proxy);
     * ``huge_body``: a ``size``-byte body with HTTP ``status`` (the default 503 gives
       a huge error body; 200 a huge answer), sent in 64 KiB pieces;
     * ``key_echo``: the request's key echoed back in many printed forms (raw,

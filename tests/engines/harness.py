@@ -137,6 +137,9 @@ class EngineSpec:
     n_batch: int = 512
     embedding: bool = False
     pricing: tuple[float, float] | None = None  # input/output USD per Mtok
+    #: llama-cpp-python's own default is True (see config()); only a test of that
+    #: behaviour turns it on
+    interrupt_requests: bool = False
 
 
 class Engine:
@@ -181,7 +184,7 @@ class Engine:
             # By default a new request ends the stream in progress early with [DONE]
             # (one request at a time per engine): a silently truncated answer. A
             # compliant deployment queues instead.
-            "interrupt_requests": False,
+            "interrupt_requests": s.interrupt_requests,
             "models": [model],
         }
 

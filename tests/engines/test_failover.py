@@ -144,3 +144,36 @@ def test_a_stream_open_on_another_thread_is_not_lost_when_its_engine_dies(suite:
         t.join(120)
     assert not t.is_alive()
     assert [kind for kind, _ in outcome] == ["interrupted"]
+
+
+def test_a_stream_cut_short_by_interrupt_requests_raises_instead_of_passing_as_complete(
+    suite: dict[str, Any], spawn: Any
+) -> None:
+    """llama-cpp-python's default ``interrupt_requests: true`` ends the stream in
+    progress with ``[DONE]`` (and no finish_reason) as soon as another request
+    arrives: half an answer that looks complete. The caller must get an exception."""
+    victim = _victim(spawn, interrupt_requests=True)
+    cat = catalog(victim.catalog_entry(), suite["gcp-euw4-llama"].catalog_entry())
+    direct = openai.OpenAI(api_key=victim.spec.api_key, base_url=victim.base_url)
+    other: list[str] = []
+
+    def intruder() -> None:  # another client of the same engine, not through the library
+        r = direct.chat.completions.create(model="victim", messages=fresh("Say yes."), max_tokens=2)
+        other.append(r.choices[0].message.content or "")
+
+    t = threading.Thread(target=intruder)
+    with make_mc(cat) as mc:
+        client = mc.wrap(openai.OpenAI(api_key=PLACEHOLDER_KEY))
+        stream = client.chat.completions.create(
+            model=MODEL, messages=fresh("Write a long story about a dragon."), max_tokens=200, stream=True
+        )
+        got: list[str] = []
+        with pytest.raises(lmc.StreamInterrupted, match="finish_reason") as caught:
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    got.append(chunk.choices[0].delta.content)
+                    if len(got) == 3:
+                        t.start()  # the intruder's request ends this stream early
+        assert "".join(got) == caught.value.delivered_text and caught.value.endpoint == "oci-fra-llama"
+    t.join(120)
+    assert not t.is_alive() and other != []

@@ -207,9 +207,11 @@ def _resume_policy(**extra: Any) -> dict[str, Any]:
     return {"resume": {"enabled": True, **extra}}
 
 
+@pytest.mark.parametrize("mode", ["close_mid_stream", "stop_mid_stream"])
 @pytest.mark.parametrize("kind", ["sync", "async"])
-def test_resume_continues_a_broken_stream_on_another_region(clean: Fleet, kind: str) -> None:
-    clean.set_fault("aws-euc1", mode="close_mid_stream", after_chunks=3)
+def test_resume_continues_a_broken_stream_on_another_region(clean: Fleet, kind: str, mode: str) -> None:
+    # stop_mid_stream: [DONE] with no finish_reason (llama.cpp's interrupt_requests)
+    clean.set_fault("aws-euc1", mode=mode, after_chunks=3)
     audit = Audit()
     with make_mc(clean, _resume_policy(), on_attempt=audit) as mc:
         ans = chat(mc, kind, stream=True, extra_headers=EU, max_tokens=10)

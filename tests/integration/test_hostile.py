@@ -167,6 +167,19 @@ def test_garbage_mid_stream_raises_stream_interrupted_with_what_was_delivered(fl
         assert _state(mc, "eu-a")["failures"] == 1
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_done_without_a_finish_reason_is_a_break_not_an_answer(fleet: Fleet, kind: str) -> None:
+    # llama.cpp's `interrupt_requests` (and a worker killed behind a proxy) ends the
+    # stream with [DONE] although no choice ever got a finish_reason: half an answer.
+    fleet.set_fault("eu-a", mode="stop_mid_stream", after_chunks=2)
+    with _mc(fleet) as mc:
+        with pytest.raises(lmc.StreamInterrupted, match="before any choice had a finish_reason") as ei:
+            chat(mc, kind, stream=True, extra_headers=DE, stream_options={"include_usage": True})
+        assert ei.value.delivered_text == "[eu-a] w0 w1" and ei.value.endpoint == "eu-a"
+        assert _state(mc, "eu-a")["failures"] == 1  # the endpoint stopped mid-answer: its fault
+    # (with resume on, another endpoint continues it: test_hedging's resume tests)
+
+
 @pytest.mark.parametrize("mode", ["drip", "keepalive_only"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_drips_and_keepalives_do_not_keep_a_dead_stream_alive(fleet: Fleet, kind: str, mode: str) -> None:
