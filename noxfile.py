@@ -114,13 +114,6 @@ def tests(session: nox.Session, openai: str) -> None:
     session.run(
         "pytest",
         "-q",
-        # A stopgap, visible in every summary ("N rerun"): a few timing-sensitive tests
-        # (test_latency_recovery, test_shared's fresh replica, test_limits' settle count,
-        # test_residency_property's response-closing check on the httpx line, the
-        # capacity_limits / cost_routing / shared_state examples) failed once in several
-        # runs on a loaded 2-core machine. Each is to be made deterministic; until then a
-        # failure that passes on its one rerun is reported, not fatal.
-        "--reruns=1",
         *line.tests,
         *session.posargs,
         env={"LLM_MULTICLOUD_OPENAI_LINE": openai, "LLM_MULTICLOUD_EXAMPLES_MAY_SKIP": ",".join(may_skip)},

@@ -63,7 +63,8 @@ def main() -> int:
         for rid in fleet.region_ids:
             fleet.set_latency(rid, ttft_ms=300 if rid == "onprem-vllm" else 15, ttft_jitter=0.0, itl_ms=1)
         catalog = fleet.catalog()
-        common = {"hedge": {"enabled": False}}
+        # no exploration draw (1 % of requests by default): the run shows the strategies alone
+        common = {"hedge": {"enabled": False}, "explore": 0.0}
 
         results = {}
         for strategy in ("cost", "balanced"):

@@ -9,6 +9,7 @@ progresses; readers get shallow copies.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,13 @@ class Received:
     usage: dict[str, int] | None = None
     ttft_ms: float | None = None  # sampled time to first token for this request
     end_time: float | None = None
+
+    def ended_by(self, fault: str) -> None:
+        """The injected fault ended this answer: settled before the client can look
+        (a client thread in this process may inspect it the instant bytes arrive)."""
+        self.fault = fault
+        self.outcome = f"fault:{fault}"
+        self.end_time = time.monotonic()
 
     def copy(self) -> Received:
         """Shallow copy, so callers can keep a snapshot while the server updates the original."""

@@ -634,6 +634,28 @@ class RegionRuntime:
             return scheme.lower() == "bearer" and token.strip() == key
         return headers.get("api-key") == key  # Azure-style header
 
+    async def _start(
+        self, served: _Served, send: Send, *, ignored: tuple[str, ...] = (), extra_s: float = 0.0
+    ) -> tuple[Fault | None, float] | None:
+        """Begin an answer: draw this request's fault (less those this API does not
+        have), apply a blocking one (None: it answered), sample the time to first token
+        (plus ``extra_s``, e.g. an uncached prefix's prefill) and record it."""
+        rec = served.rec
+        fault = self._draw_fault()
+        if fault is not None and fault.mode in ignored:
+            fault = None
+        if fault is not None and await self._apply_blocking_fault(fault, served, send):
+            return None
+        slow = fault is not None and fault.mode == "slow"
+        ttft = self._sample_ttft(self.latency, slow=slow) + extra_s
+        rec.ttft_ms = ttft * 1000.0
+        if slow:
+            rec.fault = "slow"
+        return fault, ttft
+
+    def _prefill_s(self, uncached_tokens: int) -> float:
+        return 0.0 if self.prefix_cache is None else self.prefix_cache.prefill_s(uncached_tokens)
+
     def _draw_fault(self) -> Fault | None:
         fault = self.fault
         if fault.mode == "none":
@@ -888,16 +910,11 @@ class RegionRuntime:
             )
 
         served = _Served(self, rec, scope, receive)
-        fault = self._draw_fault()
-        if fault is not None and await self._apply_blocking_fault(fault, served, send):
+        started = await self._start(served, send, extra_s=self._prefill_s(prompt_tokens - cached))
+        if started is None:
             return
+        fault, ttft = started
         latency = self.latency
-        ttft = self._sample_ttft(latency, slow=fault is not None and fault.mode == "slow")
-        if self.prefix_cache is not None:
-            ttft += self.prefix_cache.prefill_s(prompt_tokens - cached)
-        rec.ttft_ms = ttft * 1000.0
-        if fault is not None and fault.mode == "slow":
-            rec.fault = "slow"
 
         # Token i of an answer is "w{i}"; a fresh answer is tagged with the
         # region, a continuation picks up after the words already present
@@ -974,10 +991,8 @@ class RegionRuntime:
     async def _truncate(self, served: _Served, send: Send, body: bytes) -> None:
         """Announce the full Content-Length, send half the body, then drop the connection."""
         rec = served.rec
-        rec.fault = "close_mid_stream"
         rec.status = 200
-        rec.outcome = "fault:close_mid_stream"
-        rec.end_time = time.monotonic()
+        rec.ended_by("close_mid_stream")
         headers = [_JSON_CT, (b"content-length", str(len(body)).encode()), *self.static_headers]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True})
@@ -1020,27 +1035,21 @@ class RegionRuntime:
                 return
             if i == point:
                 if mode == "close_mid_stream":
-                    rec.fault = mode
-                    rec.outcome = "fault:close_mid_stream"
-                    rec.end_time = time.monotonic()
+                    rec.ended_by(mode)
                     await served.kill_connection(reset=False)
                     return
                 if mode == "malformed_sse":
                     rec.fault = mode
                     yield b"data: {not json\n\n"
                 if mode == "stop_mid_stream":
-                    rec.fault = mode
-                    rec.outcome = "fault:stop_mid_stream"
-                    rec.end_time = time.monotonic()
+                    rec.ended_by(mode)
                     yield b"data: [DONE]\n\n"  # and no finish_reason: stopped mid-answer
                     return
                 if mode == "garbage_mid_stream":
                     rec.fault = mode
                     yield b'data: {"choices":[{"index":0,"delta":{"content":"x"}}]]}\n\n'
                 if mode == "key_echo":
-                    rec.fault = mode
-                    rec.outcome = "fault:key_echo"
-                    rec.end_time = time.monotonic()
+                    rec.ended_by(mode)
                     yield b"data: " + _dumps(_error(_echo(rec.headers), "invalid_request_error", None)) + b"\n\n"
                     return  # and no [DONE]
                 if mode == "keepalive_only":
@@ -1073,8 +1082,7 @@ class RegionRuntime:
                             return
                         rec.bytes_sent += 1
                         yield rest[b : b + 1]
-                    rec.outcome = "fault:drip"
-                    rec.end_time = time.monotonic()
+                    rec.ended_by(mode)
                     return
             if i == len(pieces):
                 break
@@ -1119,16 +1127,11 @@ class RegionRuntime:
             )
             return
         served = _Served(self, rec, scope, receive)
-        fault = self._draw_fault()
-        if fault is not None and fault.mode in ("malformed_sse", "close_mid_stream"):
-            fault = None
-        if fault is not None and await self._apply_blocking_fault(fault, served, send):
+        started = await self._start(served, send, ignored=("malformed_sse", "close_mid_stream", "stop_mid_stream"))
+        if started is None:
             return
+        _, ttft = started
         latency = self.latency
-        ttft = self._sample_ttft(latency, slow=fault is not None and fault.mode == "slow")
-        rec.ttft_ms = ttft * 1000.0
-        if fault is not None and fault.mode == "slow":
-            rec.fault = "slow"
 
         user_text = ""
         outputs: list[str] = []
@@ -1290,16 +1293,12 @@ class RegionRuntime:
             return
 
         served = _Served(self, rec, scope, receive)
-        fault = self._draw_fault()
-        if fault is not None and fault.mode == "malformed_sse":
-            fault = None  # no SSE on this endpoint
-        if fault is not None and await self._apply_blocking_fault(fault, served, send):
+        # no SSE on this endpoint
+        started = await self._start(served, send, ignored=("malformed_sse", "stop_mid_stream"))
+        if started is None:
             return
+        fault, ttft = started
         latency = self.latency
-        ttft = self._sample_ttft(latency, slow=fault is not None and fault.mode == "slow")
-        rec.ttft_ms = ttft * 1000.0
-        if fault is not None and fault.mode == "slow":
-            rec.fault = "slow"
         delay = max(latency.headers_ms / 1000.0, ttft) - (time.monotonic() - rec.time)
         if delay > 0 and await served.pause(delay):
             return

@@ -258,7 +258,13 @@ def test_queue_depth_from_prometheus_metrics_steers_traffic(clean: Fleet) -> Non
     cat: dict[str, Any] = clean.catalog()
     for ep in cat["endpoints"]:
         ep["metrics_path"] = "/metrics"
-    policy = {"strategy": "latency", "probe": {"enabled": True, "interval_s": 0.05, "metrics": True}}
+    policy = {
+        "strategy": "latency",
+        "probe": {"enabled": True, "interval_s": 0.05, "metrics": True},
+        # the queue depth alone decides here: no random exploration draw (1 % by default)
+        "explore": 0.0,
+        "recheck": 0.0,
+    }
     clean.set_waiting("aws-euc1", 0)
     clean.set_waiting("gcp-euw4", 0)
     with lmc.MultiCloud(cat, {**policy, "hedge": {"enabled": False}}) as mc:

@@ -147,6 +147,10 @@ def test_reservations_settle_exactly_for_complete_early_broken_and_cancelled_str
             check(0)
             return
 
+        # After 3 content chunks only keep-alives arrive: the reader is waiting inside
+        # the stream when its task is cancelled, whatever the machine's speed.
+        fleet.set_fault("a", mode="keepalive_only", after_chunks=3, interval_ms=50)
+
         async def run() -> None:
             client = mc.wrap(openai.AsyncOpenAI(api_key=PLACEHOLDER_KEY))
             async with client:

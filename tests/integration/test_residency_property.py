@@ -168,7 +168,8 @@ class FakeUpstream:
         host = urlsplit(url).hostname or ""
         rec = Opened(url, host, list(headers), content)
         self.opened.append(rec)  # the first byte leaves here
-        await anyio.lowlevel.checkpoint()
+        with anyio.CancelScope(shield=True):  # the response exists once sent: what to close
+            await anyio.lowlevel.checkpoint()
         b = self.table[host]
         stream = bool(content and json.loads(content).get("stream"))
         sse = [("content-type", "text/event-stream")]
@@ -646,7 +647,11 @@ def test_mock_transport_failed_attempts_close_their_responses(behaviour: str, st
         hedge_delay_ms=0.0,
         fraction=0.5,
     )
-    with lmc.MultiCloud(_catalog(sc), _policy(sc), telemetry=False) as mc:
+    # Only the behaviour may fail ep0's attempt, not a stalled machine: hang_body needs
+    # its read timeout (0.5 s: ep2 answers at once), the others none.
+    t = 0.5 if behaviour == "hang_body" else 30.0
+    policy = {**_policy(sc), "timeouts": {"first_token_s": t, "response_s": t, "connect_s": t, "total_s": 60.0}}
+    with lmc.MultiCloud(_catalog(sc), policy, telemetry=False) as mc:
         up = FakeUpstream({f"ep{i}.test": d.behaviour for i, d in enumerate(sc.endpoints)}, {})
         out = anyio.run(_run, mc, sc, up)
     assert out.result is not None and dict(out.result.headers)["x-llm-multicloud-endpoint"] == "ep2"
