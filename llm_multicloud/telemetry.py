@@ -80,6 +80,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .executor import AttemptRecord, RequestRecord
 from .health import Transition
+from .vocabulary import AttemptKind, AttemptOutcome, RequestOutcome
 
 __all__ = [
     "BREAKER_STATE",
@@ -687,13 +688,13 @@ def _bench_record(attempts: int = 1) -> RequestRecord:
     a = AttemptRecord(
         request_id="0123456789ab",
         attempt=1,
-        kind="primary",
+        kind=AttemptKind.PRIMARY,
         endpoint="aws-euc1",
         provider="aws",
         region="eu-central-1",
         residency="EU",
         model="llama-3.1-8b",
-        outcome="won",
+        outcome=AttemptOutcome.WON,
         status=200,
         reason=None,
         ttft_ms=21.0,
@@ -712,7 +713,7 @@ def _bench_record(attempts: int = 1) -> RequestRecord:
         operation="chat",
         model="llama-3.1-8b",
         stream=True,
-        outcome="ok",
+        outcome=RequestOutcome.OK,
         status=200,
         error_type=None,
         endpoint="aws-euc1",

@@ -1,0 +1,24 @@
+"""The routing engine: from a plan to exactly one answer. One module, one idea:
+
+=================  ====================================================================
+``executor.py``    the composition: a request's rounds of races, re-planning, the result
+``ledger.py``      the one owner of a request's bookkeeping: attempts, cost, records
+``race.py``        every decision of a race, sans-I/O: events in, actions out
+``driver.py``      the async I/O driver of a race (direct, or anyio task group)
+``attempt.py``     one attempt's I/O up to the commit point, faults classified once
+``admission.py``   taking a slot on a candidate right before an attempt (residency lock)
+``hedge.py``       the hedging policy: when, whether, to whom; its budget
+``retry.py``       the retry policy: whether, where; its budget
+``stream.py``      the committed stream: pass-through, breaks, resume
+=================  ====================================================================
+
+Dependencies point one way: ``executor`` → ``driver`` → ``race`` → policies,
+``admission``, ``ledger``, ``attempt``; ``stream`` reports to ``ledger``.
+"""
+
+from __future__ import annotations
+
+from .executor import Executor, Result
+from .ledger import AttemptRecord, Ledger, RequestRecord
+
+__all__ = ["AttemptRecord", "Executor", "Ledger", "RequestRecord", "Result"]

@@ -1,0 +1,100 @@
+"""Admission: taking a slot on a candidate right before an attempt is sent.
+
+The router planned with a snapshot; by the time an attempt starts (a hedge tens of
+milliseconds later, a retry after a failure) the fleet may have moved. Admission
+re-checks, in this order, and takes the first candidate that passes:
+
+1. the endpoint is still live (not drained, removed or redefined by a catalog update);
+2. a resumed stream does not go back to the endpoint that broke, nor to one that
+   cannot continue a partial answer;
+3. it is usable now (not cooled down by a 429 of its quota domain, not ejected
+   during this request unless the plan re-admitted it);
+4. **residency, the second lock**: the endpoint complies with the request's
+   constraint (the router already filtered; a violation here is a bug, refused with
+   an error, never sent);
+5. its capacity bucket can reserve the request's token estimate;
+6. its breaker admits it (:meth:`EndpointState.admit`: closed, a half-open trial
+   permit, or an ejected endpoint re-admitted under panic).
+
+:meth:`Admission.give_back` undoes an admission whose attempt will not start (its
+budget token was refused), so that only attempts that really start hold a slot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, NamedTuple
+
+from ..errors import RoutingError
+from ..limits import estimate_tokens
+from ..router import complies
+from ..vocabulary import BreakerState
+
+if TYPE_CHECKING:
+    from ..catalog import Endpoint
+    from ..health import EndpointState, Health
+    from ..intent import Intent
+    from ..router import Candidate
+
+
+class Admitted(NamedTuple):
+    candidate: Candidate
+    state: EndpointState
+    #: the breaker state it was admitted under (closed | half_open | open)
+    breaker: str
+    #: tokens reserved in its capacity bucket (0: it has none)
+    reserved: int
+
+
+class Admission:
+    """Admits candidates for one request (see the module docs)."""
+
+    __slots__ = ("_health", "_intent", "_need", "_resume_style", "refused")
+
+    def __init__(self, health: Health, intent: Intent, resume_style: Callable[[Endpoint], str]) -> None:
+        self._health = health
+        self._intent = intent
+        self._resume_style = resume_style
+        self._need = estimate_tokens(intent.input_tokens, intent.max_tokens)
+        #: reservations refused: capacity taken by other requests since the plan
+        self.refused = 0
+
+    def take(self, pool: Sequence[Candidate], now: float) -> Admitted | None:
+        """The first candidate of ``pool`` that passes every check, admitted."""
+        intent, live, need = self._intent, self._health.live, self._need
+        for c in pool:
+            st = live(c.endpoint)
+            if st is None or not self._eligible(c, st, now):
+                continue
+            if not complies(st.endpoint, intent.constraints):  # second lock; the router already filtered
+                raise RoutingError(500, "residency_violation_prevented", f"refused to send to {c.endpoint.id}")
+            b = st.bucket
+            if b is not None and not b.reserve(now, need):
+                self.refused += 1
+                continue  # its quota is spent (by other requests since the plan)
+            admitted = st.admit(now)
+            if admitted is None:
+                if b is not None:
+                    b.settle(need, 0, refund_request=True)
+                continue
+            return Admitted(c, st, admitted, need if b is not None else 0)
+        return None
+
+    def _eligible(self, c: Candidate, st: EndpointState, now: float) -> bool:
+        intent = self._intent
+        if c.endpoint.id in intent.avoid or (
+            intent.resume_prefix is not None and self._resume_style(c.endpoint) == "none"
+        ):
+            return False  # resuming: not the endpoint that broke, and one that can continue
+        if st.quota.until > now:
+            return False  # cooled down during this request (e.g. its quota domain got a 429)
+        # ejected during this request (unless the plan re-admitted it)
+        return not (st.breaker == "open" and st.open_until > now and not c.readmitted)
+
+    @staticmethod
+    def give_back(got: Admitted) -> None:
+        """Undo an admission whose attempt will not start."""
+        st = got.state
+        st.release(got.breaker == BreakerState.HALF_OPEN)
+        if got.reserved and st.bucket is not None:
+            st.bucket.settle(got.reserved, 0, refund_request=True)

@@ -1,0 +1,305 @@
+"""The committed stream, and what happens when it breaks.
+
+It owns the bytes after the commit point; every outcome (the end, a break, a
+resume, the caller closing early) is reported to the request's
+:class:`~.ledger.Ledger`, which does the bookkeeping. The read loop follows the
+shape of h11's receive loop: feed bytes to the splitter (:mod:`llm_multicloud.sse`),
+look at each complete event once.
+
+Once a streamed attempt has won the race (its first content-bearing event
+arrived), :class:`Passthrough` hands its bytes to the caller's HTTP library chunk by
+chunk — in the caller's task for async clients, through the blocking portal for
+sync ones: the same code. Events pass through byte for byte, except the usage-only
+chunk the library requested on the caller's behalf.
+
+After commit, nothing can be silently lost: an upstream error, a malformed event
+(anything the SDK could not parse: each data event must be a JSON object), an event
+over ``read_limits.event_bytes``, no *data event* for ``chunk_gap_s``, a stream
+still running ``stream_total_s`` after the request started, or an end without
+``[DONE]`` is a *break*. By default a break raises
+:class:`~llm_multicloud.errors.StreamInterrupted`, which carries what was delivered
+and the usage known so far; its message is redacted (keys masked).
+
+Deadlines without a cancel scope per chunk: while data events keep coming, a read
+is bounded by the connection's read timeout (``chunk_gap_s``). Bytes that carry no
+data — keep-alive comments, an event dripped a byte at a time — do not count as
+progress: from the first such read on, reads run under a deadline measured from
+the start of that quiet spell, until a data event arrives. The total deadline
+switches to the same bounded reads when it is nearer than one gap.
+
+**Resume** (opt-in, ``policy.resume.enabled``): a broken chat stream is continued
+on another compliant endpoint by resending the conversation with the partial
+answer as an assistant prefix — vLLM/SGLang's ``continue_final_message`` (style
+``vllm``) or the ``prefix: true`` assistant message of Mistral/DeepSeek (style
+``prefix``), chosen per endpoint (``resume:`` in the catalog; ``none`` opts an
+endpoint out). The new stream's role-only preamble is dropped, so the caller sees
+one unbroken stream. Refused for tool calls, JSON mode and ``n > 1``, where a
+spliced answer could be wrong rather than merely late. The continuation is a new
+routed request: residency, health and hedging apply to it as to any other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import TYPE_CHECKING
+
+import anyio
+
+from .. import sse
+from ..errors import DeadlineExceeded, LLMMulticloudError, StreamInterrupted
+from ..upstream import UpstreamError
+from ..vocabulary import AttemptOutcome, RequestOutcome
+
+if TYPE_CHECKING:
+    from .attempt import Attempt
+    from .executor import Executor
+    from .ledger import Ledger
+
+
+class Passthrough:
+    """The winning attempt's stream, as seen by the caller (see the module docs)."""
+
+    def __init__(self, ex: Executor, a: Attempt, ledger: Ledger, strip_usage: bool) -> None:
+        intent = ledger.intent
+        self._ex = ex
+        self._a = a
+        self._ledger = ledger
+        self._intent = intent
+        self._strip = strip_usage
+        self._pending: list[bytes] = a.buffered
+        a.buffered = []
+        self._done = False
+        self._finished = False
+        self._delivered: list[bytes] = []
+        to = ex.timeouts_for(a.ep, intent.model)
+        self._gap = to.chunk_gap_s
+        self._total_s = to.stream_total_s
+        #: the committed stream must end by then (monotonic clock of the executor)
+        self._end = ledger.t0 + to.stream_total_s if to.stream_total_s is not None else math.inf
+        #: start of the current spell without a data event (None: data is flowing)
+        self._quiet_since: float | None = None
+        #: the continuation after a resume, which serves the rest of the stream
+        self._next: Passthrough | None = None
+        #: text delivered by the streams this one continues (resume)
+        self.prefix_text = ""
+
+    @property
+    def endpoint(self) -> str:
+        return self._next.endpoint if self._next is not None else self._a.ep.id
+
+    async def next_chunk(self) -> bytes | None:
+        """The next bytes for the caller, or None at the end of the stream."""
+        while True:
+            if self._next is not None:
+                return await self._next.next_chunk()
+            if self._finished:
+                return None
+            a = self._a
+            if self._pending:
+                events, self._pending = self._pending, []
+            else:
+                assert a.iter is not None
+                problem = None
+                blame = True  # False: the break is this process's fault (see upstream.translate)
+                chunk = b""
+                clock = self._ex.clock
+                now = clock()
+                try:
+                    if self._quiet_since is None and now + self._gap < self._end:
+                        # Data is flowing: the connection's read timeout (chunk_gap_s,
+                        # set when the attempt opened) bounds the wait.
+                        self._quiet_since = now  # reset below when a data event arrives
+                        chunk = await a.iter.__anext__()
+                    else:
+                        if self._quiet_since is None:
+                            self._quiet_since = now
+                        wake = min(self._quiet_since + self._gap, self._end)
+                        with anyio.move_on_after(max(wake - now, 0.0)):
+                            chunk = await a.iter.__anext__()
+                        if not chunk:
+                            problem = self._late(clock())
+                except StopAsyncIteration:
+                    if self._done and not a.splitter.pending.strip():
+                        await self._finish(AttemptOutcome.WON)
+                        return None
+                    problem = "the stream ended without [DONE]"
+                except UpstreamError as exc:
+                    if exc.kind == "timeout":
+                        problem = f"no data for {self._gap:.1f}s"
+                    else:
+                        problem = f"{exc.kind} error: {self._ex.redact(str(exc))}"
+                        blame = exc.endpoint_fault
+                if problem is None:
+                    try:
+                        events = a.splitter.feed(chunk)
+                    except sse.EventTooLarge as exc:
+                        problem = str(exc)
+                if problem is not None:
+                    await self._broken(problem, blame=blame)  # raises, or resumed on another endpoint
+                    continue
+            out: list[bytes] = []
+            for ev in events:
+                d = sse.data_of(ev)
+                if d is None:
+                    out.append(ev)  # a comment or keep-alive: passed on, but not progress
+                    continue
+                self._quiet_since = None
+                if d.strip() == sse.DONE:
+                    self._done = True
+                    out.append(ev)
+                    continue
+                problem = None
+                # What the SDK will parse must parse: one C-speed json.loads per event
+                # (the SDK does the same, and far more), instead of a raw JSON error
+                # from inside the SDK after the caller already has part of the answer.
+                try:
+                    obj = json.loads(d)
+                except ValueError:
+                    obj = None
+                if not isinstance(obj, dict):
+                    problem = f"malformed event mid-stream: {self._ex.excerpt(ev)}"
+                elif b'"usage"' in d or b'"error"' in d or b'"response.' in d:
+                    kind = sse.kind_of(obj)
+                    if kind is sse.EventKind.ERROR:
+                        problem = f"error event mid-stream: {self._ex.message(ev)}"
+                    elif kind is sse.EventKind.MALFORMED:
+                        problem = f"malformed event mid-stream: {self._ex.excerpt(ev)}"
+                    else:
+                        usage = obj.get("usage")
+                        inner = obj.get("response")
+                        if not isinstance(usage, dict) and isinstance(inner, dict):
+                            usage = inner.get("usage")  # Responses API: in response.completed
+                        if isinstance(usage, dict):
+                            a.usage = usage
+                        if kind is sse.EventKind.DONE:
+                            self._done = True  # response.completed ends a Responses stream
+                        if kind is sse.EventKind.USAGE and self._strip:
+                            continue
+                if problem is not None:
+                    if out:
+                        # Deliver what came before the bad event first; the break is
+                        # handled on the next call, when nothing is pending.
+                        self._pending = [ev]
+                        return b"".join(out)
+                    await self._broken(problem)
+                    break
+                self._delivered.append(ev)
+                out.append(ev)
+            if out:
+                return b"".join(out)
+
+    def _late(self, now: float) -> str:
+        """Why a bounded read gave up: the total deadline, or no data event in time."""
+        if now >= self._end and self._total_s is not None:
+            return f"the stream was still running {self._total_s:.1f}s after the request started (stream_total_s)"
+        return f"no data for {self._gap:.1f}s (only keep-alives or partial bytes arrived)"
+
+    async def _finish(self, outcome: AttemptOutcome) -> None:
+        """The stream ended (``outcome``): close it and report to the ledger, once."""
+        if self._finished:
+            return
+        self._finished = True
+        a = self._a
+        ledger = self._ledger
+        await a.close()
+        # Without usage, the tokens delivered are the content events (one token each on
+        # OpenAI-compatible servers): what a stream that ended early, broke or was
+        # closed cost, for the cost ledger and the capacity bucket alike.
+        delivered = len(self._delivered) if a.usage else _content_events(self._delivered)
+        if outcome is AttemptOutcome.WON:
+            ledger.succeeded(a, len(self._delivered), stream_ttft=True, delivered_tokens=delivered)
+        else:
+            ledger.finish(a, outcome, delivered_tokens=delivered)
+        broke = outcome is AttemptOutcome.INTERRUPTED or outcome is AttemptOutcome.RESUMED
+        ledger.request_done(
+            a,
+            RequestOutcome.OK if outcome is AttemptOutcome.WON else RequestOutcome(outcome),
+            a.status,
+            "stream_interrupted" if broke else None,
+        )
+
+    async def _broken(self, reason: str, *, blame: bool = True) -> None:
+        """The stream broke after commit: resume it elsewhere, or raise StreamInterrupted.
+
+        ``blame=False``: the break is this process's own fault (a bug, a closed event
+        loop: ``upstream.translate``'s "local"). The endpoint is not penalised, and the
+        stream is not resumed elsewhere, where the same fault would strike again."""
+        a = self._a
+        a.reason = reason
+        text = self.prefix_text + sse.text_of(self._delivered)
+        if not self._finished:
+            if blame:
+                self._ledger.broke(a, reason)
+            nxt = await self._resume(text) if blame and _resumable(self) else None
+            if nxt is not None:
+                await self._finish(AttemptOutcome.RESUMED)
+                self._next = nxt
+                return
+            await self._finish(AttemptOutcome.INTERRUPTED)
+        raise StreamInterrupted(
+            self._ex.redact(f"the stream from {a.ep.id} broke after {len(self._delivered)} chunks: {reason}"),
+            endpoint=a.ep.id,
+            delivered_text=text,
+            usage=a.usage,
+            chunks=len(self._delivered),
+        )
+
+    async def _resume(self, text: str) -> Passthrough | None:
+        """Continue the answer on another compliant endpoint (a new routed request)."""
+        ex = self._ex
+        intent = self._intent
+        # Tokens already delivered (content events; one token each on OpenAI-compatible
+        # servers) come off max_tokens, so the whole answer keeps the caller's limit.
+        delivered = _content_events(self._delivered)
+        cont = dataclasses.replace(
+            intent,
+            resume_prefix=text,
+            avoid=intent.avoid | {self._a.ep.id},
+            resumes=intent.resumes + 1,
+            max_tokens=None if intent.max_tokens is None else max(intent.max_tokens - delivered, 1),
+            request_id=f"{intent.request_id}-r{intent.resumes + 1}",
+        )
+        upstream = self._ledger.upstream
+        if upstream is None:
+            return None
+        try:
+            result = await ex.execute(cont, upstream)
+        except (LLMMulticloudError, DeadlineExceeded):
+            return None  # nothing compliant could continue it: the caller gets the break
+        if result.stream is None or result.status >= 300:
+            return None
+        nxt = result.stream
+        # The continuation starts with its own role-only preamble: the caller already
+        # had one. Everything else (content, finish, usage, [DONE]) goes through.
+        nxt._pending = [ev for ev in nxt._pending if sse.classify(sse.data_of(ev))[0] is not sse.EventKind.PREAMBLE]
+        nxt.prefix_text = text
+        return nxt
+
+    async def aclose(self) -> None:
+        """The caller closed the stream (possibly early): close the upstream connection."""
+        if self._next is not None:
+            await self._next.aclose()
+        if not self._finished:
+            await self._finish(AttemptOutcome.WON if self._done else AttemptOutcome.CLOSED_BY_CALLER)
+
+
+def _content_events(events: list[bytes]) -> int:
+    return sum(1 for ev in events if sse.classify(sse.data_of(ev))[0] is sse.EventKind.CONTENT)
+
+
+def _resumable(pt: Passthrough) -> bool:
+    """Is continuing this stream on another endpoint safe? Only plain chat text."""
+    intent = pt._intent
+    policy = pt._ex.policy.resume
+    if not policy.enabled or intent.resumes >= policy.max_resumes or intent.operation != "chat":
+        return False
+    body = intent.body or {}
+    if body.get("tools") or body.get("functions") or (body.get("n") or 1) != 1:
+        return False
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
+        return False
+    # A tool call that already started cannot be spliced either.
+    return not any(b'"tool_calls"' in ev for ev in pt._delivered)
