@@ -178,7 +178,7 @@ class Race:
         if a.fault is None or (a.fault is FaultKind.REQUEST and not self._name_refused(a)):
             self.in_flight.remove(a)
             return self._won(a)
-        if a.error_kind is ErrorType.TIMEOUT and self._clock() >= self.deadline:
+        if a.error_kind == ErrorType.TIMEOUT and self._clock() >= self.deadline:
             return self.on_timer()  # cut short by the caller's deadline: not the endpoint's failure
         self.in_flight.remove(a)
         if a.fault is FaultKind.LOCAL:

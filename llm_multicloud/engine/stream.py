@@ -96,99 +96,116 @@ class Passthrough:
                 return await self._next.next_chunk()
             if self._finished:
                 return None
-            a = self._a
             if self._pending:
                 events, self._pending = self._pending, []
             else:
-                assert a.iter is not None
-                problem = None
-                blame = True  # False: the break is this process's fault (see upstream.translate)
-                chunk = b""
-                clock = self._ex.clock
-                now = clock()
-                try:
-                    if self._quiet_since is None and now + self._gap < self._end:
-                        # Data is flowing: the connection's read timeout (chunk_gap_s,
-                        # set when the attempt opened) bounds the wait.
-                        self._quiet_since = now  # reset below when a data event arrives
-                        chunk = await a.iter.__anext__()
-                    else:
-                        if self._quiet_since is None:
-                            self._quiet_since = now
-                        wake = min(self._quiet_since + self._gap, self._end)
-                        with anyio.move_on_after(max(wake - now, 0.0)):
-                            chunk = await a.iter.__anext__()
-                        if not chunk:
-                            problem = self._late(clock())
-                except StopAsyncIteration:
-                    if self._done and not a.splitter.pending.strip():
-                        await self._finish(AttemptOutcome.WON)
-                        return None
-                    problem = "the stream ended without [DONE]"
-                except UpstreamError as exc:
-                    if exc.kind == "timeout":
-                        problem = f"no data for {self._gap:.1f}s"
-                    else:
-                        problem = f"{exc.kind} error: {self._ex.redact(str(exc))}"
-                        blame = exc.endpoint_fault
-                if problem is None:
-                    try:
-                        events = a.splitter.feed(chunk)
-                    except sse.EventTooLarge as exc:
-                        problem = str(exc)
-                if problem is not None:
-                    await self._broken(problem, blame=blame)  # raises, or resumed on another endpoint
-                    continue
-            out: list[bytes] = []
-            for ev in events:
-                d = sse.data_of(ev)
-                if d is None:
-                    out.append(ev)  # a comment or keep-alive: passed on, but not progress
-                    continue
-                self._quiet_since = None
-                if d.strip() == sse.DONE:
-                    self._done = True
-                    out.append(ev)
-                    continue
-                problem = None
-                # What the SDK will parse must parse: one C-speed json.loads per event
-                # (the SDK does the same, and far more), instead of a raw JSON error
-                # from inside the SDK after the caller already has part of the answer.
-                try:
-                    obj = json.loads(d)
-                except ValueError:
-                    obj = None
-                if not isinstance(obj, dict):
-                    problem = f"malformed event mid-stream: {self._ex.excerpt(ev)}"
-                elif b'"usage"' in d or b'"error"' in d or b'"response.' in d:
-                    kind = sse.kind_of(obj)
-                    if kind is sse.EventKind.ERROR:
-                        problem = f"error event mid-stream: {self._ex.message(ev)}"
-                    elif kind is sse.EventKind.MALFORMED:
-                        problem = f"malformed event mid-stream: {self._ex.excerpt(ev)}"
-                    else:
-                        usage = obj.get("usage")
-                        inner = obj.get("response")
-                        if not isinstance(usage, dict) and isinstance(inner, dict):
-                            usage = inner.get("usage")  # Responses API: in response.completed
-                        if isinstance(usage, dict):
-                            a.usage = usage
-                        if kind is sse.EventKind.DONE:
-                            self._done = True  # response.completed ends a Responses stream
-                        if kind is sse.EventKind.USAGE and self._strip:
-                            continue
-                if problem is not None:
-                    if out:
-                        # Deliver what came before the bad event first; the break is
-                        # handled on the next call, when nothing is pending.
-                        self._pending = [ev]
-                        return b"".join(out)
-                    await self._broken(problem)
-                    break
-                self._delivered.append(ev)
-                out.append(ev)
+                got = await self._read()
+                if got is None:
+                    continue  # ended, or broke and resumed elsewhere
+                events = got
+            out = await self._scan(events)
             if out:
-                return b"".join(out)
+                return out
+
+    async def _read(self) -> list[bytes] | None:
+        """The events of the next upstream read; None when the stream ended (normally,
+        or by a break that was resumed elsewhere). A break that is not resumed raises."""
+        a = self._a
+        assert a.iter is not None
+        problem = None
+        blame = True  # False: the break is this process's fault (see upstream.translate)
+        chunk = b""
+        clock = self._ex.clock
+        now = clock()
+        try:
+            if self._quiet_since is None and now + self._gap < self._end:
+                # Data is flowing: the connection's read timeout (chunk_gap_s, set when
+                # the attempt opened) bounds the wait.
+                self._quiet_since = now  # reset when a data event arrives
+                chunk = await a.iter.__anext__()
+            else:
+                if self._quiet_since is None:
+                    self._quiet_since = now
+                wake = min(self._quiet_since + self._gap, self._end)
+                with anyio.move_on_after(max(wake - now, 0.0)):
+                    chunk = await a.iter.__anext__()
+                if not chunk:
+                    problem = self._late(clock())
+        except StopAsyncIteration:
+            if self._done and not a.splitter.pending.strip():
+                await self._finish(AttemptOutcome.WON)
+                return None
+            problem = "the stream ended without [DONE]"
+        except UpstreamError as exc:
+            if exc.kind == "timeout":
+                problem = f"no data for {self._gap:.1f}s"
+            else:
+                problem = f"{exc.kind} error: {self._ex.redact(str(exc))}"
+                blame = exc.endpoint_fault
+        if problem is None:
+            try:
+                return a.splitter.feed(chunk)
+            except sse.EventTooLarge as exc:
+                problem = str(exc)
+        await self._broken(problem, blame=blame)  # raises, or resumed on another endpoint
+        return None
+
+    async def _scan(self, events: list[bytes]) -> bytes | None:
+        """Pass events on, looking at each once: the end, usage, in-band errors, events
+        the SDK could not parse (a break). None: nothing to deliver now."""
+        out: list[bytes] = []
+        for ev in events:
+            d = sse.data_of(ev)
+            if d is None:
+                out.append(ev)  # a comment or keep-alive: passed on, but not progress
+                continue
+            self._quiet_since = None
+            if d.strip() == sse.DONE:
+                self._done = True
+                out.append(ev)
+                continue
+            problem, drop = self._look(ev, d)
+            if problem is not None:
+                if out:
+                    # Deliver what came before the bad event first; the break is
+                    # handled on the next call, when nothing is pending.
+                    self._pending = [ev]
+                    return b"".join(out)
+                await self._broken(problem)
+                return None
+            if drop:
+                continue
+            self._delivered.append(ev)
+            out.append(ev)
+        return b"".join(out) if out else None
+
+    def _look(self, ev: bytes, d: bytes) -> tuple[str | None, bool]:
+        """One data event: (why it breaks the stream, or None; whether to drop it)."""
+        # What the SDK will parse must parse: one C-speed json.loads per event (the SDK
+        # does the same, and far more), instead of a raw JSON error from inside the
+        # SDK after the caller already has part of the answer.
+        try:
+            obj = json.loads(d)
+        except ValueError:
+            obj = None
+        if not isinstance(obj, dict):
+            return f"malformed event mid-stream: {self._ex.excerpt(ev)}", False
+        if b'"usage"' not in d and b'"error"' not in d and b'"response.' not in d:
+            return None, False
+        kind = sse.kind_of(obj)
+        if kind is sse.EventKind.ERROR:
+            return f"error event mid-stream: {self._ex.message(ev)}", False
+        if kind is sse.EventKind.MALFORMED:
+            return f"malformed event mid-stream: {self._ex.excerpt(ev)}", False
+        usage = obj.get("usage")
+        inner = obj.get("response")
+        if not isinstance(usage, dict) and isinstance(inner, dict):
+            usage = inner.get("usage")  # Responses API: in response.completed
+        if isinstance(usage, dict):
+            self._a.usage = usage
+        if kind is sse.EventKind.DONE:
+            self._done = True  # response.completed ends a Responses stream
+        return None, kind is sse.EventKind.USAGE and self._strip
 
     def _late(self, now: float) -> str:
         """Why a bounded read gave up: the total deadline, or no data event in time."""
