@@ -35,8 +35,8 @@ import anyio
 from ..budget import Budget
 from ..errors import DeadlineExceeded, FaultKind, RoutingError, error_message, failover_statuses
 from ..vocabulary import AttemptOutcome, RequestOutcome
-from . import attempt as attempt_io
 from .admission import Admission
+from .attempt import run as run_attempt
 from .driver import run_direct, run_racing
 from .hedge import HedgePolicy
 from .ledger import Hook, Ledger, RequestHook
@@ -309,7 +309,7 @@ class Executor:
         return self._result(winner, ledger)
 
     async def _attempt(self, a: Attempt, *, intent: Intent, upstream: Upstream, deadline: float) -> None:
-        await attempt_io.run(self, a, intent, upstream, deadline)
+        await run_attempt(self, a, intent, upstream, deadline)
 
     def _result(self, w: Attempt, ledger: Ledger) -> Result:
         """The winner, as the transport hands it to the SDK."""
