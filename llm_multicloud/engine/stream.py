@@ -15,8 +15,9 @@ chunk the library requested on the caller's behalf.
 After commit, nothing can be silently lost: an upstream error, a malformed event
 (anything the SDK could not parse: each data event must be a JSON object), an event
 over ``read_limits.event_bytes``, no *data event* for ``chunk_gap_s``, a stream
-still running ``stream_total_s`` after the request started, or an end without
-``[DONE]`` is a *break*. By default a break raises
+still running ``stream_total_s`` after the request started, an end without
+``[DONE]``, or a chat/completions ``[DONE]`` before any choice had a
+``finish_reason`` (a server that stopped mid-answer) is a *break*. By default a break raises
 :class:`~llm_multicloud.errors.StreamInterrupted`, which carries what was delivered
 and the usage known so far; its message is redacted (keys masked).
 
@@ -72,6 +73,11 @@ class Passthrough:
         a.buffered = []
         self._done = False
         self._finished = False
+        #: chat and legacy completions end each choice with a finish_reason; a
+        #: ``[DONE]`` without one is a server that stopped mid-answer (llama.cpp's
+        #: ``interrupt_requests``, a killed worker behind a proxy): a break, not an end
+        self._needs_finish = intent.operation in ("chat", "text_completion")
+        self._finish_seen = False
         self._delivered: list[bytes] = []
         to = ex.timeouts_for(a.ep, intent.model)
         self._gap = to.chunk_gap_s
@@ -161,10 +167,16 @@ class Passthrough:
                 continue
             self._quiet_since = None
             if d.strip() == sse.DONE:
-                self._done = True
-                out.append(ev)
-                continue
-            problem, drop = self._look(ev, d)
+                if not self._needs_finish or self._finish_seen:
+                    self._done = True
+                    out.append(ev)
+                    continue
+                problem: str | None = (
+                    "the stream sent [DONE] before any choice had a finish_reason (stopped mid-answer)"
+                )
+                drop = False
+            else:
+                problem, drop = self._look(ev, d)
             if problem is not None:
                 if out:
                     # Deliver what came before the bad event first; the break is
@@ -190,22 +202,25 @@ class Passthrough:
             obj = None
         if not isinstance(obj, dict):
             return f"malformed event mid-stream: {self._ex.excerpt(ev)}", False
-        if b'"usage"' not in d and b'"error"' not in d and b'"response.' not in d:
-            return None, False
-        kind = sse.kind_of(obj)
-        if kind is sse.EventKind.ERROR:
-            return f"error event mid-stream: {self._ex.message(ev)}", False
-        if kind is sse.EventKind.MALFORMED:
-            return f"malformed event mid-stream: {self._ex.excerpt(ev)}", False
-        usage = obj.get("usage")
-        inner = obj.get("response")
-        if not isinstance(usage, dict) and isinstance(inner, dict):
-            usage = inner.get("usage")  # Responses API: in response.completed
-        if isinstance(usage, dict):
-            self._a.usage = usage
-        if kind is sse.EventKind.DONE:
-            self._done = True  # response.completed ends a Responses stream
-        return None, kind is sse.EventKind.USAGE and self._strip
+        if b'"usage"' in d or b'"error"' in d or b'"response.' in d:
+            kind = sse.kind_of(obj)
+            if kind is sse.EventKind.ERROR:
+                return f"error event mid-stream: {self._ex.message(ev)}", False
+            if kind is sse.EventKind.MALFORMED:
+                return f"malformed event mid-stream: {self._ex.excerpt(ev)}", False
+            usage = obj.get("usage")
+            inner = obj.get("response")
+            if not isinstance(usage, dict) and isinstance(inner, dict):
+                usage = inner.get("usage")  # Responses API: in response.completed
+            if isinstance(usage, dict):
+                self._a.usage = usage
+            if kind is sse.EventKind.DONE:
+                self._done = True  # response.completed ends a Responses stream
+            if kind is sse.EventKind.USAGE and self._strip:
+                return None, True
+        if not self._finish_seen and b'"finish_reason"' in d:
+            self._finish_seen = _finished_choice(obj)
+        return None, False
 
     def _late(self, now: float) -> str:
         """Why a bounded read gave up: the total deadline, or no data event in time."""
@@ -300,6 +315,12 @@ class Passthrough:
             await self._next.aclose()
         if not self._finished:
             await self._finish(AttemptOutcome.WON if self._done else AttemptOutcome.CLOSED_BY_CALLER)
+
+
+def _finished_choice(obj: object) -> bool:
+    """Whether a chat/completions chunk ends a choice (a non-null finish_reason)."""
+    choices = obj.get("choices") if isinstance(obj, dict) else None
+    return isinstance(choices, list) and any(isinstance(c, dict) and c.get("finish_reason") for c in choices)
 
 
 def _content_events(events: list[bytes]) -> int:
