@@ -150,23 +150,80 @@ def translate(lib: ModuleType, exc: BaseException) -> UpstreamError:
 
 
 class Upstream:
-    """A pooled async HTTP connection pool for every endpoint, bound to one event loop.
+    """Async HTTP connection pools toward the endpoints, one per origin, bound to one loop.
+
+    One pool per origin (scheme, host, port), created on first use: keep-alive is
+    bounded *per endpoint* (``max_keepalive``), and the work a request does in its pool
+    (the HTTP library walks its pool's connections and probes every idle socket on
+    each request and each release) grows only with that endpoint's idle connections.
+    With one pool for every endpoint, a burst left up to 200 idle sockets that each
+    request probed twice: milliseconds per request until they expired (issue 14).
 
     It drives the library's transport directly (``AsyncHTTPTransport``), not a full
     ``AsyncClient``: requests are already complete (URL, headers, body, deadlines), so
     the client layer (cookies, auth flows, redirects, event hooks) would only add
-    latency to every attempt. ``options`` reach the transport: ``verify`` (a CA
-    bundle path or an ``ssl.SSLContext``), ``cert``, ``proxy``, ``http2``...
+    latency to every attempt. Each URL is parsed once (memoised), and the TLS context
+    is built once for every pool. ``options`` reach each pool's transport: ``verify``
+    (a CA bundle path or an ``ssl.SSLContext``), ``cert``, ``proxy``, ``http2``, and
+    ``limits`` (then per endpoint, replacing ``max_connections``/``max_keepalive``).
     """
 
-    def __init__(self, lib: ModuleType, *, max_connections: int = 1000, **options: Any) -> None:
+    #: parsed URLs kept (a catalog's endpoints x paths; emptied when full)
+    URL_CACHE_SIZE = 4096
+
+    def __init__(
+        self,
+        lib: ModuleType,
+        *,
+        max_connections: int = 1000,
+        max_keepalive: int = 32,
+        keepalive_expiry: float = 30.0,
+        **options: Any,
+    ) -> None:
         self.lib = lib
-        options.setdefault("verify", True)  # TLS verification is on unless told otherwise
         options.setdefault("trust_env", False)
+        verify = options.pop("verify", True)  # TLS verification is on unless told otherwise
+        cert = options.pop("cert", None)
+        if not isinstance(verify, ssl.SSLContext) or cert is not None:
+            # One context for every pool: building one reads the CA bundle (milliseconds).
+            verify = lib.create_ssl_context(verify=verify, cert=cert, trust_env=options["trust_env"])
+        options["verify"] = verify
         options.setdefault(
-            "limits", lib.Limits(max_connections=max_connections, max_keepalive_connections=200, keepalive_expiry=30.0)
+            "limits",
+            lib.Limits(
+                max_connections=max_connections,
+                max_keepalive_connections=max_keepalive,
+                keepalive_expiry=keepalive_expiry,
+            ),
         )
-        self._transport = lib.AsyncHTTPTransport(**options)
+        self._options = options
+        self._pools: dict[tuple[str, str, int | None], Any] = {}
+        self._urls: dict[str, tuple[Any, tuple[str, str, int | None]]] = {}
+        self._closed = False
+
+    def _pool(self, url: str) -> tuple[Any, Any]:
+        """The parsed URL and its origin's transport (created on first use)."""
+        hit = self._urls.get(url)
+        if hit is None:
+            parsed = self.lib.URL(url)
+            if len(self._urls) >= self.URL_CACHE_SIZE:
+                self._urls.clear()
+            hit = self._urls[url] = (parsed, (parsed.scheme, parsed.host, parsed.port))
+        parsed, origin = hit
+        pool = self._pools.get(origin)
+        if pool is None:
+            if self._closed:
+                raise UpstreamError("local", "the connection pools are closed (MultiCloud closed)")
+            pool = self._pools[origin] = self.lib.AsyncHTTPTransport(**self._options)
+        return parsed, pool
+
+    def idle_connections(self) -> dict[str, int]:
+        """Per origin, its pool's idle connections (for tests and benchmarks)."""
+        out = {}
+        for (scheme, host, port), pool in self._pools.items():
+            conns = getattr(getattr(pool, "_pool", None), "connections", [])
+            out[f"{scheme}://{host}:{port}"] = sum(1 for c in conns if c.is_idle())
+        return out
 
     async def open(
         self,
@@ -181,11 +238,16 @@ class Upstream:
         lib = self.lib
         timeout = {"connect": connect_s, "read": read_s, "write": read_s, "pool": connect_s}
         try:
-            req = lib.Request(method, url, headers=headers, content=content, extensions={"timeout": timeout})
-            resp = await self._transport.handle_async_request(req)
+            parsed, pool = self._pool(url)
+            req = lib.Request(method, parsed, headers=headers, content=content, extensions={"timeout": timeout})
+            resp = await pool.handle_async_request(req)
         except Exception as exc:
             raise translate(lib, exc) from exc
         return UpstreamResponse(lib, resp)
 
     async def aclose(self) -> None:
-        await self._transport.aclose()
+        self._closed = True
+        pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            with anyio.CancelScope(shield=True):
+                await pool.aclose()
