@@ -397,9 +397,5 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    return common.main_for(NAME, run, markdown)
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(common.main_for(NAME, run, markdown))

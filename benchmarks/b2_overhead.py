@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from . import common
+from . import common, load
 
 NAME = "b2_overhead"
 TITLE = "B2 — added latency per request (vs. direct openai, vs. LiteLLM Router)"
@@ -436,6 +436,87 @@ def _sync_hop(mc: Any, n: int) -> tuple[float, str]:
 # ----------------------------------------------------------------------------- run
 
 
+LEVELS = (1, 64, 512)
+QUICK_LEVELS = (1, 8)
+BAR_THROUGHPUT = 0.9
+BAR_MEMORY = 1.5
+SLOW_REGION = "r5"  # the memory run holds requests in flight on it (ttft raised, then restored)
+
+
+def _factories(
+    fleet: Any, region: str, mc: Any, router: Any
+) -> tuple[dict[str, load.SyncFactory], dict[str, load.AsyncFactory]]:
+    """``make() -> (call, close)`` per variant, non-streamed, for :mod:`benchmarks.load`."""
+    import openai
+
+    kw: dict[str, Any] = {"messages": common.MESSAGES, "max_tokens": MAX_TOKENS}
+    url, key = fleet.url(region), fleet.api_key(region)
+
+    def sync_openai(direct: bool) -> load.SyncFactory:
+        def make() -> tuple[Callable[[], Any], Callable[[], None]]:
+            if direct:
+                c, model = openai.OpenAI(base_url=url, api_key=key, max_retries=0), common.SERVED
+            else:
+                c, model = mc.wrap(openai.OpenAI(api_key=common.PLACEHOLDER_KEY, max_retries=0)), common.MODEL
+            return (lambda: c.chat.completions.create(model=model, **kw)), c.close
+
+        return make
+
+    def async_openai(direct: bool) -> load.AsyncFactory:
+        async def make() -> tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[None]]]:
+            if direct:
+                c, model = openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=0), common.SERVED
+            else:
+                c, model = mc.wrap(openai.AsyncOpenAI(api_key=common.PLACEHOLDER_KEY, max_retries=0)), common.MODEL
+            return (lambda: c.chat.completions.create(model=model, **kw)), c.close
+
+        return make
+
+    sync_f: dict[str, load.SyncFactory] = {"direct": sync_openai(True), "lmc": sync_openai(False)}
+    async_f: dict[str, load.AsyncFactory] = {"direct": async_openai(True), "lmc": async_openai(False)}
+    if router is not None:
+        sync_f["litellm"] = lambda: ((lambda: router.completion(model=common.MODEL, **kw)), lambda: None)
+
+        async def make_ll() -> tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[None]]]:
+            async def noop() -> None:
+                return None
+
+            return (lambda: router.acompletion(model=common.MODEL, **kw)), noop
+
+        async_f["litellm"] = make_ll
+    return sync_f, async_f
+
+
+def _load_section(fleet: Any, mc1: Any, router: Any, runner: asyncio.Runner, quick: bool) -> dict[str, Any]:
+    """Throughput/p99 at concurrency 1/64/512, memory per in-flight request, post-burst."""
+    import llm_multicloud as lmc
+    from llm_multicloud.fleet import Latency
+
+    levels = QUICK_LEVELS if quick else LEVELS
+    per_level = {1: 20, 8: 40} if quick else {1: 400, 64: 3000, 512: 4000}
+    sync_f, async_f = _factories(fleet, "r0", mc1, router)
+    out: dict[str, Any] = {
+        "loadavg_start": common.loadavg(),
+        "concurrency": load.concurrency(sync_f, async_f, runner, levels, per_level, 1 if quick else 2),
+    }
+    out["post_burst"] = load.post_burst(sync_f, async_f, runner, 16 if quick else 512, 10 if quick else 300)
+    fleet.set_latency(SLOW_REGION, Latency(ttft_ms=400 if quick else 1500, ttft_jitter=0, itl_ms=0))
+    mc_slow = lmc.MultiCloud(common.catalog_for(fleet, [SLOW_REGION]), {"hedge": {"enabled": False}})
+    try:
+        ms, ma = _factories(fleet, SLOW_REGION, mc_slow, None)
+
+        def held() -> int:
+            st = fleet.state(SLOW_REGION)
+            return int(st.get("in_flight", 0))
+
+        out["memory"] = load.memory(ms, ma, runner, held, 8 if quick else 256, 4 if quick else 64)
+    finally:
+        mc_slow.close()
+        fleet.set_latency(SLOW_REGION, Latency(ttft_ms=0, ttft_jitter=0, itl_ms=0))
+    out["loadavg_end"] = common.loadavg()
+    return out
+
+
 def run(*, quick: bool = False, out_dir: str | Path | None = None, litellm: bool | None = None) -> dict[str, Any]:
     """B2: added latency per request, direct vs llm_multicloud (1 and 6 endpoints) vs LiteLLM Router."""
     t_start = time.monotonic()
@@ -509,6 +590,7 @@ def run(*, quick: bool = False, out_dir: str | Path | None = None, litellm: bool
                 hop, how = _sync_hop(mc1, 100 if quick else 2000)
                 extra["sync_hop_us"] = hop
                 extra["sync_hop_mechanism"] = how
+                extra["load"] = _load_section(fleet, mc1, router, runner, quick)
             finally:
 
                 async def close_async() -> None:
@@ -573,6 +655,7 @@ def run(*, quick: bool = False, out_dir: str | Path | None = None, litellm: bool
             )
         )
 
+    bars += _load_bars(extra.get("load"))
     result: dict[str, Any] = {
         "name": NAME,
         "title": TITLE,
@@ -728,13 +811,108 @@ def markdown(res: dict[str, Any]) -> str:
             f"of a no-op) costs {r['sync_hop_us']:.0f} µs median here; the sync client pays it once per request "
             "and once per stream read.",
         ]
+    if r.get("load"):
+        lines += ["", *load_markdown(r["load"])]
     lines += ["", common.bars_table(res["bars"])]
     return "\n".join(lines)
 
 
-def main() -> int:
-    return common.main_for(NAME, run, markdown)
+def _load_bars(ld: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Throughput at 64 and 512 (≥ 0.9× direct) and memory per in-flight request (≤ 1.5×)."""
+    if not ld:
+        return []
+    bars = []
+    conc = ld["concurrency"]
+    for kind in ("sync", "async"):
+        shown = [c for c in conc[kind] if int(c) > 1]
+        vals = {c: conc[kind][c]["lmc"]["throughput_vs_direct"] for c in shown}
+        worst = min((v for v in vals.values() if v is not None), default=None)
+        bars.append(
+            common.bar(
+                f"throughput vs direct, {kind}, concurrency {'/'.join(shown)}",
+                f"≥ {BAR_THROUGHPUT}×",
+                worst,
+                None if worst is None else worst >= BAR_THROUGHPUT,
+                ", ".join(f"{c}: {common.fmt(v)}×" for c, v in vals.items()),
+            )
+        )
+    for kind in ("sync", "async"):
+        m = ld["memory"][kind]
+        v = m["lmc"]["vs_direct"]
+        bars.append(
+            common.bar(
+                f"memory per in-flight request vs direct, {kind}",
+                f"≤ {BAR_MEMORY}×",
+                v,
+                None if v is None else v <= BAR_MEMORY,
+                f"{m['lmc']['bytes_per_request'] / 1024:.1f} KiB vs {m['direct']['bytes_per_request'] / 1024:.1f} KiB "
+                f"({m['lmc']['in_flight']} in flight, Python heap by tracemalloc)",
+            )
+        )
+    return bars
+
+
+def load_markdown(ld: dict[str, Any]) -> list[str]:
+    conc, mem, pb = ld["concurrency"], ld["memory"], ld["post_burst"]
+    rows = []
+    for kind in ("sync", "async"):
+        for c, vs in conc[kind].items():
+            for v, x in vs.items():
+                rows.append(
+                    (
+                        kind,
+                        c,
+                        v,
+                        x["requests"],
+                        x["errors"],
+                        x["throughput_rps"],
+                        x["throughput_vs_direct"],
+                        x["latency_ms"]["p50"],
+                        x["latency_ms"]["p99"],
+                    )
+                )
+    lines = [
+        f"**Under load** (non-stream, 1 endpoint; load average {ld['loadavg_start']} before, {ld['loadavg_end']} "
+        "after; the fleet runs in one separate process on the same 2 cores, so at high concurrency the server "
+        "is part of what is measured):",
+        "",
+        common.md_table(
+            ["client", "concurrency", "variant", "requests", "errors", "req/s", "vs direct", "p50 ms", "p99 ms"],
+            rows,
+        ),
+        "",
+        "**Memory per in-flight request** (Python heap, tracemalloc, while the server holds them all):",
+        "",
+        common.md_table(
+            ["client", "variant", "in flight", "KiB per request", "vs direct"],
+            [
+                (kind, v, x["in_flight"], x["bytes_per_request"] / 1024, x["vs_direct"])
+                for kind in ("sync", "async")
+                for v, x in mem[kind].items()
+            ],
+        ),
+        "",
+        "**After a burst** (sequential latency before and right after a burst of concurrent requests that "
+        "leaves idle keep-alive connections; fresh clients per variant):",
+        "",
+        common.md_table(
+            ["client", "variant", "median before ms", "median after ms", "added ms", "p99 after ms"],
+            [
+                (
+                    kind,
+                    v,
+                    x["before_ms"]["p50"],
+                    x["after_ms"]["p50"],
+                    x["added_median_ms"],
+                    x["after_ms"]["p99"],
+                )
+                for kind in ("sync", "async")
+                for v, x in pb[kind].items()
+            ],
+        ),
+    ]
+    return lines
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(common.main_for(NAME, run, markdown))

@@ -402,8 +402,17 @@ def out_dir_for(quick: bool, out_dir: str | Path | None) -> Path:
     return QUICK_RESULTS_DIR if quick else RESULTS_DIR
 
 
+def loadavg() -> list[float] | None:
+    """The 1/5/15-minute load average (this machine is shared: every figure carries it)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def finish(result: dict[str, Any], t0: float) -> dict[str, Any]:
     result["duration_s"] = round(time.monotonic() - t0, 2)
+    result.setdefault("params", {})["loadavg_end"] = loadavg()
     return clean(result)
 
 

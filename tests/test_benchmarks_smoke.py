@@ -69,6 +69,21 @@ def _check_b2(r: dict[str, Any]) -> None:
     assert _positive(r["results"]["sync_hop_us"]) and r["results"]["sync_hop_mechanism"]
     assert r["results"]["profile_async_non_stream"]["requests"] > 0
     assert sum(r["params"]["upstream_requests"].values()) > 0
+    ld = r["results"]["load"]
+    variants = {"direct", "lmc"} | ({"litellm"} if WITH_LITELLM else set())
+    for kind in ("sync", "async"):
+        assert set(ld["concurrency"][kind]) == {"1", "8"}  # --quick levels (full: 1, 64, 512)
+        for vs in ld["concurrency"][kind].values():
+            assert set(vs) == variants
+            for x in vs.values():
+                assert x["requests"] > 0 and x["errors"] == 0 and _positive(x["throughput_rps"])
+                assert _positive(x["latency_ms"]["p99"]) and _positive(x["throughput_vs_direct"])
+        for v in ("direct", "lmc"):
+            m = ld["memory"][kind][v]
+            assert m["all_held"] and _positive(m["bytes_per_request"])
+        for x in ld["post_burst"][kind].values():
+            assert _positive(x["before_ms"]["p50"]) and _positive(x["after_ms"]["p50"])
+    assert len(r["params"]["loadavg_end"]) == 3 and len(ld["loadavg_start"]) == 3
 
 
 def _check_b3(r: dict[str, Any]) -> None:
