@@ -32,21 +32,13 @@ from llm_multicloud.intent import Intent, parse
 from llm_multicloud.router import Router
 from llm_multicloud.upstream import UpstreamError
 
+from ..conftest import FakeClock
+
 T = TypeVar("T")
 
 
-class VirtualClock:
-    """Monotonic virtual seconds; advanced by hand or by the event loop's autojump."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        assert seconds >= 0
-        self.now += seconds
+#: The unit suite's hand-driven clock; under :func:`run_virtual` the event loop drives it too.
+VirtualClock = FakeClock
 
 
 def run_virtual(clock: VirtualClock, fn: Callable[[], Awaitable[T]]) -> T:
