@@ -79,7 +79,7 @@ class Result:
 class _Rounds:
     """The state carried from one race to the next within one request."""
 
-    __slots__ = ("attempts_left", "deadline", "failures", "key", "note", "plan", "rounds", "seed", "starved")
+    __slots__ = ("attempts_left", "deadline", "failures", "key", "note", "rounds", "seed", "starved")
 
     def __init__(self, deadline: float, attempts_left: int, seed: float, key: tuple[int, str] | None) -> None:
         self.deadline = deadline
@@ -90,7 +90,6 @@ class _Rounds:
         self.note: str | None = None
         self.rounds = 0
         self.starved = 0
-        self.plan: Plan | None = None
 
 
 class Executor:
@@ -249,7 +248,7 @@ class Executor:
         aff = self.policy.affinity
         key = intent.affinity_key(prefix=aff.prefix, min_tokens=aff.prefix_min_tokens) if aff.enabled else None
         r = _Rounds(self._deadline(intent, ledger.t0), self.retry.max_attempts, self._rand.random(), key)
-        plan = r.plan = self.plan(intent, ledger.t0, r.seed, key)
+        plan = self.plan(intent, ledger.t0, r.seed, key)
         while r.rounds < MAX_ROUNDS:
             if not plan.candidates:
                 if not await self._wait_for_room(plan, r):
@@ -261,7 +260,7 @@ class Executor:
                 except AllFailed as exc:
                     if not self._next_round(exc, r):
                         break
-            plan = r.plan = self.plan(intent, self.clock(), r.seed, key)
+            plan = self.plan(intent, self.clock(), r.seed, key)
         code = "all_attempts_failed" if r.failures else "no_endpoint_available"
         raise RoutingError(503, code, self._unavailable(plan, r.failures, r.deadline, r.note, r.attempts_left))
 
