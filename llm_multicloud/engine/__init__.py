@@ -6,14 +6,14 @@
 ``race.py``        every decision of a race, sans-I/O: events in, actions out
 ``driver.py``      the async I/O driver of a race (direct, or anyio task group)
 ``attempt.py``     one attempt's I/O up to the commit point, faults classified once
-``admission.py``   taking a slot on a candidate right before an attempt (residency lock)
+``placement.py``   placing an attempt on a candidate right before it starts (residency lock)
 ``hedge.py``       the hedging policy: when, whether, to whom; its budget
 ``retry.py``       the retry policy: whether, where; its budget
 ``stream.py``      the committed stream: pass-through, breaks, resume
 =================  ====================================================================
 
 Dependencies point one way: ``executor`` → ``driver`` → ``race`` → policies,
-``admission``, ``ledger``, ``attempt``; ``stream`` reports to ``ledger``.
+``placement``, ``ledger``, ``attempt``; ``stream`` reports to ``ledger``.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ portal for sync clients: the same code).
 The policies are attributes, replaceable from code: ``executor.hedge``
 (:class:`~.hedge.HedgePolicy`) and ``executor.retry`` (:class:`~.retry.RetryPolicy`).
 Residency is enforced twice: the router only plans compliant endpoints, and
-admission (:mod:`.admission`) re-checks right before an attempt's first byte.
+placement (:mod:`.placement`) re-checks right before an attempt's first byte.
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ import anyio
 from ..budget import Budget
 from ..errors import DeadlineExceeded, FaultKind, RoutingError, error_message, failover_statuses
 from ..vocabulary import AttemptOutcome, RequestOutcome
-from .admission import Admission
 from .attempt import run as run_attempt
 from .driver import run_direct, run_racing
 from .hedge import HedgePolicy
 from .ledger import Hook, Ledger, RequestHook
+from .placement import Placement
 from .race import AllFailed, Race
 from .retry import RetryPolicy
 
@@ -295,7 +295,7 @@ class Executor:
             ledger,
             hedge=self.hedge,
             retry=self.retry,
-            admission=Admission(self.health, ledger.intent, self.resume_style),
+            placement=Placement(self.health, ledger.intent, self.resume_style),
             health=self.health,
             deadline=deadline,
             attempts_left=attempts,

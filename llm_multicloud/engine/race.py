@@ -30,8 +30,8 @@ Decisions, in order of precedence on each event:
 * the hedge timer starts a hedge where :class:`~.hedge.HedgePolicy` says, within its
   budget; the next hedge timer is armed from the newest attempt.
 
-A budget token is withdrawn only once a target has been admitted; an admission
-whose token is refused is given back (:mod:`.admission`).
+A budget token is withdrawn only once a target has been placed; a placement
+whose token is refused is given back (:mod:`.placement`).
 """
 
 from __future__ import annotations
@@ -49,9 +49,9 @@ if TYPE_CHECKING:
     from ..budget import Budget
     from ..health import Health
     from ..router import Candidate, Plan
-    from .admission import Admission
     from .hedge import HedgePolicy
     from .ledger import Ledger
+    from .placement import Placement
     from .retry import RetryPolicy
 
 
@@ -104,7 +104,6 @@ class Race:
     """The decisions of one race over one plan (see the module docs)."""
 
     __slots__ = (
-        "_admission",
         "_budget_refused",
         "_clock",
         "_event_bytes",
@@ -113,6 +112,7 @@ class Race:
         "_hedging",
         "_ledger",
         "_model",
+        "_placement",
         "_plan",
         "_retries_left",
         "_retry",
@@ -132,7 +132,7 @@ class Race:
         *,
         hedge: HedgePolicy,
         retry: RetryPolicy,
-        admission: Admission,
+        placement: Placement,
         health: Health,
         deadline: float,
         attempts_left: int,
@@ -144,7 +144,7 @@ class Race:
         self._ledger = ledger
         self._hedge = hedge
         self._retry = retry
-        self._admission = admission
+        self._placement = placement
         self._health = health
         self._clock = clock
         self._event_bytes = event_bytes
@@ -239,7 +239,7 @@ class Race:
                 f"no endpoint answered within the deadline ({self.deadline - ledger.t0:.1f}s)"
             )
         else:
-            starved = not self._tried and self._admission.refused > 0
+            starved = not self._tried and self._placement.refused > 0
             err = AllFailed(self.failures, BUDGET_NOTE if self._budget_refused else None, starved=starved)
         return self._end(Fail(err))
 
@@ -271,11 +271,11 @@ class Race:
         if budget is not None and budget.balance() < 1.0:
             self._budget_refused |= kind is AttemptKind.RETRY
             return None
-        got = self._admission.take(pool, self._clock())
+        got = self._placement.take(pool, self._clock())
         if got is None:
             return None
         if budget is not None and not budget.try_withdraw():
-            self._admission.give_back(got)
+            self._placement.give_back(got)
             self._budget_refused |= kind is AttemptKind.RETRY
             return None
         a = Attempt(len(self._ledger.attempts) + 1, kind, got.state, got.breaker, self._clock(), self._event_bytes)

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from llm_multicloud.budget import Budget
-from llm_multicloud.engine.admission import Admission
 from llm_multicloud.engine.attempt import Attempt
 from llm_multicloud.engine.hedge import HedgePolicy
+from llm_multicloud.engine.placement import Placement
 from llm_multicloud.engine.race import BUDGET_NOTE, AllFailed, Cancel, Commit, Fail, Race, Start
 from llm_multicloud.errors import DeadlineExceeded, FaultKind, RoutingError
 from llm_multicloud.vocabulary import AttemptKind, AttemptOutcome
@@ -31,7 +31,7 @@ def make_race(w: World, *, hedging: bool = True, deadline_s: float = 60.0) -> Ra
         ledger,
         hedge=ex.hedge,
         retry=ex.retry,
-        admission=Admission(w.health, intent, ex.resume_style),
+        placement=Placement(w.health, intent, ex.resume_style),
         health=w.health,
         deadline=w.clock() + deadline_s,
         attempts_left=ex.retry.max_attempts,
@@ -180,9 +180,9 @@ def test_a_retry_token_is_spent_only_when_there_is_a_target() -> None:
     assert isinstance(err, AllFailed) and err.note is None and err.failures == [a, b]
 
 
-def test_an_admission_refused_its_token_is_given_back() -> None:
+def test_a_placement_refused_its_token_is_given_back() -> None:
     """The budget empties between the balance check and the withdrawal (another
-    request took the last token): the admitted target is released."""
+    request took the last token): the placed target is released."""
 
     class Raced(Budget):
         def balance(self) -> float:

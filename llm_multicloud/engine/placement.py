@@ -1,8 +1,9 @@
-"""Admission: taking a slot on a candidate right before an attempt is sent.
+"""Placement: taking a slot on a candidate right before an attempt is sent.
 
 The router planned with a snapshot; by the time an attempt starts (a hedge tens of
-milliseconds later, a retry after a failure) the fleet may have moved. Admission
-re-checks, in this order, and takes the first candidate that passes:
+milliseconds later, a retry after a failure) the fleet may have moved. Placement
+re-checks, in this order, and takes the first candidate that passes (the breaker's
+own admission rules — half-open permits, concurrency — are health's):
 
 1. the endpoint is still live (not drained, removed or redefined by a catalog update);
 2. a resumed stream does not go back to the endpoint that broke, nor to one that
@@ -16,7 +17,7 @@ re-checks, in this order, and takes the first candidate that passes:
 6. its breaker admits it (:meth:`EndpointState.admit`: closed, a half-open trial
    permit, or an ejected endpoint re-admitted under panic).
 
-:meth:`Admission.give_back` undoes an admission whose attempt will not start (its
+:meth:`Placement.give_back` undoes a placement whose attempt will not start (its
 budget token was refused), so that only attempts that really start hold a slot.
 """
 
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from ..router import Candidate
 
 
-class Admitted(NamedTuple):
+class Placed(NamedTuple):
     candidate: Candidate
     state: EndpointState
     #: the breaker state it was admitted under (closed | half_open | open)
@@ -46,8 +47,8 @@ class Admitted(NamedTuple):
     reserved: int
 
 
-class Admission:
-    """Admits candidates for one request (see the module docs)."""
+class Placement:
+    """Places one request's attempts on candidates (see the module docs)."""
 
     __slots__ = ("_health", "_intent", "_need", "_resume_style", "refused")
 
@@ -59,8 +60,8 @@ class Admission:
         #: reservations refused: capacity taken by other requests since the plan
         self.refused = 0
 
-    def take(self, pool: Sequence[Candidate], now: float) -> Admitted | None:
-        """The first candidate of ``pool`` that passes every check, admitted."""
+    def take(self, pool: Sequence[Candidate], now: float) -> Placed | None:
+        """The first candidate of ``pool`` that passes every check, with its slot taken."""
         intent, live, need = self._intent, self._health.live, self._need
         for c in pool:
             st = live(c.endpoint)
@@ -77,7 +78,7 @@ class Admission:
                 if b is not None:
                     b.settle(need, 0, refund_request=True)
                 continue
-            return Admitted(c, st, admitted, need if b is not None else 0)
+            return Placed(c, st, admitted, need if b is not None else 0)
         return None
 
     def _eligible(self, c: Candidate, st: EndpointState, now: float) -> bool:
@@ -92,8 +93,8 @@ class Admission:
         return not (st.breaker == "open" and st.open_until > now and not c.readmitted)
 
     @staticmethod
-    def give_back(got: Admitted) -> None:
-        """Undo an admission whose attempt will not start."""
+    def give_back(got: Placed) -> None:
+        """Undo a placement whose attempt will not start."""
         st = got.state
         st.release(got.breaker == BreakerState.HALF_OPEN)
         if got.reserved and st.bucket is not None:
