@@ -157,3 +157,25 @@ def test_both_drivers_follow_the_same_decisions() -> None:
         execute(w, up)
         results.append([(r.endpoint, r.kind, r.outcome) for r in w.attempts])
     assert results[0] == results[1] == [("a", "primary", "failed"), ("b", "retry", "won")]
+
+
+def test_a_loser_ready_at_the_same_instant_is_closed_and_accounted() -> None:
+    """Both streams reach their first token at +60 ms: one wins, the other's open
+    response is closed (its connection, so the provider stops) and counted cancelled."""
+    w = World(HEDGE)
+    up = FakeUpstream(w.clock, {"a": Reply(delay_s=0.060), "c": Reply(delay_s=0.010)})
+
+    async def go() -> str:
+        res = await w.executor.execute(w.intent(stream=True), up)  # type: ignore[arg-type]
+        assert res.stream is not None
+        await res.stream.aclose()
+        return header(res, "x-llm-multicloud-endpoint")
+
+    winner = run_virtual(w.clock, go)
+    loser = {"a": "c", "c": "a"}[winner]
+    assert [o.host for o in up.opened] == ["a", "c"]
+    assert all(o.resp is not None and o.resp.closed for o in up.opened)
+    outcome = {r.endpoint: r.outcome for r in w.attempts}
+    assert outcome[loser] is AttemptOutcome.CANCELLED
+    assert outcome[winner] is AttemptOutcome.CLOSED_BY_CALLER  # closed before its end
+    assert all(s.inflight == 0 for s in w.health.states)
