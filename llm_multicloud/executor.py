@@ -7,8 +7,9 @@ and friends); new code imports them from the engine's modules.
 from __future__ import annotations
 
 from .engine.attempt import auth_refused, parse_retry_after
-from .engine.executor import Executor, Result
+from .engine.executor import Executor
 from .engine.ledger import AttemptRecord, Hook, RequestHook, RequestRecord
+from .engine.stream import Result
 
 __all__ = [
     "AttemptRecord",

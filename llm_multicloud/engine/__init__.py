@@ -18,7 +18,8 @@ Dependencies point one way: ``executor`` → ``driver`` → ``race`` → policie
 
 from __future__ import annotations
 
-from .executor import Executor, Result
+from .executor import Executor
 from .ledger import AttemptRecord, Ledger, RequestRecord
+from .stream import Result
 
 __all__ = ["AttemptRecord", "Executor", "Ledger", "RequestRecord", "Result"]

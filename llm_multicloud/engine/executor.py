@@ -27,7 +27,6 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import anyio
@@ -42,6 +41,7 @@ from .ledger import Hook, Ledger, RequestHook
 from .placement import Placement
 from .race import AllFailed, Race
 from .retry import RetryPolicy
+from .stream import Passthrough, Result
 
 if TYPE_CHECKING:
     from ..catalog import Catalog, Endpoint
@@ -52,7 +52,6 @@ if TYPE_CHECKING:
     from ..router import Plan, Router
     from ..upstream import Upstream
     from .attempt import Attempt
-    from .stream import Passthrough
 
 # Response headers that describe the upstream connection, not the answer: dropped
 # (bodies are handed over decoded and re-framed by the caller's HTTP library).
@@ -64,16 +63,6 @@ _HOP = frozenset(
 MAX_ROUNDS = 16
 #: Re-plans after capacity was taken between a plan and its attempt.
 MAX_STARVED = 1000
-
-
-@dataclass(slots=True)
-class Result:
-    """What the transport hands to the SDK: a full body, or a stream to pull from."""
-
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes | None
-    stream: Passthrough | None
 
 
 class _Rounds:
@@ -326,8 +315,6 @@ class Executor:
             ledger.request_done(w, RequestOutcome.OK, w.status, None)
             return Result(w.status or 200, headers + meta, w.body or b"", None)
         strip = not intent.wants_usage and intent.operation in ("chat", "text_completion")
-        from .stream import Passthrough
-
         return Result(w.status or 200, headers + meta, None, Passthrough(self, w, ledger, strip))
 
     # -- messages -------------------------------------------------------------------

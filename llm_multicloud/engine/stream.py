@@ -44,7 +44,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
@@ -54,15 +56,44 @@ from ..upstream import UpstreamError
 from ..vocabulary import AttemptOutcome, RequestOutcome
 
 if TYPE_CHECKING:
+    from ..catalog import Endpoint
+    from ..intent import Intent
+    from ..policy import Policy, Timeouts
+    from ..redaction import Redactor
+    from ..upstream import Upstream
     from .attempt import Attempt
-    from .executor import Executor
     from .ledger import Ledger
+
+
+@dataclass(slots=True)
+class Result:
+    """What the transport hands to the SDK: a full body, or a stream to pull from."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes | None
+    stream: Passthrough | None
+
+
+class StreamEnv(Protocol):
+    """What the committed stream needs from the engine (the executor provides it;
+    ``execute`` serves a resume, which is a new routed request)."""
+
+    policy: Policy
+    clock: Callable[[], float]
+
+    @property
+    def redact(self) -> Redactor: ...
+    def message(self, body: bytes) -> str: ...
+    def excerpt(self, data: bytes, n: int = 80) -> str: ...
+    def timeouts_for(self, ep: Endpoint, model: str | None) -> Timeouts: ...
+    async def execute(self, intent: Intent, upstream: Upstream) -> Result: ...
 
 
 class Passthrough:
     """The winning attempt's stream, as seen by the caller (see the module docs)."""
 
-    def __init__(self, ex: Executor, a: Attempt, ledger: Ledger, strip_usage: bool) -> None:
+    def __init__(self, ex: StreamEnv, a: Attempt, ledger: Ledger, strip_usage: bool) -> None:
         intent = ledger.intent
         self._ex = ex
         self._a = a
