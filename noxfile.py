@@ -131,6 +131,9 @@ def lint(session: nox.Session) -> None:
     session.install("ruff>=0.6")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", "llm_multicloud")
+    # dependencies point one way: no import cycle, nothing below client.py imports it
+    # (stdlib only; the suite also imports each module alone: tests/unit/test_import_graph.py)
+    session.run("python", "tools/check_imports.py", "--static")
 
 
 @nox.session

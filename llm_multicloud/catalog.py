@@ -798,3 +798,8 @@ def _resolve(
         query=tuple((str(k), str(v)) for k, v in e.query.items()),
         preset=e.preset,
     )
+
+
+#: What a catalog can be given as: a file path (YAML, JSON or TOML), a mapping, or a
+#: loaded :class:`Catalog`.
+CatalogSource = str | os.PathLike[str] | Mapping[str, Any] | Catalog

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from .errors import LLMMulticloudError
+from .tables import format_table
 
 if TYPE_CHECKING:
     from .catalog import Endpoint
@@ -41,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .fleet.cli import main as fleet_main
 
         return fleet_main(args_list[1:])
-    from . import __version__
+    from ._version import __version__
 
     p = argparse.ArgumentParser(prog="llm-multicloud", description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--version", action="version", version=f"llm-multicloud {__version__}")
@@ -405,15 +406,6 @@ def _smoke_once(mc: MultiCloud, model: str | None) -> dict[str, dict[str, Any]]:
 
     anyio.run(run)
     return out
-
-
-def format_table(rows: Sequence[Sequence[object]]) -> str:
-    """Plain-text table, first row is the header."""
-    cells = [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":  # pragma: no cover

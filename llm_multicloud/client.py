@@ -16,30 +16,33 @@ anywhere (each endpoint receives only its own credentials).
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from importlib import import_module
 from types import ModuleType, TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.to_thread
 
 from . import hrw
 from .background import Background
-from .catalog import Catalog
+from .catalog import Catalog, CatalogSource
 from .context import UNCONSTRAINED, Constraints
 from .errors import CatalogError, readable_status_errors
-from .executor import AttemptRecord, Executor, RequestRecord
+from .executor import AttemptRecord, Executor, RequestRecord, Result
 from .health import Health, Transition
-from .live import CatalogUpdate
+from .intent import Intent
+from .live import CatalogUpdate, Operations
 from .policy import Policy
 from .router import Plan, Router
+from .upstream import Upstream
+
+if TYPE_CHECKING:
+    from .runtime import LiveRuntime, SharedRuntime, TransportRuntime
 
 T = TypeVar("T")
-CatalogSource = str | os.PathLike[str] | Mapping[str, Any] | Catalog
 
 #: ``update_catalog(policy=...)`` default: keep the policy override given at construction.
 _KEEP: Any = object()
@@ -63,6 +66,10 @@ AZURE_CLIENT_REFUSED = (
 
 class MultiCloud:
     """Shared routing state for any number of wrapped clients.
+
+    The composition root: the parts below it (transports, prober, shared state, live
+    operations) are given it as one of the narrow protocols of
+    :mod:`llm_multicloud.runtime`, never as a ``MultiCloud``.
 
     ``on_attempt`` hooks receive one :class:`AttemptRecord` per attempt (audit: where
     each request's data went); ``on_transition`` hooks receive breaker/cooldown
@@ -131,14 +138,51 @@ class MultiCloud:
         #: background refresh of expiring credentials (started with the background loop)
         self._refresher = Refresher(lambda: [e.credential for e in self.catalog.endpoints])
         # Live operations (live.py): catalog updates, drains, weights, the file watcher.
-        from .live import Operations
-
         self._ops = Operations(self, catalog, policy)
         if self.telemetry is not None:
             self.telemetry.bind_fleet(self)  # observable gauges of this fleet's state
         self._watcher: Any = None
         if watch:
             self._start_watch()
+
+    # -- what the parts below may use (llm_multicloud.runtime's protocols) -----------
+    def upstream(self, lib: ModuleType | None = None, **options: Any) -> Upstream:
+        """A new upstream connection pool on ``lib`` (default: the installed openai SDK's
+        HTTP library) with this MultiCloud's ``http_options``, overridden by ``options``."""
+        return Upstream(lib if lib is not None else _lib(None), **{**self.http_options, **options})
+
+    def execute(self, intent: Intent, upstream: Upstream) -> Awaitable[Result]:
+        """Route and run one request (the transports' entry into the engine)."""
+        return self.executor.execute(intent, upstream)
+
+    @property
+    def streams(self) -> set[Any]:
+        """Sync streams not closed yet (closed at :meth:`close` and at exit)."""
+        return self._streams
+
+    @property
+    def background(self) -> Background | None:
+        """The background loop while it runs, else None (it is started lazily)."""
+        return self._portal_obj
+
+    @property
+    def ops(self) -> Operations:
+        """Live operations (drains, weights, catalog updates): their mechanism."""
+        return self._ops
+
+    @property
+    def prober(self) -> Any:
+        """The running prober, or None."""
+        return self._prober
+
+    @property
+    def shared_state(self) -> Any:
+        """The running shared-state task (Redis), or None."""
+        return self._shared
+
+    def started(self) -> None:
+        """Called on each async request: starts background work lazily (see _started)."""
+        self._started()
 
     # -- wrapping -------------------------------------------------------------------
     def wrap(self, client: T) -> T:
@@ -574,3 +618,9 @@ def _own(
             raise ValueError("policy= and http_options= apply to a new MultiCloud; set them on the MultiCloud you pass")
         return catalog
     return MultiCloud(catalog, policy, http_options=http_options)
+
+
+if TYPE_CHECKING:  # mypy checks that MultiCloud provides every narrow interface it hands out
+
+    def _provides(mc: MultiCloud) -> tuple[TransportRuntime, SharedRuntime, LiveRuntime]:
+        return mc, mc, mc

@@ -153,7 +153,7 @@ class _PlainView:
         print(text, file=self.out, flush=True)
 
     def table(self, rows: Sequence[Sequence[object]]) -> None:
-        from .cli import format_table
+        from .tables import format_table
 
         self.print(format_table(rows))
 

@@ -51,7 +51,8 @@ from .policy import Policy, merge_dicts
 from .router import Router
 
 if TYPE_CHECKING:
-    from .client import CatalogSource, MultiCloud
+    from .catalog import CatalogSource
+    from .runtime import LiveRuntime
 
 log = logging.getLogger("llm_multicloud.live")
 
@@ -123,7 +124,7 @@ def _fixed_problem(old: Policy, new: Policy) -> str | None:
 class Operations:
     """The live-operations state of one MultiCloud: catalog source, drains, weights."""
 
-    def __init__(self, mc: MultiCloud, source: CatalogSource, policy: Mapping[str, Any] | Policy | None) -> None:
+    def __init__(self, mc: LiveRuntime, source: CatalogSource, policy: Mapping[str, Any] | Policy | None) -> None:
         self.mc = mc
         self.path: Path | None = Path(source) if isinstance(source, str | os.PathLike) else None
         self.policy_arg = policy
@@ -171,7 +172,7 @@ class Operations:
             self.updates += 1
             if mc.telemetry is not None:
                 mc.telemetry.bind_catalog(cat)
-            prober = getattr(mc, "_prober", None)
+            prober = mc.prober
             if prober is not None:
                 prober.policy = new_policy.probe
             new_ids = {e.id for e in cat.endpoints}
@@ -250,7 +251,7 @@ class Operations:
         return done
 
     def _announce_drains(self, ids: list[str], reason: str | None) -> None:
-        shared = getattr(self.mc, "_shared", None)
+        shared = self.mc.shared_state
         if shared is not None:
             shared.announce_drain(ids, reason)
         elif self.mc.policy.state.backend == "redis":  # published once the shared state starts

@@ -41,8 +41,8 @@ from .upstream import Upstream, UpstreamError
 
 if TYPE_CHECKING:
     from .catalog import Endpoint
-    from .client import MultiCloud
     from .health import EndpointState
+    from .runtime import Runtime
 
 log = logging.getLogger("llm_multicloud.probe")
 
@@ -68,7 +68,7 @@ class ProbeResult:
 class Prober:
     """Probes every endpoint of a MultiCloud periodically (see the module docs)."""
 
-    def __init__(self, mc: MultiCloud) -> None:
+    def __init__(self, mc: Runtime) -> None:
         self.mc = mc
         self.policy = mc.policy.probe
         self._scope: anyio.CancelScope | None = None
@@ -78,9 +78,7 @@ class Prober:
 
     async def run(self) -> None:
         """Probe forever (until :meth:`stop`), the first round at once."""
-        from .client import _lib
-
-        up = Upstream(_lib(None), max_connections=self.policy.concurrency * 2, **self.mc.http_options)
+        up = self.mc.upstream(max_connections=self.policy.concurrency * 2)
         try:
             with anyio.CancelScope() as scope:
                 self._scope = scope

@@ -79,8 +79,8 @@ from .errors import redact
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from .client import MultiCloud
     from .health import EndpointState, Transition
+    from .runtime import SharedRuntime
 
 log = logging.getLogger("llm_multicloud.shared")
 _T = TypeVar("_T")
@@ -143,7 +143,7 @@ class SharedState:
     is ``"redis"``; :meth:`run` runs in its background loop until :meth:`stop`.
     """
 
-    def __init__(self, mc: MultiCloud) -> None:
+    def __init__(self, mc: SharedRuntime) -> None:
         self.mc = mc
         self.policy = mc.policy.state
         host = socket.gethostname()[:48] or "host"
@@ -189,11 +189,11 @@ class SharedState:
         # Live operations: drains to publish (id -> reason, None: undrain), and the
         # catalog versions other replicas announce.
         self._drain_lock = threading.Lock()
-        self._drain_ops: dict[str, str | None] = dict(mc._ops.pending_drains)
-        mc._ops.pending_drains.clear()
+        self._drain_ops: dict[str, str | None] = dict(mc.ops.pending_drains)
+        mc.ops.pending_drains.clear()
         self._versions: dict[str, str] = {}
         self._mismatch_logged: frozenset[tuple[str, str]] = frozenset()
-        mc._ops.listeners.append(self._on_catalog)
+        mc.ops.listeners.append(self._on_catalog)
 
     def _bind(self) -> None:
         """Keys and indexes for the current catalog (again after a live catalog update).
@@ -619,7 +619,7 @@ class SharedState:
             want[eid] = reason
         with self._drain_lock:
             pending = set(self._drain_ops)
-        ops = self.mc._ops
+        ops = self.mc.ops
         for st in self._states:
             eid = st.endpoint.id
             if eid in pending:

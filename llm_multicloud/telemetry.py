@@ -78,6 +78,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from ._version import __version__ as _VERSION
 from .executor import AttemptRecord, RequestRecord
 from .health import Transition
 from .vocabulary import AttemptKind, AttemptOutcome, RequestOutcome
@@ -107,10 +108,6 @@ __all__ = [
 log = logging.getLogger("llm_multicloud.telemetry")
 
 SCOPE = "llm_multicloud"
-try:
-    from . import __version__ as _VERSION
-except ImportError:  # pragma: no cover
-    _VERSION = "0"
 
 #: ``gen_ai.provider.name``: every endpoint is reached through the OpenAI-compatible API.
 PROVIDER_NAME = "openai"

@@ -9,8 +9,12 @@ caller's HTTP library.
 
 * The **async** transport awaits the executor in the caller's event loop.
 * The **sync** transport drives the *same* coroutine through the MultiCloud's
-  anyio blocking portal (one background event loop thread), chunk by chunk for
-  streams. There is no second, synchronous implementation to drift.
+  background event loop thread, chunk by chunk for streams. There is no second,
+  synchronous implementation to drift.
+
+The transports see the composition root only as a
+:class:`~llm_multicloud.runtime.TransportRuntime` (the engine's entry point, the
+background loop, the stream registry, close), never as a ``MultiCloud``.
 
 httpx and httpx2 differ only in module name for everything used here, so the
 library-specific classes are made once per module by :func:`transport_classes`.
@@ -39,7 +43,7 @@ from .stream import Passthrough
 from .upstream import Upstream
 
 if TYPE_CHECKING:
-    from .client import MultiCloud
+    from .runtime import TransportRuntime
 
 
 def _api_path(raw_path: str) -> str:
@@ -62,7 +66,7 @@ def _deadline(request: Any) -> float | None:
 class _Core:
     """What the sync and async transports share: request → intent, result → response."""
 
-    def __init__(self, mc: MultiCloud, lib: ModuleType, owns: bool) -> None:
+    def __init__(self, mc: TransportRuntime, lib: ModuleType, owns: bool) -> None:
         self.mc = mc
         self.lib = lib
         self.owns = owns
@@ -119,7 +123,7 @@ class _Core:
         exception types for them) and a missed deadline as the library's ReadTimeout
         (``openai.APITimeoutError``). The one place both transports translate."""
         try:
-            return await self.mc.executor.execute(it, upstream)
+            return await self.mc.execute(it, upstream)
         except RoutingError as err:
             return Result(err.status, [(k.decode(), v.decode()) for k, v in err.headers()], err.body(), None)
         except DeadlineExceeded as exc:
@@ -196,7 +200,7 @@ def transport_classes(lib: ModuleType) -> tuple[type[Any], type[Any]]:
         without a thread hop per chunk. The pump ends with the stream (it is bounded
         by the answer's length) or when the caller closes it."""
 
-        def __init__(self, mc: MultiCloud, pt: Passthrough) -> None:
+        def __init__(self, mc: TransportRuntime, pt: Passthrough) -> None:
             self._mc = mc
             self._pt = pt
             self._closed = False
@@ -204,7 +208,7 @@ def transport_classes(lib: ModuleType) -> tuple[type[Any], type[Any]]:
             self._pump: asyncio.Task[None] | None = None
             # Closed by MultiCloud.close() (and so at interpreter exit) if nobody
             # reads it to the end or closes it: its connection never dangles.
-            mc._streams.add(self)
+            mc.streams.add(self)
 
         async def _start(self) -> None:
             self._pump = asyncio.get_running_loop().create_task(self._run())
@@ -227,7 +231,7 @@ def transport_classes(lib: ModuleType) -> tuple[type[Any], type[Any]]:
 
         async def _stop(self) -> None:
             self._closed = True
-            self._mc._streams.discard(self)
+            self._mc.streams.discard(self)
             pump = self._pump
             if pump is not None and not pump.done():
                 pump.cancel()
@@ -252,7 +256,7 @@ def transport_classes(lib: ModuleType) -> tuple[type[Any], type[Any]]:
                 return
             self._closed = True
             mc = self._mc
-            bg = mc._portal_obj
+            bg = mc.background
             if bg is None or not bg.alive:
                 return  # the MultiCloud closed: its shutdown closed this stream
             if bg.in_loop_thread():
@@ -294,17 +298,17 @@ def transport_classes(lib: ModuleType) -> tuple[type[Any], type[Any]]:
     class SyncTransport(lib.BaseTransport):  # type: ignore[misc,name-defined]
         """Routes a sync client's requests (see the module docs)."""
 
-        def __init__(self, mc: MultiCloud, *, owns: bool = False) -> None:
+        def __init__(self, mc: TransportRuntime, *, owns: bool = False) -> None:
             self._core = _Core(mc, lib, owns)
             self._upstream: Upstream | None = None
 
         @property
-        def multicloud(self) -> MultiCloud:
+        def multicloud(self) -> TransportRuntime:
             return self._core.mc
 
         async def _run(self, it: intent_mod.Intent, request: Any) -> Result:
             if self._upstream is None:  # created in the portal's loop, where it is used
-                self._upstream = Upstream(lib, **self._core.mc.http_options)
+                self._upstream = self._core.mc.upstream(lib)
             return await self._core.run(it, self._upstream, request)
 
         def handle_request(self, request: Any) -> Any:
@@ -319,7 +323,7 @@ def transport_classes(lib: ModuleType) -> tuple[type[Any], type[Any]]:
         def close(self) -> None:
             mc = self._core.mc
             up, self._upstream = self._upstream, None
-            bg = mc._portal_obj
+            bg = mc.background
             if up is not None and bg is not None and bg.alive:
                 if bg.in_loop_thread():
                     bg.call_soon(lambda: bg.loop.create_task(up.aclose()))
@@ -332,7 +336,7 @@ def transport_classes(lib: ModuleType) -> tuple[type[Any], type[Any]]:
     class AsyncTransport(lib.AsyncBaseTransport):  # type: ignore[misc,name-defined]
         """Routes an async client's requests in the caller's event loop."""
 
-        def __init__(self, mc: MultiCloud, *, owns: bool = False) -> None:
+        def __init__(self, mc: TransportRuntime, *, owns: bool = False) -> None:
             self._core = _Core(mc, lib, owns)
             # One connection pool per event loop: a pool belongs to the loop that
             # opened its connections. An async client used from several asyncio.run()
@@ -345,7 +349,7 @@ def transport_classes(lib: ModuleType) -> tuple[type[Any], type[Any]]:
             self._lock = threading.Lock()
 
         @property
-        def multicloud(self) -> MultiCloud:
+        def multicloud(self) -> TransportRuntime:
             return self._core.mc
 
         def _upstream_here(self) -> Upstream:
@@ -364,7 +368,7 @@ def transport_classes(lib: ModuleType) -> tuple[type[Any], type[Any]]:
                     for old in [k for k in self._upstreams if k is not _NOT_ASYNCIO and k.is_closed()]:
                         # A finished asyncio.run(): its connections died with their loop.
                         del self._upstreams[old]
-                    up = self._upstreams[loop] = Upstream(lib, **self._core.mc.http_options)
+                    up = self._upstreams[loop] = self._core.mc.upstream(lib)
                 self._last = (loop, up)
             return up
 
@@ -374,7 +378,7 @@ def transport_classes(lib: ModuleType) -> tuple[type[Any], type[Any]]:
             if it is None:
                 return ready
             upstream = self._upstream_here()
-            core.mc._started()
+            core.mc.started()
             result = await core.run(it, upstream, request)
             pt = result.stream
             return core.response(result, request, AsyncStream(pt) if pt is not None else None)
