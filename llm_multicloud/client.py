@@ -37,6 +37,7 @@ from .intent import Intent
 from .live import CatalogUpdate, Operations
 from .policy import Policy
 from .router import Plan, Router
+from .snapshot import RetiredRecord, Snapshot, Totals, TotalsRecord
 from .upstream import Upstream
 
 if TYPE_CHECKING:
@@ -261,38 +262,41 @@ class MultiCloud:
         self._watcher = CatalogWatcher(self._ops, self._ops.path)
 
     # -- views --------------------------------------------------------------------
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> Snapshot:
         """Per endpoint: id, provider, region, residency, state (closed/open/half_open/
-        cooling), reason, until, latency estimates, in-flight, requests, failures,
-        hedges, cost; plus totals per region and provider."""
+        cooling/drained), reason, until, latency estimates, in-flight, requests,
+        failures, hedges, cost; plus totals per region and provider. Typed records
+        (:mod:`llm_multicloud.snapshot`, each field documented) that are plain dicts:
+        ``json.dumps`` writes them as they are."""
         now = self.clock()
         wall = time.time()
-        eps = [st.to_dict(now, wall) for st in self.health.states]
-        totals: dict[str, dict[str, dict[str, float]]] = {"region": {}, "provider": {}}
+        eps = [st.record(now, wall) for st in self.health.states]
+        totals: Totals = {"region": {}, "provider": {}}
         for e in eps:
-            for key, name in (("region", f"{e['provider']}/{e['region']}"), ("provider", e["provider"])):
-                t = totals[key].setdefault(
-                    name, {"requests": 0, "failures": 0, "cost_usd": 0.0, "unpriced_requests": 0}
-                )
+            for t in (
+                totals["region"].setdefault(f"{e['provider']}/{e['region']}", _zero_totals()),
+                totals["provider"].setdefault(e["provider"], _zero_totals()),
+            ):
                 t["requests"] += e["requests"]
                 t["failures"] += e["failures"]
                 if e["cost_usd"] is None:
                     t["unpriced_requests"] += e["requests"]
                 else:
                     t["cost_usd"] = round(t["cost_usd"] + e["cost_usd"], 8)
+        retired: list[RetiredRecord] = [
+            {
+                "id": st.endpoint.id,
+                "provider": st.endpoint.provider,
+                "region": st.endpoint.region,
+                "in_flight": st.inflight,
+            }
+            for st in self.health.retired
+            if st.inflight > 0
+        ]
         return {
             "catalog_version": self._ops.version,
             "endpoints": eps,
-            "retired": [
-                {
-                    "id": st.endpoint.id,
-                    "provider": st.endpoint.provider,
-                    "region": st.endpoint.region,
-                    "in_flight": st.inflight,
-                }
-                for st in self.health.retired
-                if st.inflight > 0
-            ],
+            "retired": retired,
             "totals": totals,
             "cost_usd": round(sum(e["cost_usd"] or 0.0 for e in eps), 8),
             "unpriced_requests": sum(e["requests"] for e in eps if e["cost_usd"] is None),
@@ -477,6 +481,10 @@ class MultiCloud:
 
     def __repr__(self) -> str:
         return f"MultiCloud({self.catalog!r}, strategy={self.policy.strategy!r})"
+
+
+def _zero_totals() -> TotalsRecord:
+    return {"requests": 0, "failures": 0, "cost_usd": 0.0, "unpriced_requests": 0}
 
 
 def _has_probe_targets(mc: MultiCloud) -> bool:

@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import enum
 import json
+import math
+import time
 from collections.abc import Iterable
+from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
 
@@ -242,3 +245,52 @@ def readable_status_errors(client: Any) -> Any:
     client._make_status_error_from_response = make_readable
     client.copy = client.with_options = copy_readable
     return client
+
+
+# -- Retry-After: parsed once, capped once ----------------------------------------------
+def parse_retry_after(headers: list[tuple[str, str]], now_wall: float | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms``, ``x-ms-retry-after-ms`` or ``Retry-After``
+    (seconds or an HTTP date), in that order of precedence. Garbage and negative values
+    are ignored (None). Absurd values are not capped here but where they are used:
+    :func:`cooldown_s`, with the policy's ``max_retry_after_s``."""
+    h = dict(headers)
+    for name in ("retry-after-ms", "x-ms-retry-after-ms"):
+        v = h.get(name)
+        if v is not None:
+            try:
+                ms = float(v)
+            except ValueError:
+                continue
+            if math.isfinite(ms) and ms >= 0:
+                return ms / 1000.0
+    v = h.get("retry-after")
+    if v is None:
+        return None
+    v = v.strip()
+    try:
+        s = float(v)
+        return s if math.isfinite(s) and s >= 0 else None
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(v)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    now = time.time() if now_wall is None else now_wall
+    return max(when.timestamp() - now, 0.0)
+
+
+def cooldown_s(retry_after: float | None, *, default_s: float, cap_s: float) -> float:
+    """How long a quota refusal (429, or 401/403 after a refresh) cools its quota domain:
+    the server's Retry-After (:func:`parse_retry_after`) or ``default_s`` when it sent
+    none, never negative, never more than ``cap_s`` (``policy.max_retry_after_s``: a
+    server asking for a day must not take an endpoint out for a day; NaN is no
+    cooldown). The one rule;
+    :meth:`~llm_multicloud.health.Health.cooldown` applies it."""
+    if retry_after is None:
+        return min(max(default_s, 0.0), cap_s)
+    if math.isnan(retry_after):
+        return 0.0
+    return min(max(retry_after, 0.0), cap_s)

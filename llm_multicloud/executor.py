@@ -6,10 +6,11 @@ and friends); new code imports them from the engine's modules.
 
 from __future__ import annotations
 
-from .engine.attempt import auth_refused, parse_retry_after
+from .engine.attempt import auth_refused
 from .engine.executor import Executor
 from .engine.ledger import AttemptRecord, Hook, RequestHook, RequestRecord
 from .engine.stream import Result
+from .errors import parse_retry_after  # lives with its cap (cooldown_s) in the error layer
 
 __all__ = [
     "AttemptRecord",

@@ -47,19 +47,25 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, TypeVar, overload
 
 from .catalog import Catalog, Endpoint
+from .errors import cooldown_s
 from .limits import Bucket
-from .policy import Policy
+from .policy import BreakerPolicy, Policy
 from .redaction import redactor
+
+if TYPE_CHECKING:
+    from .router import EndpointView
+    from .snapshot import EndpointRecord
 
 log = logging.getLogger("llm_multicloud.health")
 
 BreakerState = Literal["closed", "open", "half_open"]
 Clock = Callable[[], float]
+T = TypeVar("T")
 
 _RING = 256
 #: A sample above this multiple of the estimate is a jump: applied at once, but
@@ -90,10 +96,323 @@ class Transition:
     until: float | None
 
 
+# -- the rules, written once -----------------------------------------------------------
+
+
+def predict_ttft_ms(st: EndpointView, baseline_ms: float, now: float, decay_s: float) -> float:
+    """The predicted time to first token of ``st`` now: its peak-EWMA estimate decayed
+    toward ``baseline_ms`` (probe RTT plus a processing guess, else the geographic
+    prior) with time constant ``decay_s``; the baseline alone before any sample.
+
+    The one definition of the prediction. The router's hot loop inlines this formula
+    (a call per endpoint is over its 10,000-endpoint budget);
+    ``tests/unit/test_health_rules.py`` holds every plan's ``predicted_ms`` equal to it.
+    """
+    est = st.ttft_ms
+    if est is None:
+        return baseline_ms
+    return baseline_ms + (est - baseline_ms) * math.exp((st.ttft_at - now) / decay_s)
+
+
+#: Why an endpoint cannot take a new attempt now (the router's ``Exclusion.kind``).
+Unusable = Literal["drained", "credential", "missing_model", "cooling", "ejected"]
+
+
+def unusable_now(st: EndpointView, model: str | None, now: float) -> Unusable | None:
+    """Why ``st`` cannot take a new attempt for ``model`` now, or None when it can.
+
+    The one "usable now" predicate, in the order the reasons are reported: drained by
+    an operator (never re-admitted, not even in panic), credential unavailable, the
+    model missing from its listing, its quota domain cooling down, its breaker open
+    (ejected: the router may still re-admit it under the ejection cap or in panic).
+    The engine re-checks each attempt with it (an endpoint may cool down or be
+    ejected while a request runs); the router's hot loop inlines the same tests in
+    the same order, held equal to this function by ``tests/unit/test_health_rules.py``.
+    Capacity (``limits:``) and concurrency are not here: they depend on the request's
+    size and are reserved at admission, not predicted.
+    """
+    if st.drained is not None:
+        return "drained"
+    if st.endpoint.credential.unavailable is not None:
+        return "credential"
+    if model is not None and st.missing_models and model in st.missing_models:
+        return "missing_model"
+    if st.quota.until > now:
+        return "cooling"
+    if st.breaker == "open" and st.open_until > now:
+        return "ejected"
+    return None
+
+
+def unusable_reason(st: EndpointView, model: str | None, why: Unusable, now: float) -> str:
+    """The sentence that says why (plans, 503 messages and ``explain()``)."""
+    ep = st.endpoint
+    if why == "drained":
+        return f"drained: {st.drained}"
+    if why == "credential":
+        return f"credential unavailable: {ep.credential.unavailable}"
+    if why == "missing_model":
+        served = ep.models.get(model or "", model)
+        if model in st.refused_models:
+            return f"404 for {served!r}, a served name its /models has never listed"
+        return f"/models no longer lists {served!r}"
+    if why == "cooling":
+        return f"cooling down for {st.quota.until - now:.1f}s more: {st.quota.reason}"
+    return f"ejected (breaker open for {st.open_until - now:.1f}s more): {st.last_error}"
+
+
+# -- the breaker and the admission policy ---------------------------------------------
+
+
+class BreakerFields(Protocol):
+    """The breaker's data on an endpoint's state (plain attributes: the router reads
+    ``breaker`` and ``open_until`` for every endpoint of every plan)."""
+
+    breaker: BreakerState
+    consecutive: int
+    ejections: int
+    opened_at: float
+    open_until: float
+    #: trial attempts in flight while half-open
+    half_open_inflight: int
+    #: (time, ok) of recent outcomes, for the failure rate
+    window: deque[tuple[float, bool]]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A breaker state change (it becomes a :class:`Transition` with the endpoint's id)."""
+
+    old: BreakerState
+    new: BreakerState
+    reason: str
+    until: float | None = None
+
+
+class Breaker:
+    """The circuit breaker's rules: every transition, in one class.
+
+    After h11: each event is one method, and each method changes the state only
+    through :meth:`_move`, which checks the move against :attr:`MOVES` — a move that
+    is not in the table is a bug and raises. Envoy's outlier detection decides
+    *when*: open on ``consecutive_failures`` endpoint faults in a row, or on a failure
+    rate over ``window_s`` given ``min_requests``; the ejection lasts
+    ``base_ejection_s × ejections`` capped at ``max_ejection_s``, ±jitter; once it is
+    over the breaker is half-open and the :class:`Admission` policy bounds the trial
+    attempts; a trial's success closes it, a trial's failure re-opens it for longer.
+
+    Stateless: the data is the endpoint state's (:class:`BreakerFields`), so one
+    breaker serves every endpoint, and the configuration
+    (:class:`~llm_multicloud.policy.BreakerPolicy`) is passed to each event, so a live
+    policy change applies at once. The caller holds the state's lock. Replace it from
+    code with ``Health(..., breaker=MyBreaker())`` (a subclass, or any object with these
+    methods); ``tests/unit/test_breaker.py`` tests it alone.
+    """
+
+    #: (state, event) -> new state: every move a breaker can make.
+    MOVES: ClassVar[Mapping[tuple[BreakerState, str], BreakerState]] = {
+        ("closed", "trip"): "open",
+        ("open", "ejection_over"): "half_open",
+        ("half_open", "trial_failed"): "open",
+        ("half_open", "trial_succeeded"): "closed",
+        # a re-admitted attempt (ejection cap or panic) succeeded during the ejection
+        ("open", "trial_succeeded"): "closed",
+        ("closed", "remote_ejection"): "open",
+        ("half_open", "remote_ejection"): "open",
+        ("open", "remote_ejection"): "open",  # extended: another replica ejected it for longer
+    }
+
+    def _move(self, s: BreakerFields, event: str) -> BreakerState:
+        old = s.breaker
+        new = self.MOVES.get((old, event))
+        if new is None:
+            raise RuntimeError(f"breaker bug: no move for event {event!r} in state {old!r}")
+        s.breaker = new
+        return old
+
+    @staticmethod
+    def view(s: BreakerFields, now: float) -> BreakerState:
+        """The state as seen at ``now``: an ejection that is over reads half-open."""
+        return "half_open" if s.breaker == "open" and now >= s.open_until else s.breaker
+
+    # -- events ------------------------------------------------------------------------
+    def ready(self, s: BreakerFields, now: float) -> Change | None:
+        """Time passed: an ejection that is over becomes half-open (trials admitted)."""
+        if s.breaker == "open" and now >= s.open_until:
+            self._move(s, "ejection_over")
+            s.half_open_inflight = 0
+            return Change("open", "half_open", "ejection over: trial requests admitted")
+        return None
+
+    def success(self, s: BreakerFields, now: float, bp: BreakerPolicy, *, trial: bool) -> Change | None:
+        """A success. Only a *trial* (admitted while the breaker was not closed) closes
+        it: a long stream that started before the ejection and ends during it proves
+        nothing about the endpoint now."""
+        s.consecutive = 0
+        self._record(s, now, True, bp)
+        if s.breaker != "closed" and trial:
+            old = self._move(s, "trial_succeeded")
+            s.half_open_inflight = 0
+            return Change(old, "closed", "trial request succeeded")
+        if s.ejections and now - s.opened_at > bp.max_ejection_s:
+            s.ejections = 0  # healthy for long: the next ejection starts short again
+        return None
+
+    def failure(self, s: BreakerFields, now: float, reason: str, rand: float, bp: BreakerPolicy) -> Change | None:
+        """An endpoint fault (``rand`` in [0, 1) draws the jitter). Returns the change
+        when the breaker opened."""
+        s.consecutive += 1
+        self._record(s, now, False, bp)
+        if s.breaker == "half_open":
+            trip, event = f"trial request failed: {reason}", "trial_failed"
+        elif s.breaker != "closed":
+            return None  # already open: a re-admitted attempt failed
+        elif s.consecutive >= bp.consecutive_failures:
+            trip, event = f"{s.consecutive} consecutive failures, last: {reason}", "trip"
+        else:
+            n = len(s.window)
+            bad = sum(1 for _, ok in s.window if not ok)
+            if n < bp.min_requests or bad / n < bp.failure_rate:
+                return None
+            trip, event = f"failure rate {bad}/{n} over {bp.window_s:g}s, last: {reason}", "trip"
+        s.ejections += 1
+        span = min(bp.base_ejection_s * s.ejections, bp.max_ejection_s)
+        span *= 1.0 + bp.jitter * (2.0 * rand - 1.0)
+        old = self._move(s, event)
+        s.opened_at = now
+        s.open_until = now + span
+        s.half_open_inflight = 0
+        return Change(old, "open", trip, s.open_until)
+
+    def remote_ejection(
+        self, s: BreakerFields, now: float, until: float, ejections: int, reason: str
+    ) -> tuple[bool, Change | None]:
+        """Another replica ejected the endpoint until ``until``: adopted when it ends
+        later than what is known here (forward-only). Returns (adopted, the change when
+        the breaker was not open already)."""
+        if until <= now or (s.breaker == "open" and s.open_until >= until):
+            return False, None
+        old = self._move(s, "remote_ejection")
+        s.open_until = until
+        s.opened_at = s.opened_at if old == "open" else now
+        s.ejections = max(s.ejections, ejections)
+        s.half_open_inflight = 0
+        return True, (None if old == "open" else Change(old, "open", f"ejected by another replica: {reason}", until))
+
+    @staticmethod
+    def _record(s: BreakerFields, now: float, ok: bool, bp: BreakerPolicy) -> None:
+        w = s.window
+        w.append((now, ok))
+        cutoff = now - bp.window_s
+        while w and (w[0][0] < cutoff or len(w) > 1000):
+            w.popleft()
+
+
+class AdmissionPolicy(Protocol):
+    """What :class:`EndpointState.admit` asks before each attempt (see :class:`Admission`)."""
+
+    def allows(self, st: EndpointState, bp: BreakerPolicy) -> bool: ...
+
+
+class Admission:
+    """Whether a new attempt may start on an endpoint now: the policy the engine asks
+    (through :meth:`EndpointState.admit`) right before it sends.
+
+    After tower's ``poll_ready`` and Envoy's circuit-breaker thresholds: the breaker
+    says which state the endpoint is in, this says how much may go there. While
+    half-open, at most ``half_open_permits`` trial attempts at once (default:
+    ``policy.breaker.half_open_permits``). ``enforce_max_concurrency``: also refuse an
+    endpoint at its catalog ``max_concurrency`` (in-flight attempts here and on other
+    replicas) — off by default, because the router already ranks full endpoints last
+    and sends to them only when everything is full (their own queue or 429 then
+    decides). A refused endpoint is skipped for the next candidate. Replace it from
+    code with ``Health(..., admission=...)``: any object with this ``allows`` method.
+    """
+
+    __slots__ = ("enforce_max_concurrency", "half_open_permits")
+
+    def __init__(self, *, half_open_permits: int | None = None, enforce_max_concurrency: bool = False) -> None:
+        if half_open_permits is not None and half_open_permits < 1:
+            raise ValueError(f"half_open_permits must be at least 1 (got {half_open_permits})")
+        self.half_open_permits = half_open_permits
+        self.enforce_max_concurrency = enforce_max_concurrency
+
+    def allows(self, st: EndpointState, bp: BreakerPolicy) -> bool:
+        """May one more attempt start on ``st``? Called under ``st``'s lock, after the
+        breaker moved to half-open if its ejection was over."""
+        if st.breaker == "half_open":
+            permits = self.half_open_permits if self.half_open_permits is not None else bp.half_open_permits
+            if st.half_open_inflight >= permits:
+                return False
+        cap = st.endpoint.max_concurrency
+        return not (self.enforce_max_concurrency and cap is not None and st.inflight + st.remote_inflight >= cap)
+
+
+# -- an endpoint's state ---------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Counters:
+    """What one endpoint has done: attempts, outcomes, hedges, tokens, cost."""
+
+    requests: int = 0
+    successes: int = 0
+    failures: int = 0
+    retries: int = 0
+    hedges: int = 0
+    hedge_wins: int = 0
+    wasted: int = 0
+    cost_usd: float = 0.0
+    cost_estimated: bool = False
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class _Counter(Generic[T]):
+    """A flat name kept for code written before :class:`Counters` (``st.retries`` is
+    ``st.counters.retries``); reads and writes go to the counters."""
+
+    __slots__ = ("name",)
+
+    def __init__(self) -> None:
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> _Counter[T]: ...
+    @overload
+    def __get__(self, obj: EndpointState, owner: type) -> T: ...
+    def __get__(self, obj: EndpointState | None, owner: type) -> T | _Counter[T]:
+        if obj is None:
+            return self
+        return getattr(obj.counters, self.name)  # type: ignore[no-any-return]
+
+    def __set__(self, obj: EndpointState, value: T) -> None:
+        setattr(obj.counters, self.name, value)
+
+
 class EndpointState:
-    """Mutable health of one endpoint. The router only reads it."""
+    """The health of one endpoint. The router only reads it; every change goes through
+    one of its methods or :class:`Health`, under its lock.
+
+    Its parts: the **latency estimates** (``ttft_*``, ``tpot_ms``, ``total_ms``,
+    ``rtt_ms``, ``baseline_ms`` and the TTFT window), the **breaker's data**
+    (:class:`BreakerFields`; the rules are the injected :class:`Breaker`), the
+    **admission policy** (:class:`Admission`), the **quota domain**'s cooldown
+    (``quota``, shared with the endpoints of the domain) and capacity bucket
+    (``bucket``), the **load** (``inflight``, ``remote_inflight``, ``queue_waiting``),
+    **model presence** (``*_models``, ``listing``), the operator's **drain**, and the
+    **counters** (:class:`Counters`). The fields the router reads for every endpoint
+    of every plan are plain slots, not properties or sub-objects: at 10,000 endpoints
+    the router has ~100 ns per endpoint. The counters (not read by the router) are a
+    sub-object; their flat names (``st.requests``...) still work.
+    """
 
     __slots__ = (
+        "_admission",
+        "_breaker_rules",
         "_lock",
         "_policy",
         "_ring",
@@ -104,18 +423,13 @@ class EndpointState:
         "breaker",
         "bucket",
         "consecutive",
-        "cost_estimated",
-        "cost_usd",
+        "counters",
         "drained",
         "drained_at",
         "ejections",
         "endpoint",
-        "failures",
         "half_open_inflight",
-        "hedge_wins",
-        "hedges",
         "inflight",
-        "input_tokens",
         "last_error",
         "listed_models",
         "listing",
@@ -123,16 +437,12 @@ class EndpointState:
         "on_half_open",
         "open_until",
         "opened_at",
-        "output_tokens",
         "queue_waiting",
         "quota",
         "refused_models",
         "remote_inflight",
-        "requests",
         "retired",
-        "retries",
         "rtt_ms",
-        "successes",
         "total_ms",
         "tpot_ms",
         "ttft_at",
@@ -140,15 +450,38 @@ class EndpointState:
         "ttft_ms",
         "ttft_samples",
         "unlisted_models",
-        "wasted",
         "window",
     )
 
-    def __init__(self, endpoint: Endpoint, quota: QuotaDomain, policy: Policy) -> None:
+    # the counters' flat names (see the class docs)
+    requests: _Counter[int] = _Counter()
+    successes: _Counter[int] = _Counter()
+    failures: _Counter[int] = _Counter()
+    retries: _Counter[int] = _Counter()
+    hedges: _Counter[int] = _Counter()
+    hedge_wins: _Counter[int] = _Counter()
+    wasted: _Counter[int] = _Counter()
+    cost_usd: _Counter[float] = _Counter()
+    cost_estimated: _Counter[bool] = _Counter()
+    input_tokens: _Counter[int] = _Counter()
+    output_tokens: _Counter[int] = _Counter()
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        quota: QuotaDomain,
+        policy: Policy,
+        *,
+        breaker: Breaker | None = None,
+        admission: AdmissionPolicy | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self.quota = quota
         self._policy = policy
+        self._breaker_rules: Breaker = breaker if breaker is not None else _BREAKER
+        self._admission: AdmissionPolicy = admission if admission is not None else _ADMISSION
         self._lock = threading.Lock()
+        # latency estimates
         self.ttft_ms: float | None = None
         self.ttft_at = 0.0
         self.ttft_samples = 0
@@ -162,10 +495,12 @@ class EndpointState:
         self._ring_n = 0
         self._sorted: list[float] = []
         self._sorted_at = -1
+        # load
         self.inflight = 0
         #: in-flight requests of other replicas (shared state), for global limits
         self.remote_inflight = 0
         self.queue_waiting = 0.0
+        # the breaker's data (BreakerFields)
         self.breaker: BreakerState = "closed"
         self.consecutive = 0
         self.ejections = 0
@@ -173,6 +508,7 @@ class EndpointState:
         self.open_until = 0.0
         self.half_open_inflight = 0
         self.window: deque[tuple[float, bool]] = deque()
+        # model presence
         self.missing_models: frozenset[str] = frozenset()
         #: logical models a probe has seen listed at least once: only these can go
         #: "missing" (a served name never listed is a naming mismatch, not an outage)
@@ -186,17 +522,7 @@ class EndpointState:
         self.listing: tuple[str, ...] | None = None
         #: Health.emit, so that the half-open transition reaches logs and hooks too
         self.on_half_open: list[Callable[[Transition], None]] = []
-        self.requests = 0
-        self.successes = 0
-        self.failures = 0
-        self.retries = 0
-        self.hedges = 0
-        self.hedge_wins = 0
-        self.wasted = 0
-        self.cost_usd = 0.0
-        self.cost_estimated = False
-        self.input_tokens = 0
-        self.output_tokens = 0
+        self.counters = Counters()
         self.last_error: str | None = None
         #: An operator drained it (``MultiCloud.drain``): the reason. No new attempt of
         #: any kind goes to a drained endpoint; attempts already running finish.
@@ -217,7 +543,11 @@ class EndpointState:
                 setattr(self, name, getattr(old, name))
             self._ring = list(old._ring)
             self.window = deque(old.window)
+            self.counters = dataclasses.replace(old.counters)
         self._sorted_at = -1
+
+    def _change(self, c: Change | None, now: float) -> Transition | None:
+        return None if c is None else Transition(self.endpoint.id, c.old, c.new, c.reason, now, c.until)
 
     # -- estimates --------------------------------------------------------------
     def observe_ttft(self, ms: float, now: float, *, censored: bool = False) -> None:
@@ -275,27 +605,22 @@ class EndpointState:
             s = self._sorted
         return s[min(len(s) - 1, int(q * len(s)))]
 
-    # -- breaker ----------------------------------------------------------------
+    # -- breaker and admission ----------------------------------------------------
     def admit(self, now: float) -> str | None:
         """Take a slot for an attempt: the breaker state it was admitted under ("closed",
         "half_open": holding one of the bounded trial permits, or "open": re-admitted by
-        the ejection cap or panic), or None when half-open permits are all taken."""
-        t = None
+        the ejection cap or panic), or None when the admission policy refuses (half-open
+        permits all taken)."""
         with self._lock:
-            if self.breaker == "open" and now >= self.open_until:
-                self.breaker = "half_open"
-                self.half_open_inflight = 0
-                t = Transition(
-                    self.endpoint.id, "open", "half_open", "ejection over: trial requests admitted", now, None
-                )
-            if self.breaker == "half_open" and self.half_open_inflight >= self._policy.breaker.half_open_permits:
-                admitted = None
-            else:
+            t = self._change(self._breaker_rules.ready(self, now), now)
+            if self._admission.allows(self, self._policy.breaker):
                 if self.breaker == "half_open":
                     self.half_open_inflight += 1
                 self.inflight += 1
-                self.requests += 1
-                admitted = self.breaker
+                self.counters.requests += 1
+                admitted: str | None = self.breaker
+            else:
+                admitted = None
         if t is not None:  # outside the lock: hooks may read this state
             for fn in self.on_half_open:
                 fn(t)
@@ -309,62 +634,21 @@ class EndpointState:
                 self.half_open_inflight = max(0, self.half_open_inflight - 1)
 
     def record_success(self, now: float, *, trial: bool) -> Transition | None:
-        """A success. Only a *trial* (an attempt admitted while the breaker was not
-        closed) closes the breaker: a long stream that started before the ejection and
-        ends during it proves nothing about the endpoint now."""
+        """A success (see :meth:`Breaker.success`)."""
         with self._lock:
-            self.successes += 1
-            self.consecutive = 0
-            self._window_add(now, True)
-            if self.breaker != "closed" and trial:
-                old = self.breaker
-                self.breaker = "closed"
-                self.half_open_inflight = 0
-                return Transition(self.endpoint.id, old, "closed", "trial request succeeded", now, None)
-            if self.ejections and self.consecutive == 0 and now - self.opened_at > self._policy.breaker.max_ejection_s:
-                self.ejections = 0
-            return None
+            self.counters.successes += 1
+            return self._change(self._breaker_rules.success(self, now, self._policy.breaker, trial=trial), now)
 
     def record_failure(self, now: float, reason: str, rand: float) -> Transition | None:
         """An endpoint fault. Returns the transition if the breaker opened."""
-        bp = self._policy.breaker
         with self._lock:
-            self.failures += 1
-            self.consecutive += 1
+            self.counters.failures += 1
             self.last_error = reason
-            self._window_add(now, False)
-            trip = None
-            if self.breaker == "half_open":
-                trip = f"trial request failed: {reason}"
-            elif self.breaker == "closed":
-                if self.consecutive >= bp.consecutive_failures:
-                    trip = f"{self.consecutive} consecutive failures, last: {reason}"
-                else:
-                    n = len(self.window)
-                    bad = sum(1 for _, ok in self.window if not ok)
-                    if n >= bp.min_requests and bad / n >= bp.failure_rate:
-                        trip = f"failure rate {bad}/{n} over {bp.window_s:g}s, last: {reason}"
-            if trip is None:
-                return None
-            old = self.breaker
-            self.ejections += 1
-            span = min(bp.base_ejection_s * self.ejections, bp.max_ejection_s)
-            span *= 1.0 + bp.jitter * (2.0 * rand - 1.0)
-            self.breaker = "open"
-            self.opened_at = now
-            self.open_until = now + span
-            self.half_open_inflight = 0
-            return Transition(self.endpoint.id, old, "open", trip, now, self.open_until)
-
-    def _window_add(self, now: float, ok: bool) -> None:
-        w = self.window
-        w.append((now, ok))
-        cutoff = now - self._policy.breaker.window_s
-        while w and (w[0][0] < cutoff or len(w) > 1000):
-            w.popleft()
+            return self._change(self._breaker_rules.failure(self, now, reason, rand, self._policy.breaker), now)
 
     # -- views --------------------------------------------------------------------
     def state_name(self, now: float) -> str:
+        """One word for operators: drained, open, half_open, cooling or closed."""
         if self.drained is not None:
             return "drained"
         if self.breaker == "open":
@@ -373,8 +657,10 @@ class EndpointState:
             return "cooling"
         return self.breaker
 
-    def to_dict(self, now: float, wall: float) -> dict[str, Any]:
+    def record(self, now: float, wall: float) -> EndpointRecord:
+        """This endpoint's row of ``snapshot()`` (a typed, documented record)."""
         ep = self.endpoint
+        c = self.counters
 
         def at(t: float) -> float | None:
             return round(wall + (t - now), 3) if t else None
@@ -395,7 +681,7 @@ class EndpointState:
             "residency": list(ep.residency),
             "state": state,
             "reason": reason,
-            "breaker": self.breaker if self.breaker != "open" or now < self.open_until else "half_open",
+            "breaker": Breaker.view(self, now),
             "drained": self.drained is not None,
             "drained_reason": self.drained,
             "drained_at": at(self.drained_at) if self.drained is not None else None,
@@ -413,18 +699,18 @@ class EndpointState:
             "in_flight": self.inflight,
             "remote_in_flight": self.remote_inflight,
             "queue_waiting": self.queue_waiting,
-            "requests": self.requests,
-            "successes": self.successes,
-            "failures": self.failures,
-            "retries": self.retries,
-            "hedges": self.hedges,
-            "hedge_wins": self.hedge_wins,
-            "wasted": self.wasted,
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
+            "requests": c.requests,
+            "successes": c.successes,
+            "failures": c.failures,
+            "retries": c.retries,
+            "hedges": c.hedges,
+            "hedge_wins": c.hedge_wins,
+            "wasted": c.wasted,
+            "input_tokens": c.input_tokens,
+            "output_tokens": c.output_tokens,
             # an endpoint without a price has an unknown cost, never a silent zero
-            "cost_usd": round(self.cost_usd, 8) if ep.price is not None else None,
-            "cost_estimated": self.cost_estimated,
+            "cost_usd": round(c.cost_usd, 8) if ep.price is not None else None,
+            "cost_estimated": c.cost_estimated,
             "price_known": ep.price is not None,
             "missing_models": sorted(self.missing_models),
             "unlisted_models": sorted(self.unlisted_models),
@@ -433,13 +719,20 @@ class EndpointState:
             "limits": None if self.bucket is None else self.bucket.to_dict(now),
         }
 
+    def to_dict(self, now: float, wall: float) -> dict[str, Any]:
+        """:meth:`record` as a plain dict (the same keys and values)."""
+        return dict(self.record(now, wall))
 
-#: What a redefined endpoint inherits from its previous state (see EndpointState.inherit).
+
+_BREAKER = Breaker()
+_ADMISSION = Admission()
+
+#: What a redefined endpoint inherits from its previous state besides its TTFT
+#: window, breaker window and counters (see EndpointState.inherit).
 _HISTORY = (
     "ttft_ms", "ttft_at", "ttft_samples", "tpot_ms", "total_ms", "rtt_ms", "baseline_ms", "_ring_n",
     "queue_waiting", "breaker", "consecutive", "ejections", "opened_at", "open_until", "missing_models",
-    "requests", "successes", "failures", "retries", "hedges", "hedge_wins", "wasted", "cost_usd",
-    "cost_estimated", "input_tokens", "output_tokens", "last_error", "drained", "drained_at",
+    "last_error", "drained", "drained_at",
 )  # fmt: skip
 
 
@@ -454,12 +747,24 @@ class Health:
     whole by :meth:`retarget` (a live catalog update): readers take the tuple once.
     """
 
-    def __init__(self, catalog: Catalog, policy: Policy, *, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        policy: Policy,
+        *,
+        clock: Clock = time.monotonic,
+        breaker: Breaker | None = None,
+        admission: AdmissionPolicy | None = None,
+    ) -> None:
         self.clock = clock
         self.policy = policy
+        #: the breaker's rules and the admission policy every endpoint uses (injected:
+        #: replaceable from code, tested alone)
+        self.breaker: Breaker = breaker if breaker is not None else _BREAKER
+        self.admission: AdmissionPolicy = admission if admission is not None else _ADMISSION
         self.domains: dict[str, QuotaDomain] = {}
         self.states: tuple[EndpointState, ...] = tuple(
-            EndpointState(e, self.domains.setdefault(e.quota_domain, QuotaDomain(e.quota_domain)), policy)
+            self._new_state(e, self.domains.setdefault(e.quota_domain, QuotaDomain(e.quota_domain)), policy)
             for e in catalog.endpoints
         )
         #: The current state of each endpoint id (what new attempts may use).
@@ -482,6 +787,9 @@ class Health:
         self.redact = redactor(self._secrets)
         #: rotating tokens seen since (the latest few: older ones no longer work anyway)
         self._rotated: dict[str, None] = {}
+
+    def _new_state(self, e: Endpoint, dom: QuotaDomain, policy: Policy) -> EndpointState:
+        return EndpointState(e, dom, policy, breaker=self.breaker, admission=self.admission)
 
     def learn_secrets(self, current: Iterable[str]) -> None:
         """Also mask these secrets (credentials' current tokens; called on error paths)."""
@@ -580,7 +888,7 @@ class Health:
                     old._policy = policy
                     st = old
                 else:
-                    st = EndpointState(e, dom, policy)
+                    st = self._new_state(e, dom, policy)
                     st.on_half_open.append(self.emit)
                     if old is not None:
                         st.inherit(old)
@@ -635,10 +943,13 @@ class Health:
     def success(self, st: EndpointState, *, trial: bool) -> None:
         self.emit(st.record_success(self.clock(), trial=trial))
 
-    def cooldown(self, st: EndpointState, seconds: float, reason: str) -> None:
-        """Cool the endpoint's quota domain down for ``seconds`` (capped; forward-only)."""
+    def cooldown(self, st: EndpointState, seconds: float | None, reason: str) -> None:
+        """Cool the endpoint's quota domain down for ``seconds`` — the server's
+        Retry-After (:func:`~llm_multicloud.errors.parse_retry_after`), or None for
+        ``policy.default_cooldown_s`` — capped at ``policy.max_retry_after_s``
+        (:func:`~llm_multicloud.errors.cooldown_s`: the one rule); forward-only."""
         reason = self.redact(reason)
-        seconds = min(max(seconds, 0.0), self.policy.max_retry_after_s)
+        seconds = cooldown_s(seconds, default_s=self.policy.default_cooldown_s, cap_s=self.policy.max_retry_after_s)
         now = self.clock()
         dom = st.quota
         until = now + seconds
@@ -654,22 +965,11 @@ class Health:
         """Another replica ejected this endpoint until ``until`` (this process's monotonic
         clock): adopt it if it ends later than what we know (forward-only)."""
         now = self.clock()
-        if until <= now:
-            return
-        t = None
         with st._lock:
-            if st.breaker == "open" and st.open_until >= until:
-                return
-            old = st.breaker
-            st.breaker = "open"
-            st.open_until = until
-            st.opened_at = st.opened_at if old == "open" else now
-            st.ejections = max(st.ejections, ejections)
-            st.last_error = f"shared: {reason}"
-            st.half_open_inflight = 0
-            if old != "open":
-                t = Transition(st.endpoint.id, old, "open", f"ejected by another replica: {reason}", now, until)
-        self.emit(t)
+            adopted, c = self.breaker.remote_ejection(st, now, until, ejections, reason)
+            if adopted:
+                st.last_error = f"shared: {reason}"
+        self.emit(st._change(c, now))
 
     def apply_remote_cooldown(self, st: EndpointState, until: float, reason: str) -> None:
         """Another replica saw a 429: cool this endpoint's quota domain until ``until``

@@ -25,16 +25,13 @@ generating). The deadlines are the endpoint's (``connect_s``, ``first_token_s`` 
 from __future__ import annotations
 
 import json
-import math
-import time
 from collections.abc import AsyncIterator, Callable
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
 from .. import auth, sse
-from ..errors import FaultKind, classify_status, local_fault_message
+from ..errors import FaultKind, classify_status, local_fault_message, parse_retry_after
 from ..upstream import UpstreamError
 from ..vocabulary import AttemptKind, AttemptOutcome, BreakerState, ErrorType
 
@@ -311,35 +308,3 @@ def auth_refused(ep: Endpoint, status: int, refreshed: bool, message: str) -> st
     """The reason of a 401/403: which endpoint and credential kind, never the secret."""
     how = " after a refresh" if refreshed else ""
     return f"HTTP {status} from {ep.id}: credential {ep.credential.describe()} refused{how}: {message}"
-
-
-def parse_retry_after(headers: list[tuple[str, str]], now_wall: float | None = None) -> float | None:
-    """Seconds to wait from ``retry-after-ms``, ``x-ms-retry-after-ms`` or ``Retry-After``
-    (seconds or an HTTP date). Garbage and negative values are ignored (None)."""
-    h = dict(headers)
-    for name in ("retry-after-ms", "x-ms-retry-after-ms"):
-        v = h.get(name)
-        if v is not None:
-            try:
-                ms = float(v)
-            except ValueError:
-                continue
-            if math.isfinite(ms) and ms >= 0:
-                return ms / 1000.0
-    v = h.get("retry-after")
-    if v is None:
-        return None
-    v = v.strip()
-    try:
-        s = float(v)
-        return s if math.isfinite(s) and s >= 0 else None
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(v)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
-    now = time.time() if now_wall is None else now_wall
-    return max(when.timestamp() - now, 0.0)
