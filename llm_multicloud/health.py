@@ -56,6 +56,7 @@ from .errors import cooldown_s
 from .limits import Bucket
 from .policy import BreakerPolicy, Policy
 from .redaction import redactor
+from .vocabulary import BreakerState, ExclusionKind
 
 if TYPE_CHECKING:
     from .router import EndpointView
@@ -63,7 +64,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("llm_multicloud.health")
 
-BreakerState = Literal["closed", "open", "half_open"]
 Clock = Callable[[], float]
 T = TypeVar("T")
 
@@ -115,7 +115,14 @@ def predict_ttft_ms(st: EndpointView, baseline_ms: float, now: float, decay_s: f
 
 
 #: Why an endpoint cannot take a new attempt now (the router's ``Exclusion.kind``).
-Unusable = Literal["drained", "credential", "missing_model", "cooling", "ejected"]
+#: ``ExclusionKind`` members; a ``Literal`` so that callers can match on the five cases.
+Unusable = Literal[
+    ExclusionKind.DRAINED,
+    ExclusionKind.CREDENTIAL,
+    ExclusionKind.MISSING_MODEL,
+    ExclusionKind.COOLING,
+    ExclusionKind.EJECTED,
+]
 
 
 def unusable_now(st: EndpointView, model: str | None, now: float) -> Unusable | None:
@@ -132,31 +139,31 @@ def unusable_now(st: EndpointView, model: str | None, now: float) -> Unusable | 
     size and are reserved at admission, not predicted.
     """
     if st.drained is not None:
-        return "drained"
+        return ExclusionKind.DRAINED
     if st.endpoint.credential.unavailable is not None:
-        return "credential"
+        return ExclusionKind.CREDENTIAL
     if model is not None and st.missing_models and model in st.missing_models:
-        return "missing_model"
+        return ExclusionKind.MISSING_MODEL
     if st.quota.until > now:
-        return "cooling"
+        return ExclusionKind.COOLING
     if st.breaker == "open" and st.open_until > now:
-        return "ejected"
+        return ExclusionKind.EJECTED
     return None
 
 
 def unusable_reason(st: EndpointView, model: str | None, why: Unusable, now: float) -> str:
     """The sentence that says why (plans, 503 messages and ``explain()``)."""
     ep = st.endpoint
-    if why == "drained":
+    if why == ExclusionKind.DRAINED:
         return f"drained: {st.drained}"
-    if why == "credential":
+    if why == ExclusionKind.CREDENTIAL:
         return f"credential unavailable: {ep.credential.unavailable}"
-    if why == "missing_model":
+    if why == ExclusionKind.MISSING_MODEL:
         served = ep.models.get(model or "", model)
         if model in st.refused_models:
             return f"404 for {served!r}, a served name its /models has never listed"
         return f"/models no longer lists {served!r}"
-    if why == "cooling":
+    if why == ExclusionKind.COOLING:
         return f"cooling down for {st.quota.until - now:.1f}s more: {st.quota.reason}"
     return f"ejected (breaker open for {st.open_until - now:.1f}s more): {st.last_error}"
 
@@ -211,15 +218,15 @@ class Breaker:
 
     #: (state, event) -> new state: every move a breaker can make.
     MOVES: ClassVar[Mapping[tuple[BreakerState, str], BreakerState]] = {
-        ("closed", "trip"): "open",
-        ("open", "ejection_over"): "half_open",
-        ("half_open", "trial_failed"): "open",
-        ("half_open", "trial_succeeded"): "closed",
+        (BreakerState.CLOSED, "trip"): BreakerState.OPEN,
+        (BreakerState.OPEN, "ejection_over"): BreakerState.HALF_OPEN,
+        (BreakerState.HALF_OPEN, "trial_failed"): BreakerState.OPEN,
+        (BreakerState.HALF_OPEN, "trial_succeeded"): BreakerState.CLOSED,
         # a re-admitted attempt (ejection cap or panic) succeeded during the ejection
-        ("open", "trial_succeeded"): "closed",
-        ("closed", "remote_ejection"): "open",
-        ("half_open", "remote_ejection"): "open",
-        ("open", "remote_ejection"): "open",  # extended: another replica ejected it for longer
+        (BreakerState.OPEN, "trial_succeeded"): BreakerState.CLOSED,
+        (BreakerState.CLOSED, "remote_ejection"): BreakerState.OPEN,
+        (BreakerState.HALF_OPEN, "remote_ejection"): BreakerState.OPEN,
+        (BreakerState.OPEN, "remote_ejection"): BreakerState.OPEN,  # extended: another replica ejected it for longer
     }
 
     def _move(self, s: BreakerFields, event: str) -> BreakerState:
@@ -233,15 +240,15 @@ class Breaker:
     @staticmethod
     def view(s: BreakerFields, now: float) -> BreakerState:
         """The state as seen at ``now``: an ejection that is over reads half-open."""
-        return "half_open" if s.breaker == "open" and now >= s.open_until else s.breaker
+        return BreakerState.HALF_OPEN if s.breaker == BreakerState.OPEN and now >= s.open_until else s.breaker
 
     # -- events ------------------------------------------------------------------------
     def ready(self, s: BreakerFields, now: float) -> Change | None:
         """Time passed: an ejection that is over becomes half-open (trials admitted)."""
-        if s.breaker == "open" and now >= s.open_until:
+        if s.breaker == BreakerState.OPEN and now >= s.open_until:
             self._move(s, "ejection_over")
             s.half_open_inflight = 0
-            return Change("open", "half_open", "ejection over: trial requests admitted")
+            return Change(BreakerState.OPEN, BreakerState.HALF_OPEN, "ejection over: trial requests admitted")
         return None
 
     def success(self, s: BreakerFields, now: float, bp: BreakerPolicy, *, trial: bool) -> Change | None:
@@ -250,10 +257,10 @@ class Breaker:
         nothing about the endpoint now."""
         s.consecutive = 0
         self._record(s, now, True, bp)
-        if s.breaker != "closed" and trial:
+        if s.breaker != BreakerState.CLOSED and trial:
             old = self._move(s, "trial_succeeded")
             s.half_open_inflight = 0
-            return Change(old, "closed", "trial request succeeded")
+            return Change(old, BreakerState.CLOSED, "trial request succeeded")
         if s.ejections and now - s.opened_at > bp.max_ejection_s:
             s.ejections = 0  # healthy for long: the next ejection starts short again
         return None
@@ -263,9 +270,9 @@ class Breaker:
         when the breaker opened."""
         s.consecutive += 1
         self._record(s, now, False, bp)
-        if s.breaker == "half_open":
+        if s.breaker == BreakerState.HALF_OPEN:
             trip, event = f"trial request failed: {reason}", "trial_failed"
-        elif s.breaker != "closed":
+        elif s.breaker != BreakerState.CLOSED:
             return None  # already open: a re-admitted attempt failed
         elif s.consecutive >= bp.consecutive_failures:
             trip, event = f"{s.consecutive} consecutive failures, last: {reason}", "trip"
@@ -282,7 +289,7 @@ class Breaker:
         s.opened_at = now
         s.open_until = now + span
         s.half_open_inflight = 0
-        return Change(old, "open", trip, s.open_until)
+        return Change(old, BreakerState.OPEN, trip, s.open_until)
 
     def remote_ejection(
         self, s: BreakerFields, now: float, until: float, ejections: int, reason: str
@@ -290,14 +297,18 @@ class Breaker:
         """Another replica ejected the endpoint until ``until``: adopted when it ends
         later than what is known here (forward-only). Returns (adopted, the change when
         the breaker was not open already)."""
-        if until <= now or (s.breaker == "open" and s.open_until >= until):
+        if until <= now or (s.breaker == BreakerState.OPEN and s.open_until >= until):
             return False, None
         old = self._move(s, "remote_ejection")
         s.open_until = until
-        s.opened_at = s.opened_at if old == "open" else now
+        s.opened_at = s.opened_at if old == BreakerState.OPEN else now
         s.ejections = max(s.ejections, ejections)
         s.half_open_inflight = 0
-        return True, (None if old == "open" else Change(old, "open", f"ejected by another replica: {reason}", until))
+        return True, (
+            None
+            if old == BreakerState.OPEN
+            else Change(old, BreakerState.OPEN, f"ejected by another replica: {reason}", until)
+        )
 
     @staticmethod
     def _record(s: BreakerFields, now: float, ok: bool, bp: BreakerPolicy) -> None:
@@ -340,7 +351,7 @@ class Admission:
     def allows(self, st: EndpointState, bp: BreakerPolicy) -> bool:
         """May one more attempt start on ``st``? Called under ``st``'s lock, after the
         breaker moved to half-open if its ejection was over."""
-        if st.breaker == "half_open":
+        if st.breaker == BreakerState.HALF_OPEN:
             permits = self.half_open_permits if self.half_open_permits is not None else bp.half_open_permits
             if st.half_open_inflight >= permits:
                 return False
@@ -501,7 +512,7 @@ class EndpointState:
         self.remote_inflight = 0
         self.queue_waiting = 0.0
         # the breaker's data (BreakerFields)
-        self.breaker: BreakerState = "closed"
+        self.breaker: BreakerState = BreakerState.CLOSED
         self.consecutive = 0
         self.ejections = 0
         self.opened_at = 0.0
@@ -614,7 +625,7 @@ class EndpointState:
         with self._lock:
             t = self._change(self._breaker_rules.ready(self, now), now)
             if self._admission.allows(self, self._policy.breaker):
-                if self.breaker == "half_open":
+                if self.breaker == BreakerState.HALF_OPEN:
                     self.half_open_inflight += 1
                 self.inflight += 1
                 self.counters.requests += 1

@@ -80,8 +80,15 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ._version import __version__ as _VERSION
 from .executor import AttemptRecord, RequestRecord
-from .health import Transition
-from .vocabulary import AttemptKind, AttemptOutcome, RequestOutcome
+from .health import Breaker, Transition
+from .vocabulary import (
+    FAILED_ATTEMPT_OUTCOMES,
+    OK_REQUEST_OUTCOMES,
+    AttemptKind,
+    AttemptOutcome,
+    BreakerState,
+    RequestOutcome,
+)
 
 __all__ = [
     "BREAKER_STATE",
@@ -135,7 +142,7 @@ COOLDOWN_REMAINING = "llm_multicloud.endpoint.cooldown_remaining"
 #: extra requests the retry / hedge budget allows now (``llm_multicloud.budget``: retry | hedge)
 BUDGET_BALANCE = "llm_multicloud.budget.balance"
 GAUGES: tuple[str, ...] = (BREAKER_STATE, DRAINING, IN_FLIGHT, TTFT_ESTIMATE, COOLDOWN_REMAINING, BUDGET_BALANCE)
-_BREAKER_CODES = {"closed": 0, "half_open": 1, "open": 2}
+_BREAKER_CODES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
 #: Semconv ExplicitBucketBoundaries for the GenAI client duration / TTFC histograms (s).
 DURATION_BUCKETS: tuple[float, ...] = (
@@ -164,10 +171,6 @@ _CLOUD_PROVIDERS = {
     "microsoft": "azure",
 }
 
-# Outcomes of a request that are not errors (the caller closing a stream early is their choice).
-_OK_OUTCOMES = frozenset({"ok", "closed_by_caller"})
-# Attempt outcomes that are errors of that attempt.
-_FAILED_ATTEMPTS = frozenset({"failed", "request_error", "interrupted"})
 
 try:  # the global proxy meter provider is private in the API; fall back to its name
     from opentelemetry.metrics import _internal as _metrics_internal
@@ -453,8 +456,7 @@ class Telemetry:
             }
             value: float
             if name == BREAKER_STATE:
-                b = st.breaker
-                value = _BREAKER_CODES["half_open" if b == "open" and now >= st.open_until else b]
+                value = _BREAKER_CODES[Breaker.view(st, now)]
             elif name == DRAINING:
                 value = 1 if st.drained is not None else 0
             elif name == IN_FLIGHT:
@@ -522,7 +524,7 @@ class Telemetry:
         parent = getattr(rec, "otel_context", None)
         if not isinstance(parent, otel_context.Context):
             parent = otel_context.get_current()
-        failed = rec.outcome not in _OK_OUTCOMES
+        failed = rec.outcome not in OK_REQUEST_OUTCOMES
         attrs: dict[str, Any] = {
             "gen_ai.operation.name": op,
             "gen_ai.provider.name": PROVIDER_NAME,
@@ -585,7 +587,7 @@ class Telemetry:
         _wire_attrs(attrs, a.server_address, a.server_port, a.status, a.input_tokens, a.output_tokens)
         if a.ttft_ms is not None:
             attrs["llm_multicloud.ttft_ms"] = a.ttft_ms
-        error_type = _attempt_error_type(a) if a.outcome in _FAILED_ATTEMPTS else None
+        error_type = _attempt_error_type(a) if a.outcome in FAILED_ATTEMPT_OUTCOMES else None
         if error_type is not None:
             attrs["error.type"] = error_type
         start = a.start_unix_nano or r_start
@@ -620,7 +622,7 @@ class Telemetry:
             attrs["cloud.region"] = rec.region
         if rec.endpoint is not None:
             attrs["llm_multicloud.endpoint"] = rec.endpoint
-        ok = rec.outcome in _OK_OUTCOMES
+        ok = rec.outcome in OK_REQUEST_OUTCOMES
         duration = max(rec.end_unix_nano - rec.start_unix_nano, 0) / 1e9
         if ok:
             inst.duration.record(duration, attrs)
@@ -633,7 +635,7 @@ class Telemetry:
         if rec.stream and rec.ttft_ms is not None:
             inst.ttfc.record(rec.ttft_ms / 1000.0, attrs)
         for a in rec.attempts:
-            if a.kind == "hedge" or a.kind == "retry" or a.cost_usd > 0:
+            if a.kind != AttemptKind.PRIMARY or a.cost_usd > 0:
                 provider = cloud_provider(a.provider)
                 self._endpoints[a.endpoint] = (provider, a.region)
                 aattrs = {
@@ -642,9 +644,9 @@ class Telemetry:
                     "cloud.region": a.region,
                     "llm_multicloud.endpoint": a.endpoint,
                 }
-                if a.kind == "hedge":
+                if a.kind == AttemptKind.HEDGE:
                     inst.hedges.add(1, {**aattrs, "llm_multicloud.attempt.outcome": a.outcome})
-                elif a.kind == "retry":
+                elif a.kind == AttemptKind.RETRY:
                     inst.failovers.add(1, {**aattrs, "llm_multicloud.attempt.outcome": a.outcome})
                 if a.cost_usd > 0:
                     inst.cost.add(a.cost_usd, {**aattrs, "llm_multicloud.cost_estimated": a.cost_estimated})
