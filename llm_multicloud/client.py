@@ -32,7 +32,7 @@ from .catalog import Catalog, CatalogSource
 from .context import UNCONSTRAINED, Constraints
 from .errors import CatalogError, readable_status_errors
 from .executor import AttemptRecord, Executor, RequestRecord, Result
-from .health import Health, Transition
+from .health import AdmissionPolicy, Breaker, Health, Transition
 from .intent import Intent
 from .live import CatalogUpdate, Operations
 from .policy import Policy
@@ -74,7 +74,10 @@ class MultiCloud:
 
     ``on_attempt`` hooks receive one :class:`AttemptRecord` per attempt (audit: where
     each request's data went); ``on_transition`` hooks receive breaker/cooldown
-    transitions. Use as a context manager, or call :meth:`close` / :meth:`aclose`.
+    transitions. ``breaker`` and ``admission`` replace the circuit breaker's rules
+    (:class:`~llm_multicloud.health.Breaker`) and the admission policy
+    (:class:`~llm_multicloud.health.Admission`: half-open permits, concurrency) from
+    code. Use as a context manager, or call :meth:`close` / :meth:`aclose`.
     """
 
     def __init__(
@@ -89,6 +92,8 @@ class MultiCloud:
         http_options: Mapping[str, Any] | None = None,
         watch: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        breaker: Breaker | None = None,
+        admission: AdmissionPolicy | None = None,
     ) -> None:
         self.catalog = Catalog.load(catalog)
         #: Passed to the HTTP library's transport for every endpoint connection:
@@ -98,7 +103,7 @@ class MultiCloud:
         self.policy = self.catalog.policy(policy)
         self.clock = clock
         self.router = Router(self.catalog, self.policy)
-        self.health = Health(self.catalog, self.policy, clock=clock)
+        self.health = Health(self.catalog, self.policy, clock=clock, breaker=breaker, admission=admission)
         self.hooks: list[Callable[[AttemptRecord], None]] = [on_attempt] if on_attempt else []
         self.request_hooks: list[Callable[[RequestRecord], None]] = [on_request] if on_request else []
         if on_transition:
