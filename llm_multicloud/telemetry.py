@@ -666,19 +666,16 @@ def _request_error_type(rec: RequestRecord) -> str:
 
 
 def _attempt_error_type(a: AttemptRecord) -> str:
-    """``error.type`` of a failed attempt: its HTTP status (``"503"``, ``"429"``),
-    ``timeout`` (no first token in time), the transport error kind (``connect``,
-    ``read``, ``protocol``, ...), or ``stream_interrupted``."""
-    if a.outcome == "interrupted":
-        return "stream_interrupted"
+    """``error.type`` of a failed attempt, as the engine recorded it where the failure
+    happened (``AttemptRecord.error_type``): its HTTP status (``"503"``, ``"429"``), or an
+    :class:`~llm_multicloud.vocabulary.ErrorType` — ``timeout`` (no first token in time),
+    the transport error kind (``connect``, ``read``, ``protocol``...), ``credential``,
+    ``local``, ``redirect``, ``stream_interrupted``. Never parsed out of the reason text;
+    ``_OTHER`` (the semantic conventions' fallback) when the engine gave none."""
+    if a.error_type is not None:
+        return a.error_type
     if a.status is not None and a.status >= 400:
         return str(a.status)
-    reason = a.reason or ""
-    if reason.startswith("no first token"):
-        return "timeout"
-    kind, sep, _ = reason.partition(" error:")
-    if sep and kind and " " not in kind:
-        return kind
     return "_OTHER"
 
 
