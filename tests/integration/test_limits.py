@@ -126,7 +126,9 @@ def test_reservations_settle_exactly_for_complete_early_broken_and_cancelled_str
             # complete: the usage the server reported (4 prompt + 20 completion)
             list(client.chat.completions.create(model=MODEL, messages=MSG, max_tokens=20, stream=True))
             check(24)
-            # ended early by the caller after 3 content chunks
+            # ended early by the caller after 3 content chunks (only keep-alives follow
+            # them: no 4th chunk can reach the caller's HTTP library before it closes)
+            fleet.set_fault("a", mode="keepalive_only", after_chunks=3, interval_ms=50)
             with client.chat.completions.create(model=MODEL, messages=MSG, max_tokens=20, stream=True) as s:
                 got = 0
                 for c in s:
