@@ -8,8 +8,10 @@ own admission rules — half-open permits, concurrency — are health's):
 1. the endpoint is still live (not drained, removed or redefined by a catalog update);
 2. a resumed stream does not go back to the endpoint that broke, nor to one that
    cannot continue a partial answer;
-3. it is usable now (not cooled down by a 429 of its quota domain, not ejected
-   during this request unless the plan re-admitted it);
+3. it is usable now — :func:`~llm_multicloud.health.unusable_now`, the one predicate
+   the router's plan was made with: not cooled down by a 429 of its quota domain, not
+   ejected during this request unless the plan re-admitted it, the model not gone
+   from its listing, its credential not unavailable;
 4. **residency, the second lock**: the endpoint complies with the request's
    constraint (the router already filtered; a violation here is a bug, refused with
    an error, never sent);
@@ -27,9 +29,10 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import RoutingError
+from ..health import unusable_now
 from ..limits import estimate_tokens
 from ..router import complies
-from ..vocabulary import BreakerState
+from ..vocabulary import BreakerState, ExclusionKind
 
 if TYPE_CHECKING:
     from ..catalog import Endpoint
@@ -87,10 +90,11 @@ class Placement:
             intent.resume_prefix is not None and self._resume_style(c.endpoint) == "none"
         ):
             return False  # resuming: not the endpoint that broke, and one that can continue
-        if st.quota.until > now:
-            return False  # cooled down during this request (e.g. its quota domain got a 429)
-        # ejected during this request (unless the plan re-admitted it)
-        return not (st.breaker == "open" and st.open_until > now and not c.readmitted)
+        # Usable now (health's one predicate): it may have cooled down (its quota domain
+        # got a 429), been ejected (unless the plan re-admitted it), lost the model or its
+        # credential since the plan was made.
+        why = unusable_now(st, intent.model, now)
+        return why is None or (why == ExclusionKind.EJECTED and c.readmitted)
 
     @staticmethod
     def give_back(got: Placed) -> None:
