@@ -12,4 +12,6 @@ BENCHMARKS = (
     "b4_hedging",
     "b5_outage",
     "b6_import",
+    "b7_affinity",
+    "b8_limits",
 )

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,22 +64,27 @@ class Bucket:
     __slots__ = (
         "_lock",
         "at",
+        "borrowed_req",
+        "borrowed_tok",
         "cap_req",
         "cap_tok",
         "granted_req",
         "granted_tok",
         "headroom",
+        "largest",
         "leased",
         "level_req",
         "level_tok",
         "limits",
         "name",
+        "on_starved",
         "rate_req",
         "rate_tok",
         "requests",
         "reserved_tok",
         "settled_tok",
         "share",
+        "shared",
         "skipped",
         "waits",
     )
@@ -105,6 +111,15 @@ class Bucket:
         # leases granted (shared state): consumed since the last round
         self.granted_req = 0.0
         self.granted_tok = 0.0
+        #: shared mode: refilled locally (before the first lease, or while Redis was
+        #: unreachable) and owed to the shared bucket, paid back from the next lease
+        self.borrowed_req = 0.0
+        self.borrowed_tok = 0.0
+        self.shared = False
+        #: the largest reservation asked for (a lease is never smaller than one request)
+        self.largest = 0
+        #: called (outside the lock) when a leased bucket refuses a reservation
+        self.on_starved: Callable[[], None] | None = None
 
     def _rates(self) -> None:
         lim = self.limits
@@ -159,20 +174,26 @@ class Bucket:
     # -- reservations (the executor) -------------------------------------------------------
     def reserve(self, now: float, tokens: int) -> bool:
         """Take one request and ``tokens`` if they fit (atomic); False: skip this endpoint."""
+        starved = None
         with self._lock:
             self._refill(now)
-            if not (self.level_req >= min(1.0, self.cap_req) and self.level_tok >= min(float(tokens), self.cap_tok)):
+            self.largest = max(self.largest, tokens)
+            ok = self.level_req >= min(1.0, self.cap_req) and self.level_tok >= min(float(tokens), self.cap_tok)
+            if ok:
+                if self.limits.rpm is not None:
+                    self.level_req -= 1.0
+                    self.granted_req += 1.0
+                if self.limits.tpm is not None:
+                    self.level_tok -= tokens
+                    self.granted_tok += tokens
+                self.reserved_tok += tokens
+                self.requests += 1
+            else:
                 self.skipped += 1
-                return False
-            if self.limits.rpm is not None:
-                self.level_req -= 1.0
-                self.granted_req += 1.0
-            if self.limits.tpm is not None:
-                self.level_tok -= tokens
-                self.granted_tok += tokens
-            self.reserved_tok += tokens
-            self.requests += 1
-            return True
+                starved = self.on_starved if self.leased else None
+        if starved is not None:
+            starved()  # the shared-state loop fetches a lease now, not next period
+        return ok
 
     def settle(self, reserved: int, used: int, *, refund_request: bool = False) -> None:
         """An attempt ended: it used ``used`` tokens of the ``reserved`` ones. The
@@ -190,7 +211,11 @@ class Bucket:
 
     def _refill(self, now: float) -> None:
         if not self.leased:
-            self.level_req, self.level_tok = self._levels(now)
+            r, t = self._levels(now)
+            if self.shared:
+                self.borrowed_req += max(r - self.level_req, 0.0)
+                self.borrowed_tok += max(t - self.level_tok, 0.0)
+            self.level_req, self.level_tok = r, t
         self.at = max(self.at, now)
 
     # -- shared state -------------------------------------------------------------------
@@ -204,6 +229,45 @@ class Bucket:
                 self._rates()
                 self.level_req = min(self.level_req, self.cap_req)
                 self.level_tok = min(self.level_tok, self.cap_tok)
+
+    def start_empty(self, now: float) -> None:
+        """Shared mode, before the first lease: empty, refilling at the full rate, so
+        that replicas starting together do not each burst the whole quota."""
+        with self._lock:
+            self.leased = False
+            self.shared = True
+            self.at = now
+            self.level_req = 0.0 if self.limits.rpm is not None else self.cap_req
+            self.level_tok = 0.0 if self.limits.tpm is not None else self.cap_tok
+
+    def take_borrowed(self, now: float) -> tuple[float, float]:
+        """What was refilled locally since the last lease (owed to the shared bucket)."""
+        with self._lock:
+            self._refill(now)
+            r, t = self.borrowed_req, self.borrowed_tok
+            self.borrowed_req = self.borrowed_tok = 0.0
+            return r, t
+
+    def give_back_borrowed(self, requests: float, tokens: float) -> None:
+        """A round failed: the debt stays owed."""
+        with self._lock:
+            self.borrowed_req += requests
+            self.borrowed_tok += tokens
+
+    def lease(self, requests: float, tokens: float, share: float) -> None:
+        """Credit a grant from the shared bucket (negative: what was given back, or a
+        debt paid). While leased the bucket does not refill by itself; ``share``
+        (1 / live replicas) is what :meth:`ready_at` expects to be granted per second."""
+        with self._lock:
+            self._refill(self.at)
+            self.leased = True
+            if share != self.share:
+                self.share = share
+                self._rates()
+            if self.limits.rpm is not None:
+                self.level_req += requests
+            if self.limits.tpm is not None:
+                self.level_tok += tokens
 
     def take_usage(self) -> tuple[float, float]:
         """What this replica consumed since the last call (requests, tokens): the

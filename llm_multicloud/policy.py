@@ -148,13 +148,16 @@ class AffinityPolicy(_Strict):
     #: ...when that prefix is long enough for a cache to matter (estimated tokens).
     prefix_min_tokens: int = Field(256, ge=0)
     #: The pin is eligible while its predicted TTFT is within ``slack`` (a fraction)
-    #: plus ``slack_ms`` of the strategy's first choice...
-    slack: float = Field(0.5, ge=0.0)
-    slack_ms: float = Field(50.0, ge=0.0)
+    #: plus ``slack_ms`` of the strategy's first choice. Wide on purpose: one cache
+    #: miss (a long prefill) lifts an endpoint's TTFT estimate several-fold, and a pin
+    #: that moved for that would miss again; a region on another continent, or a
+    #: degraded one, is still far outside...
+    slack: float = Field(1.0, ge=0.0)
+    slack_ms: float = Field(250.0, ge=0.0)
     #: ...its expected cost within ``cost_slack`` of the first choice's...
     cost_slack: float = Field(0.25, ge=0.0)
-    #: ...and its load-adjusted score (TTFT × (1 + in-flight + queue)) at most
-    #: ``overload`` times the first choice's: past that it counts as overloaded.
+    #: ...and its load factor (1 + in-flight + queue depth) at most ``overload`` times
+    #: the first choice's plus one: past that it counts as overloaded.
     overload: float = Field(3.0, ge=1.0)
 
 

@@ -513,12 +513,14 @@ class Router:
         inf = math.inf
         lead_cost = inf if lead.cost_usd is None else lead.cost_usd
         lat_lim = lead.predicted_ms * (1.0 + a.slack) + a.slack_ms
-        load_lim = lead.score * a.overload + a.slack_ms
+        # Load is compared apart from latency (score = TTFT x load factor): a pin whose
+        # TTFT estimate peaked on one cache miss is not "overloaded".
+        load_lim = (lead.score / lead.predicted_ms if lead.predicted_ms > 0 else 1.0) * a.overload + 1.0
         cost_lim = lead_cost * (1.0 + a.cost_slack) + 1e-12
         window: list[tuple[float, float, Endpoint]] = []
         for item in zip(scores, preds, eps, strict=True):
             sc, pr, ep = item
-            if pr > lat_lim or sc > load_lim:
+            if pr > lat_lim or (pr > 0 and sc / pr > load_lim):
                 continue
             if ep.price is not None:
                 if (input_tokens * ep.price[0] + out_tokens * ep.price[1]) / 1e6 > cost_lim:

@@ -75,6 +75,7 @@ from urllib.parse import unquote, urlsplit
 import anyio
 
 from .errors import redact
+from .shared_limits import LEASE, SharedLimits
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -194,6 +195,17 @@ class SharedState:
         self._versions: dict[str, str] = {}
         self._mismatch_logged: frozenset[tuple[str, str]] = frozenset()
         mc.ops.listeners.append(self._on_catalog)
+        #: capacity buckets shared as leases (see shared_limits.py)
+        self._asks: list[Any] = []
+        self._limits: SharedLimits | None = SharedLimits(
+            lambda: mc.health.buckets,
+            p,
+            self.policy.refresh_s,
+            mc.clock(),
+            replica=self.id,
+            live_s=self._ttl_ms / 1000.0,
+            on_starved=self._poke,
+        )
 
     def _bind(self) -> None:
         """Keys and indexes for the current catalog (again after a live catalog update).
@@ -352,6 +364,11 @@ class SharedState:
                         body = {"v": SCHEMA, "reason": self._reason(reason), "by": self.id, "at": int(w0 * 1000)}
                         pipe.hset(self._k_drains, eid, json.dumps(body, separators=(",", ":")))
                 pipe.hgetall(self._k_drains)
+                asks = self._limits.asks(self._replicas, now) if self._limits is not None else []
+                self._asks = asks
+                for ask in asks:
+                    assert self._limits is not None
+                    pipe.eval(LEASE, 1, ask.key, *self._limits.args(ask))
                 res: list[Any] = await pipe.execute(raise_on_error=False)
         t1 = mc.clock()
         w1 = time.time()
@@ -373,12 +390,16 @@ class SharedState:
         if prune and not isinstance(res[i - 1], Exception):
             self._prune.difference_update(prune)
         ejects, cools, replicas = res[i], res[i + 1], res[i + 2]
-        drains = res[-1]
-        if not any(isinstance(r, Exception) for r in res[len(res) - 1 - len(drain_ops) : -1]):
+        d = i + 3 + len(drain_ops)  # the drains hash, after this replica's drain writes
+        drains = res[d]
+        if not any(isinstance(r, Exception) for r in res[i + 3 : d]):
             with self._drain_lock:  # published: forget them, unless changed meanwhile
                 for eid, reason in drain_ops.items():
                     if eid in self._drain_ops and self._drain_ops[eid] == reason:
                         del self._drain_ops[eid]
+        if self._limits is not None:
+            self._limits.merge(asks, res[d + 1 :], t1)
+            self._asks = []
         self._merging = True
         try:
             if not isinstance(ejects, Exception):
@@ -721,6 +742,9 @@ class SharedState:
         self._last_error_at = round(time.time(), 3)
         self.failed_rounds += 1
         self._drop_remote_inflight()
+        if self._limits is not None:
+            self._limits.failed(self.mc.clock(), self._asks)
+        self._asks = []
         if self._ok is not False:
             log.log(
                 level,

@@ -130,6 +130,25 @@ def _check_b6(r: dict[str, Any]) -> None:
     assert ("skipped" not in res["import_litellm"]) == WITH_LITELLM
 
 
+def _check_b7(r: dict[str, Any]) -> None:
+    rows = r["results"]
+    assert {"no_affinity", "affinity", "session"} <= set(rows)
+    assert ("litellm" in rows) == WITH_LITELLM
+    for x in rows.values():
+        assert x["requests"] > 0 and x["failed"] == 0
+        assert 0 <= x["cache_hit_rate"] <= 1 and 0 < x["ideal_hit_rate"] <= 1
+        assert x["residency_compliance"] == 1.0
+        assert _positive(x["ttft_ms"]["p50"]) and _positive(x["cost_usd"])
+
+
+def _check_b8(r: dict[str, Any]) -> None:
+    rows = r["results"]
+    assert {"blind", "local"} <= set(rows)
+    for x in rows.values():
+        assert x["upstream_requests"] > 0 and x["upstream_429"] >= 0
+        assert _positive(x["tokens_possible"]) and _finite(x["capacity_used"])
+
+
 CHECKS = {
     "b1_routing": _check_b1,
     "b2_overhead": _check_b2,
@@ -137,6 +156,8 @@ CHECKS = {
     "b4_hedging": _check_b4,
     "b5_outage": _check_b5,
     "b6_import": _check_b6,
+    "b7_affinity": _check_b7,
+    "b8_limits": _check_b8,
 }
 
 

@@ -258,6 +258,7 @@ class Executor:
         wait if one comes back before the deadline (True: plan again), else stop."""
         if plan.wait_until is None or plan.wait_until + 0.001 >= r.deadline or r.attempts_left <= 0:
             return False
+        _ask_for_capacity(plan, self.view[1])
         await anyio.sleep(max(plan.wait_until - self.clock(), 0.0) + 0.001)
         return True
 
@@ -359,3 +360,12 @@ class Executor:
 def _constraint_text(plan: Plan) -> str:
     c = plan.constraints
     return f"residency {c.residency_label}" if c.residency is not None else "no residency constraint"
+
+
+def _ask_for_capacity(plan: Plan, states: tuple[EndpointState, ...]) -> None:
+    """A request waits for capacity: leased buckets (shared state) ask for a lease now."""
+    for x in plan.excluded:
+        if x.kind == "limited":
+            b = states[x.endpoint.index].bucket
+            if b is not None and b.leased and b.on_starved is not None:
+                b.on_starved()

@@ -7,6 +7,7 @@ MultiCloud from ``{"catalog": ..., "policy": ...}`` (backend redis), wraps a rea
 ``openai.OpenAI`` client and starts the shared-state loop at once (what the first
 request would do); ``reset`` closes it. Then:
 
+* ``load``: ``concurrency`` threads sending chat requests for ``duration_s``;
 * ``send``: ``n`` chat requests (``headers``, ``interval_s``) → endpoints served, errors;
 * ``hold`` / ``release``: open ``n`` streams and keep them open after the first
   content chunk (in flight) / close them;
@@ -80,6 +81,8 @@ class Replica:
                 if cmd.get("interval_s"):
                     time.sleep(float(cmd["interval_s"]))
             return {"served": served, "errors": errors}
+        if op == "load":
+            return self._load(cmd)
         if op == "hold":
             served = []
             for _ in range(int(cmd.get("n", 1))):
@@ -130,6 +133,38 @@ class Replica:
                     return {"ok": False, "entry": eps[cmd["endpoint"]]}
                 time.sleep(0.005)
         raise ValueError(f"unknown command {op!r}")
+
+    def _load(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """``concurrency`` threads send chat requests for ``duration_s``: counts, tokens."""
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        until = time.monotonic() + float(cmd["duration_s"])
+        out: dict[str, Any] = {"ok": 0, "errors": 0, "tokens": 0, "first_errors": []}
+        lock = threading.Lock()
+
+        def worker(w: int) -> None:
+            i = 0
+            while time.monotonic() < until:
+                i += 1
+                try:
+                    r = self.client.chat.completions.create(
+                        model=MODEL, messages=[{"role": "user", "content": f"w{w} q{i}"}], max_tokens=cmd["max_tokens"]
+                    )
+                    with lock:
+                        out["ok"] += 1
+                        out["tokens"] += r.usage.total_tokens if r.usage else 0
+                except Exception as exc:
+                    with lock:
+                        out["errors"] += 1
+                        if len(out["first_errors"]) < 3:
+                            out["first_errors"].append(f"{type(exc).__name__}: {exc}")
+
+        with ThreadPoolExecutor(int(cmd["concurrency"])) as pool:
+            list(pool.map(worker, range(int(cmd["concurrency"]))))
+        out["shared_state"] = self.mc.snapshot()["shared_state"]
+        out["limits"] = self.mc.snapshot()["limits"]
+        return out
 
     def close(self) -> None:
         for s in self.held:

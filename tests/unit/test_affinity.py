@@ -95,9 +95,9 @@ def test_the_pin_moves_when_ejected_cooling_or_overloaded_and_comes_back() -> No
     st.quota.until = NOW + 5
     assert ids(s.plan(affinity=k))[0] == second
     st.quota.until = 0.0
-    st.inflight = 2  # busy, not overloaded: (1 + 2) x 100 ms is within 3 x the best
+    st.inflight = 3  # busy, not overloaded: a load factor of 4 is within 3 x 1 + 1
     assert ids(s.plan(affinity=k))[0] == pin
-    st.inflight = 6  # overloaded
+    st.inflight = 4  # overloaded
     assert ids(s.plan(affinity=k))[0] == second
 
 
@@ -105,10 +105,10 @@ def test_affinity_never_bridges_a_large_latency_or_cost_gap() -> None:
     s = four()
     k = key("gap")
     pin = ids(s.plan(affinity=k))[0]
-    s.measured(pin, 400)  # far outside 1.5 x 100 ms + 50 ms
+    s.measured(pin, 600)  # far outside 2 x 100 ms + 250 ms
     plan = s.plan(affinity=k)
     assert plan.candidates[0].endpoint.id != pin
-    s.measured(pin, 160)  # within the slack
+    s.measured(pin, 400)  # within the slack
     assert ids(s.plan(affinity=k))[0] == pin
     # cost: a pin twice the price of the cheapest is out under strategy cost
     c = Setup(

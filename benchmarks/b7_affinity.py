@@ -1,0 +1,338 @@
+"""B7 — multi-turn conversations over a fleet with prefix caching, with and without affinity.
+
+Four regions (three in the EU, one in the US) in a separate process, each with a
+simulated prefix cache: a prompt token the region has not seen in this
+conversation's leading messages costs ``PREFILL_MS`` of prefill before the first
+token (TTFT 10 ms otherwise); cached input is billed at a tenth of the input price.
+Every conversation has its own context document (~``CONTEXT_WORDS`` words, like a
+RAG or agent session) and runs ``TURNS`` turns, each resending the whole history
+(streamed, TTFT to the first content chunk), ``CONCURRENCY`` conversations at once,
+all with residency EU. Variants:
+
+* ``no_affinity`` — llm_multicloud, ``affinity.enabled: false`` (per-request power
+  of two choices among the near-equal EU endpoints);
+* ``affinity`` — llm_multicloud's default policy: the prompt's stable prefix is the
+  affinity key, no code change;
+* ``session`` — the same with an explicit ``x-llm-multicloud-session`` header;
+* ``litellm`` — LiteLLM's Router over the three EU deployments (residency has to be
+  done by hand: LiteLLM has no residency), ``simple-shuffle`` with
+  ``optional_pre_call_checks=["prompt_caching"]``, its prompt-cache-aware routing.
+
+Measured per variant: cache-hit rate (share of prompt tokens the fleet reported as
+cached) against the ideal (every turn after the first hits all but its last two
+messages), p50/p99 TTFT, cost (USD from usage × pricing, cached tokens at the cached
+price), residency compliance (share of requests served in the EU).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from . import common
+
+NAME = "b7_affinity"
+TITLE = "B7 — multi-turn conversations with prefix caching: affinity vs none vs LiteLLM"
+TTFT_MS = 10.0
+PREFILL_MS = 0.2
+CONTEXT_WORDS = 800
+PRICE_IN, PRICE_OUT, PRICE_CACHED = 1.0, 2.0, 0.1  # USD per Mtok
+BAR_HIT_OF_IDEAL = 0.9
+BAR_P50_RATIO = 2.0
+WHERE = (("aws", "eu-central-1"), ("gcp", "europe-west4"), ("azure", "westeurope"), ("aws", "us-east-1"))
+EU = {"r0", "r1", "r2"}
+
+
+def _words(n: int, rng: random.Random) -> str:
+    return " ".join(f"w{rng.randrange(100000)}" for _ in range(n))
+
+
+def _conversations(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [f"Context document {i}: " + _words(CONTEXT_WORDS, rng) for i in range(n)]
+
+
+def run(*, quick: bool = False, out_dir: str | Path | None = None, litellm: bool | None = None) -> dict[str, Any]:
+    """B7: cache-hit rate, p50/p99 TTFT and cost of multi-turn conversations, with and without affinity."""
+    t_start = time.monotonic()
+    import openai
+
+    import llm_multicloud as lmc
+    from llm_multicloud.fleet import Latency, PrefixCache, RegionSpec, start_fleet_process
+
+    out = common.out_dir_for(quick, out_dir)
+    use_litellm, why_not = common.want_litellm(litellm)
+    n_conv = 6 if quick else 24
+    turns = 4 if quick else 10
+    concurrency = 6 if quick else 12
+    # A cache holds half of what the active conversations need (prefixes: two per turn),
+    # as a GPU's KV cache holds a share of a busy fleet's sessions: with affinity an
+    # endpoint needs a third of them, scattered it needs them all.
+    max_entries = concurrency * 2 * turns // 2
+    pricing = {"input_per_mtok": PRICE_IN, "output_per_mtok": PRICE_OUT, "cached_input_per_mtok": PRICE_CACHED}
+    specs = [
+        RegionSpec(
+            id=f"r{i}",
+            provider=p,
+            region=r,
+            models={common.MODEL: common.SERVED},
+            api_key=f"sk-bench-r{i}",
+            latency=Latency(ttft_ms=TTFT_MS, ttft_jitter=0.1),
+            prefix_cache=PrefixCache(prefill_ms_per_token=PREFILL_MS, max_entries=max_entries),
+            pricing=pricing,
+            seed=i,
+        )
+        for i, (p, r) in enumerate(WHERE)
+    ]
+    fleet = start_fleet_process(specs)
+    variants = ["no_affinity", "affinity", "session"] + (["litellm"] if use_litellm else [])
+    data: dict[str, dict[str, Any]] = {
+        v: {"ttft": [], "prompt": 0, "cached": 0, "ideal": 0, "cost": 0.0, "eu": 0, "n": 0, "failed": 0, "errors": []}
+        for v in variants
+    }
+    try:
+        # Probes on (as in production): every endpoint has an RTT baseline, so the
+        # router sees them as near-equal rather than unknown.
+        base = {"probe": {"enabled": True, "interval_s": 0.5}, "hedge": {"enabled": False}}
+        mcs = {
+            "no_affinity": lmc.MultiCloud(fleet.catalog(), {**base, "affinity": {"enabled": False}}),
+            "affinity": lmc.MultiCloud(fleet.catalog(), base),
+            "session": lmc.MultiCloud(fleet.catalog(), base),
+        }
+        router = None
+        if use_litellm:
+            ll = common.load_litellm()
+            router = ll.Router(
+                model_list=common.litellm_deployments(fleet, sorted(EU)),
+                routing_strategy="simple-shuffle",
+                optional_pre_call_checks=["prompt_caching"],
+            )
+
+        async def main() -> None:
+            clients = {v: mc.wrap(openai.AsyncOpenAI(api_key=common.PLACEHOLDER_KEY)) for v, mc in mcs.items()}
+
+            async def converse(v: str, ci: int, context: str) -> None:
+                d = data[v]
+                history: list[dict[str, str]] = [{"role": "system", "content": context}]
+                headers = {"x-llm-multicloud-residency": "EU"}
+                if v == "session":
+                    headers["x-llm-multicloud-session"] = f"conversation-{ci}"
+                for turn in range(turns):
+                    history.append({"role": "user", "content": f"question {turn} about document {ci}"})
+                    t0 = time.perf_counter()
+                    first = None
+                    usage = None
+                    text: list[str] = []
+                    served = None
+                    try:
+                        if v == "litellm":
+                            assert router is not None
+                            stream = await router.acompletion(
+                                model=common.MODEL,
+                                messages=list(history),
+                                max_tokens=8,
+                                stream=True,
+                                stream_options={"include_usage": True},
+                            )
+                            async for chunk in stream:
+                                if chunk.choices and chunk.choices[0].delta.content:
+                                    first = first or time.perf_counter() - t0
+                                    text.append(chunk.choices[0].delta.content)
+                                if getattr(chunk, "usage", None):
+                                    usage = chunk.usage
+                            served = "eu"  # only EU deployments were given to it
+                        else:
+                            raw = await clients[v].chat.completions.with_raw_response.create(
+                                model=common.MODEL,
+                                messages=list(history),  # type: ignore[arg-type]
+                                max_tokens=8,
+                                stream=True,
+                                stream_options={"include_usage": True},
+                                extra_headers=headers,
+                            )
+                            served = raw.headers.get("x-llm-multicloud-endpoint")
+                            parsed = raw.parse()
+                            stream = await parsed if inspect.isawaitable(parsed) else parsed
+                            async for chunk in stream:
+                                if chunk.choices and chunk.choices[0].delta.content:
+                                    first = first or time.perf_counter() - t0
+                                    text.append(chunk.choices[0].delta.content)
+                                if chunk.usage:
+                                    usage = chunk.usage
+                    except Exception as exc:
+                        d["failed"] += 1
+                        if len(d["errors"]) < 3:
+                            d["errors"].append(f"{type(exc).__name__}: {str(exc)[:160]}")
+                        history.pop()
+                        continue
+                    d["n"] += 1
+                    d["eu"] += served == "eu" or served in EU
+                    if first is not None:
+                        d["ttft"].append(first)
+                    if usage is not None:
+                        details = getattr(usage, "prompt_tokens_details", None)
+                        cached = (getattr(details, "cached_tokens", 0) or 0) if details else 0
+                        d["prompt"] += usage.prompt_tokens
+                        d["cached"] += cached
+                        d["cost"] += (
+                            (usage.prompt_tokens - cached) * PRICE_IN
+                            + cached * PRICE_CACHED
+                            + usage.completion_tokens * PRICE_OUT
+                        ) / 1e6
+                        if turn > 0:  # ideal: all but the last answer and the new question were seen
+                            d["ideal"] += usage.prompt_tokens - _last_two_words(history)
+                    history.append({"role": "assistant", "content": "".join(text)})
+
+            contexts = _conversations(n_conv, seed=7)
+            for v in variants:  # each variant its own conversations (fresh caches): contexts per variant
+                sem = asyncio.Semaphore(concurrency)
+                salt = f"[{v}] "
+
+                async def one(ci: int, ctx: str, v: str = v, sem: asyncio.Semaphore = sem, salt: str = salt) -> None:
+                    async with sem:
+                        await converse(v, ci, salt + ctx)
+
+                await asyncio.gather(*(one(ci, ctx) for ci, ctx in enumerate(contexts)))
+            for c in clients.values():
+                await c.close()
+
+        asyncio.run(main())
+        for mc in mcs.values():
+            mc.close()
+    finally:
+        fleet.stop()
+
+    rows: dict[str, Any] = {}
+    for v, d in data.items():
+        s = common.summarize(d["ttft"], scale=1e3)
+        hit = d["cached"] / d["prompt"] if d["prompt"] else None
+        ideal = d["ideal"] / d["prompt"] if d["prompt"] else None
+        rows[v] = {
+            "requests": d["n"] + d["failed"],
+            "failed": d["failed"],
+            "errors": d["errors"],
+            "cache_hit_rate": hit,
+            "ideal_hit_rate": ideal,
+            "hit_of_ideal": None if hit is None or not ideal else hit / ideal,
+            "ttft_ms": {k: s.get(k) for k in ("p50", "p90", "p99", "mean")},
+            "cost_usd": d["cost"],
+            "residency_compliance": d["eu"] / d["n"] if d["n"] else None,
+        }
+    off = rows["no_affinity"]
+    bars = []
+    for v in ("affinity", "session"):
+        r = rows[v]
+        ratio = common.ratio(off["ttft_ms"]["p50"], r["ttft_ms"]["p50"])
+        bars += [
+            common.bar(
+                f"B7 ({v}): cache-hit rate / ideal",
+                f"≥ {BAR_HIT_OF_IDEAL:.0%}",
+                None if r["hit_of_ideal"] is None else r["hit_of_ideal"] * 100,
+                None if r["hit_of_ideal"] is None else r["hit_of_ideal"] >= BAR_HIT_OF_IDEAL,
+                f"hit {common.fmt(r['cache_hit_rate'])} vs ideal {common.fmt(r['ideal_hit_rate'])}; "
+                f"without affinity {common.fmt(off['cache_hit_rate'])}",
+            ),
+            common.bar(
+                f"B7 ({v}): p50 TTFT without / with affinity",
+                f"≥ {BAR_P50_RATIO:g}×",
+                ratio,
+                None if ratio is None else ratio >= BAR_P50_RATIO,
+                f"p50 {common.fmt(off['ttft_ms']['p50'])} ms → {common.fmt(r['ttft_ms']['p50'])} ms; residency "
+                f"compliance {common.fmt(off['residency_compliance'])} vs {common.fmt(r['residency_compliance'])}",
+            ),
+        ]
+    if not use_litellm:
+        bars.append(common.bar("LiteLLM alongside", "—", None, None, why_not or ""))
+    result: dict[str, Any] = {
+        "name": NAME,
+        "title": TITLE,
+        "quick": quick,
+        "params": {
+            "fleet": f"4 regions (3 EU, 1 US) in a separate process; ttft {TTFT_MS:g} ms, prefix cache "
+            f"{PREFILL_MS:g} ms per uncached prompt token; pricing in/out/cached {PRICE_IN}/{PRICE_OUT}/{PRICE_CACHED} "
+            "USD per Mtok",
+            "conversations": n_conv,
+            "turns": turns,
+            "context_words": CONTEXT_WORDS,
+            "concurrency": concurrency,
+            "prefix_cache_entries": max_entries,
+            "residency": "EU",
+            "litellm": "simple-shuffle over the 3 EU deployments, optional_pre_call_checks=['prompt_caching']"
+            if use_litellm
+            else why_not,
+        },
+        "results": rows,
+        "bars": bars,
+        "plots": [],
+    }
+    plt = common.pyplot()
+    if plt is not None:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5))
+        names = list(rows)
+        a1.bar(names, [(rows[v]["cache_hit_rate"] or 0) * 100 for v in names])
+        a1.axhline((rows["affinity"]["ideal_hit_rate"] or 0) * 100, color="grey", linestyle=":", label="ideal")
+        a1.set_ylabel("prompt tokens cached (%)")
+        a1.set_title("cache-hit rate")
+        a1.legend(fontsize=8)
+        for v, d in data.items():
+            xs = sorted(x * 1e3 for x in d["ttft"])
+            if xs:
+                a2.plot(xs, [(i + 1) / len(xs) for i in range(len(xs))], label=v, drawstyle="steps-post")
+        a2.set_xscale("log")
+        a2.set_xlabel("TTFT (ms)")
+        a2.set_ylabel("CDF")
+        a2.set_title("TTFT")
+        a2.grid(True, which="both", alpha=0.3)
+        a2.legend(fontsize=8)
+        fig.suptitle(f"B7 affinity: {n_conv} conversations × {turns} turns, prefix cache {PREFILL_MS:g} ms/token")
+        common.save_plot(fig, out, "b7_affinity.png", result)
+    return common.finish(result, t_start)
+
+
+def _last_two_words(history: list[dict[str, str]]) -> int:
+    """Prompt tokens (fleet: words) of the last assistant answer and the new question."""
+    return sum(len(m["content"].split()) for m in history[-2:])
+
+
+def markdown(res: dict[str, Any]) -> str:
+    rows = []
+    for v, r in res["results"].items():
+        t = r["ttft_ms"]
+        rows.append(
+            (
+                v,
+                r["requests"],
+                r["failed"],
+                "n/a" if r["cache_hit_rate"] is None else f"{r['cache_hit_rate'] * 100:.1f} %",
+                "n/a" if r["hit_of_ideal"] is None else f"{r['hit_of_ideal'] * 100:.0f} %",
+                t.get("p50"),
+                t.get("p99"),
+                f"{r['cost_usd']:.6f}",
+                "n/a" if r["residency_compliance"] is None else f"{r['residency_compliance'] * 100:.0f} %",
+            )
+        )
+    lines = [
+        f"### {res['title']}",
+        "",
+        common.md_table(
+            ["variant", "requests", "failed", "cache hit", "of ideal", "p50 TTFT ms", "p99 TTFT ms", "cost USD", "EU"],
+            rows,
+        ),
+    ]
+    errs = [(v, r["errors"][0]) for v, r in res["results"].items() if r["errors"]]
+    if errs:
+        lines += ["", "First error per variant: " + "; ".join(f"{v}: `{e}`" for v, e in errs)]
+    lines += ["", common.bars_table(res["bars"])]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    return common.main_for(NAME, run, markdown)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

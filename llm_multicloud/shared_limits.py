@@ -1,0 +1,224 @@
+"""Capacity limits shared across app replicas: one bucket per quota domain in Redis,
+handed out to the replicas as *leases*.
+
+Why leases: the hot path must never wait for Redis, yet N replicas must together
+stay under one quota. So each replica's local :class:`~llm_multicloud.limits.Bucket`
+stops refilling by itself and is fed instead by grants from the shared bucket, taken
+in the background by :class:`~llm_multicloud.shared.SharedState`'s round: a request
+only ever touches local memory. Each round, per quota domain, one Lua script on one
+key (so it is atomic, and on Redis Cluster it stays in one slot — the key carries
+the hash tag ``{...}``):
+
+* refills the shared bucket on the Redis server's clock (``TIME``: no clock skew
+  between replica hosts), capped at ``burst_s`` of the limit;
+* returns what this replica holds beyond its target (a negative want), and grants
+  what it asks for up to what the bucket has;
+* answers the grant and the bucket's level.
+
+A replica's *target* is its fair share of two refresh periods of the limit (split
+by the live replicas) plus twice what it consumed in the last period, capped at two
+periods of the whole limit: a busy replica gets more, an idle one holds little. A
+request that finds the local lease spent wakes the round at once (never faster
+than every 20 ms), so a saturated replica asks as often as it needs.
+
+**Redis unreachable**: the bucket goes back to refilling itself at ``1 / replicas``
+of the limit (the last number of live replicas seen), from what it holds: together
+the replicas stay under the quota without Redis; at the first good round it is
+leased again. At start (before any round) a shared bucket is *empty* and refills at
+the full rate, so replicas starting together do not each burst the whole quota.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .limits import Bucket
+
+#: KEYS[1]: the bucket, a hash: ``r``/``t`` (the shared level), ``at`` (ms, Redis clock)
+#: and ``h:<replica>`` = "requests,tokens,at" that each replica holds in leases. ARGV:
+#: rate_r, cap_r, rate_t, cap_t (per ms / absolute; 0 = no such limit), want_r,
+#: want_t (negative: give back), ttl ms, replica id, held_r, held_t (what this replica
+#: holds now), live ms (a replica silent longer holds nothing). The level refills
+#: only up to the capacity minus what the live replicas hold, so leases sitting in
+#: replicas never add to the burst. Returns {granted_r, granted_t, level_r, level_t}
+#: as strings (Lua numbers would be cut to integers).
+LEASE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local rr, cr = tonumber(ARGV[1]), tonumber(ARGV[2])
+local rt, ct = tonumber(ARGV[3]), tonumber(ARGV[4])
+local wr, wt = tonumber(ARGV[5]), tonumber(ARGV[6])
+local me, mr, mt = 'h:' .. ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
+local live = tonumber(ARGV[11])
+local lr, lt, at
+local hr, ht = mr, mt
+local kv = redis.call('HGETALL', KEYS[1])
+for i = 1, #kv, 2 do
+  local k, v = kv[i], kv[i + 1]
+  if k == 'r' then lr = tonumber(v)
+  elseif k == 't' then lt = tonumber(v)
+  elseif k == 'at' then at = tonumber(v)
+  elseif k ~= me and string.sub(k, 1, 2) == 'h:' then
+    local a, b, c = string.match(v, '^([^,]+),([^,]+),([^,]+)$')
+    a, b, c = tonumber(a), tonumber(b), tonumber(c)
+    if a and b and c and now - c <= live then
+      hr = hr + a
+      ht = ht + b
+    else
+      redis.call('HDEL', KEYS[1], k)
+    end
+  end
+end
+if lr == nil then lr = cr - hr end
+if lt == nil then lt = ct - ht end
+at = at or now
+local dt = now - at
+if dt < 0 then dt = 0 end
+lr = math.min(cr - hr, lr + dt * rr)
+lt = math.min(ct - ht, lt + dt * rt)
+local function grant(want, level)
+  if want <= 0 then return want end
+  return math.max(math.min(want, level), 0)
+end
+local gr = grant(wr, lr)
+local gt = grant(wt, lt)
+lr = lr - gr
+lt = lt - gt
+redis.call('HSET', KEYS[1], 'r', string.format('%.6f', lr), 't', string.format('%.6f', lt),
+           'at', string.format('%.3f', now),
+           me, string.format('%.6f,%.6f,%.3f', math.max(mr + gr, 0), math.max(mt + gt, 0), now))
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+return {string.format('%.6f', gr), string.format('%.6f', gt), string.format('%.6f', lr), string.format('%.6f', lt)}
+"""
+
+#: The least time between two rounds woken by a spent lease.
+MIN_WAKE_S = 0.02
+
+
+@dataclass(slots=True)
+class _Ask:
+    bucket: Bucket
+    key: str
+    want_req: float
+    want_tok: float
+    #: refilled locally since the last lease: asked for on top, and kept by Redis
+    owed_req: float = 0.0
+    owed_tok: float = 0.0
+
+
+class SharedLimits:
+    """The lease side of one SharedState round (see the module docs)."""
+
+    def __init__(
+        self,
+        buckets: Callable[[], dict[str, Bucket]],
+        prefix: str,
+        refresh_s: float,
+        now: float,
+        *,
+        replica: str,
+        live_s: float,
+        on_starved: Callable[[], None],
+    ) -> None:
+        #: the current buckets (a catalog update may replace them)
+        self._buckets = buckets
+        self._prefix = prefix
+        self._on_starved = on_starved
+        self._known: dict[str, Bucket] = {}
+        self.refresh_s = refresh_s
+        self.replica = replica
+        self.live_ms = int(live_s * 1000)
+        self.replicas = 1
+        self.ok = False
+        self.rounds = 0
+        self._adopt(now)
+
+    def _adopt(self, now: float) -> dict[str, Bucket]:
+        """Buckets not seen before start empty (shared mode) and wake the loop when dry."""
+        current = self._buckets()
+        for name, b in current.items():
+            if self._known.get(name) is not b:
+                b.start_empty(now)
+                b.on_starved = self._on_starved
+        self._known = dict(current)
+        return current
+
+    def key(self, name: str) -> str:
+        # The hash tag keeps every update of one bucket in one Redis Cluster slot.
+        return f"{self._prefix}:{{bucket:{name}}}"
+
+    def asks(self, replicas: int, now: float) -> list[_Ask]:
+        """What to ask of (or give back to) each shared bucket this round. What a
+        bucket refilled by itself (before its first lease, or while Redis was
+        unreachable) is owed: asked for on top, so the shared level pays for it."""
+        self.replicas = max(replicas, 1)
+        out = []
+        horizon = 2.0 * self.refresh_s
+        for name, b in self._adopt(now).items():
+            used_r, used_t = b.take_usage()
+            owed_r, owed_t = b.take_borrowed(now)
+            lim = b.limits
+            wr = wt = 0.0
+            if lim.rpm is not None:
+                rate = lim.rpm / 60.0 * b.headroom
+                target = min(rate * horizon / self.replicas + 2.0 * used_r, rate * horizon)
+                wr = max(target, 1.0) - b.level_req + owed_r
+            if lim.tpm is not None:
+                rate = lim.tpm / 60.0 * b.headroom
+                target = min(rate * horizon / self.replicas + 2.0 * used_t, rate * horizon)
+                wt = max(target, float(b.largest)) - b.level_tok + owed_t
+            out.append(_Ask(b, self.key(name), wr, wt, owed_r, owed_t))
+        return out
+
+    def args(self, ask: _Ask) -> list[str]:
+        b = ask.bucket
+        lim = b.limits
+        rr = 0.0 if lim.rpm is None else lim.rpm / 60_000.0 * b.headroom
+        rt = 0.0 if lim.tpm is None else lim.tpm / 60_000.0 * b.headroom
+        cr = 0.0 if lim.rpm is None else max(lim.rpm / 60.0 * lim.burst_s, 1.0)
+        ct = 0.0 if lim.tpm is None else max(lim.tpm / 60.0 * lim.burst_s, 1.0)
+        ttl = int(max(lim.burst_s * 4.0, 120.0) * 1000)
+        return [
+            f"{rr:.9f}",
+            f"{cr:.3f}",
+            f"{rt:.9f}",
+            f"{ct:.3f}",
+            f"{ask.want_req:.3f}",
+            f"{ask.want_tok:.3f}",
+            str(ttl),
+            self.replica,
+            f"{max(b.level_req, 0.0) if lim.rpm is not None else 0.0:.3f}",
+            f"{max(b.level_tok, 0.0) if lim.tpm is not None else 0.0:.3f}",
+            str(self.live_ms),
+        ]
+
+    def merge(self, asks: list[_Ask], results: list[Any], now: float) -> None:
+        """Credit the grants; a failed script leaves that bucket on its local share."""
+        share = 1.0 / self.replicas
+        for ask, res in zip(asks, results, strict=True):
+            gr = gt = math.nan
+            if isinstance(res, list) and len(res) == 4:
+                with contextlib.suppress(TypeError, ValueError):
+                    gr, gt = float(res[0]), float(res[1])
+            if not (math.isfinite(gr) and math.isfinite(gt)):
+                ask.bucket.give_back_borrowed(ask.owed_req, ask.owed_tok)
+                ask.bucket.set_share(share, now)
+                continue
+            ask.bucket.lease(gr - ask.owed_req, gt - ask.owed_tok, share)
+        self.ok = True
+        self.rounds += 1
+
+    def failed(self, now: float, asks: list[_Ask] | None = None) -> None:
+        """Redis is unreachable: every bucket refills itself at 1 / replicas of the limit
+        (and what this round would have paid back stays owed)."""
+        self.ok = False
+        share = 1.0 / max(self.replicas, 1)
+        for ask in asks or []:
+            ask.bucket.give_back_borrowed(ask.owed_req, ask.owed_tok)
+        for b in self._buckets().values():
+            b.set_share(share, now)

@@ -1,0 +1,137 @@
+"""Capacity limits shared across replicas through a real redis-server: 4 replica
+processes under one tpm quota keep the fleet's 429s near zero while using most of
+the quota; and pins agree across replicas (rendezvous + shared health)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from llm_multicloud.fleet import Fleet, Latency, RateLimits, RegionSpec
+
+from .test_shared import REFRESH, RedisServer, ReplicaProc, _policy
+
+pytestmark = pytest.mark.integration
+MODEL = "llama-3.1-8b"
+
+if shutil.which("redis-server") is None:
+    pytest.skip("needs redis-server on PATH (apt-get install redis-server)", allow_module_level=True)
+
+TPM = 60_000.0  # 1000 tokens/s
+BURST_S = 2.0
+
+
+@pytest.fixture(scope="module")
+def redis_srv() -> Iterator[RedisServer]:
+    srv = RedisServer().start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def four() -> Iterator[list[ReplicaProc]]:
+    procs = [ReplicaProc() for _ in range(4)]
+    try:
+        for p in procs:
+            p.wait_ready()
+        yield procs
+    finally:
+        for p in procs:
+            p.close()
+
+
+def _fleet() -> Fleet:
+    return Fleet(
+        [
+            RegionSpec(
+                id="quota",
+                provider="azure",
+                region="swedencentral",
+                models={MODEL: "served"},
+                api_key="sk-quota",
+                latency=Latency(ttft_ms=2, ttft_jitter=0.0),
+                limits=RateLimits(tpm=TPM, burst_s=BURST_S),
+            )
+        ]
+    )
+
+
+def _load(replicas: list[ReplicaProc], catalog: dict[str, Any], policy: dict[str, Any], seconds: float) -> list[Any]:
+    for r in replicas:
+        r.call({"cmd": "configure", "catalog": catalog, "policy": policy})
+    time.sleep(3 * REFRESH)  # every replica has seen the others (heartbeats)
+    ids = [r.send({"cmd": "load", "concurrency": 4, "duration_s": seconds, "max_tokens": 40}) for r in replicas]
+    try:
+        return [r.reply(i, timeout=seconds + 30) for r, i in zip(replicas, ids, strict=True)]
+    finally:
+        for r in replicas:
+            r.call({"cmd": "reset"})
+
+
+def test_four_replicas_share_one_tpm_quota_without_429s(redis_srv: RedisServer, four: list[ReplicaProc]) -> None:
+    seconds = 6.0
+    with _fleet() as fleet:
+        catalog = fleet.catalog()
+        catalog["endpoints"][0]["limits"] = {"tpm": TPM, "burst_s": BURST_S}
+        policy = _policy(redis_srv.url, f"lmc-test:limits:{time.monotonic_ns()}")
+        t0 = time.monotonic()
+        results = _load(four, catalog, policy, seconds)
+        took = time.monotonic() - t0
+        recs = [r for r in fleet.received("quota") if r.path.endswith("/chat/completions")]
+        state = fleet.state("quota")["limits"]
+    limited = sum(1 for r in recs if r.status == 429)
+    assert limited <= 0.01 * len(recs), f"{limited} of {len(recs)} requests answered 429: {results}"
+    assert sum(r["errors"] for r in results) == 0, [r["first_errors"] for r in results]
+    # throughput near the limit: the quota's refill over the run (plus its burst)
+    possible = TPM / 60.0 * took + TPM / 60.0 * BURST_S
+    used = state["tokens"]
+    assert used >= 0.75 * TPM / 60.0 * seconds, f"used {used:.0f} tokens of {possible:.0f} possible"
+    assert used <= possible
+    assert all(r["ok"] > 0 for r in results)  # every replica got its share
+
+
+def test_when_redis_goes_away_each_replica_refills_at_its_share(four: list[ReplicaProc]) -> None:
+    """Redis unreachable: no hot-path wait, no failed request, and each of the 4 live
+    replicas refills locally at 1/4 of the limit; leased again once Redis is back."""
+    srv = RedisServer().start()
+    try:
+        with _fleet() as fleet:
+            catalog = fleet.catalog()
+            catalog["endpoints"][0]["limits"] = {"tpm": TPM, "burst_s": BURST_S}
+            policy = _policy(srv.url, "lmc-test:fallback")
+            for r in four:
+                r.call({"cmd": "configure", "catalog": catalog, "policy": policy})
+            try:
+
+                def modes() -> set[str]:
+                    return {r.snapshot()["limits"][0]["mode"] for r in four}
+
+                _until(
+                    lambda: modes() == {"shared"} and all(r.snapshot()["shared_state"]["replicas"] == 4 for r in four),
+                    "every replica leased, seeing 4 replicas",
+                )
+                srv.stop()
+                _until(lambda: modes() == {"local 1/4"}, "every replica on its 1/4 share")
+                out = [r.call({"cmd": "send", "n": 3}) for r in four]
+                assert all(not o["errors"] and len(o["served"]) == 3 for o in out), out
+                srv.start()
+                _until(lambda: modes() == {"shared"}, "leased again after Redis came back", timeout=10.0)
+            finally:
+                for r in four:
+                    r.call({"cmd": "reset"})
+    finally:
+        srv.stop()
+
+
+def _until(pred: Any, what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.05)
