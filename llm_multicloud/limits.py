@@ -40,6 +40,11 @@ from typing import Any
 DEFAULT_OUTPUT_TOKENS = 256
 
 
+#: How long a request waits on a spent lease before it looks again (the shared-state
+#: loop fetches one within ~20 ms of being asked).
+LEASE_POLL_S = 0.025
+
+
 def estimate_tokens(input_tokens: int, max_tokens: int | None) -> int:
     """What a request may consume: its prompt estimate plus its output limit."""
     return input_tokens + (max_tokens if max_tokens is not None else DEFAULT_OUTPUT_TOKENS)
@@ -127,10 +132,10 @@ class Bucket:
         h = self.headroom
         if lim.rpm is not None:
             self.rate_req = lim.rpm / 60.0 * s * h
-            self.cap_req = max(lim.rpm / 60.0 * lim.burst_s * s, 1.0)
+            self.cap_req = max(lim.rpm / 60.0 * lim.burst_s * s * h, 1.0)
         if lim.tpm is not None:
             self.rate_tok = lim.tpm / 60.0 * s * h
-            self.cap_tok = max(lim.tpm / 60.0 * lim.burst_s * s, 1.0)
+            self.cap_tok = max(lim.tpm / 60.0 * lim.burst_s * s * h, 1.0)
 
     # -- pure reads (the router) ------------------------------------------------------
     def _levels(self, now: float) -> tuple[float, float]:
@@ -149,16 +154,18 @@ class Bucket:
         return r >= min(1.0, self.cap_req) and t >= min(float(tokens), self.cap_tok)
 
     def ready_at(self, now: float, tokens: int) -> float:
-        """When the request fits, at the current refill rate (inf: leased and no lease)."""
+        """When the request fits: at the current refill rate; leased, at the next lease."""
         r, t = self._levels(now)
         need_r = min(1.0, self.cap_req) - r
         need_t = min(float(tokens), self.cap_tok) - t
         wait = 0.0
         for need, rate in ((need_r, self.rate_req), (need_t, self.rate_tok)):
             if need > 0:
-                if self.leased or rate <= 0:
-                    rate = rate or 1e-9
-                wait = max(wait, need / rate)
+                wait = max(wait, need / (rate or 1e-9))
+        if self.leased and wait > 0:
+            # Leased: room comes with the next lease, which a starved bucket asks for at
+            # once, not at this replica's share of the refill rate.
+            wait = min(wait, LEASE_POLL_S)
         return now + wait
 
     def describe(self, now: float, tokens: int) -> str:

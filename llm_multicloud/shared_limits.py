@@ -15,8 +15,8 @@ the hash tag ``{...}``):
   what it asks for up to what the bucket has;
 * answers the grant and the bucket's level.
 
-A replica's *target* is its fair share of two refresh periods of the limit (split
-by the live replicas) plus twice what it consumed in the last period, capped at two
+A replica's *target* is two refresh periods of the larger of its fair share of the
+limit (split by the live replicas) and twice its recent rate of use, capped at two
 periods of the whole limit: a busy replica gets more, an idle one holds little. A
 request that finds the local lease spent wakes the round at once (never faster
 than every 20 ms), so a saturated replica asks as often as it needs.
@@ -130,6 +130,7 @@ class SharedLimits:
         self._prefix = prefix
         self._on_starved = on_starved
         self._known: dict[str, Bucket] = {}
+        self._asked: dict[str, float] = {}
         self.refresh_s = refresh_s
         self.replica = replica
         self.live_ms = int(live_s * 1000)
@@ -164,13 +165,17 @@ class SharedLimits:
             owed_r, owed_t = b.take_borrowed(now)
             lim = b.limits
             wr = wt = 0.0
+            # Demand: what it used per second since its last ask, over the next horizon.
+            last = self._asked.get(name)
+            dt = max(now - last, 1e-3) if last is not None else horizon
+            self._asked[name] = now
             if lim.rpm is not None:
                 rate = lim.rpm / 60.0 * b.headroom
-                target = min(rate * horizon / self.replicas + 2.0 * used_r, rate * horizon)
+                target = min(max(rate / self.replicas, 2.0 * used_r / dt) * horizon, rate * horizon)
                 wr = max(target, 1.0) - b.level_req + owed_r
             if lim.tpm is not None:
                 rate = lim.tpm / 60.0 * b.headroom
-                target = min(rate * horizon / self.replicas + 2.0 * used_t, rate * horizon)
+                target = min(max(rate / self.replicas, 2.0 * used_t / dt) * horizon, rate * horizon)
                 wt = max(target, float(b.largest)) - b.level_tok + owed_t
             out.append(_Ask(b, self.key(name), wr, wt, owed_r, owed_t))
         return out
@@ -180,8 +185,8 @@ class SharedLimits:
         lim = b.limits
         rr = 0.0 if lim.rpm is None else lim.rpm / 60_000.0 * b.headroom
         rt = 0.0 if lim.tpm is None else lim.tpm / 60_000.0 * b.headroom
-        cr = 0.0 if lim.rpm is None else max(lim.rpm / 60.0 * lim.burst_s, 1.0)
-        ct = 0.0 if lim.tpm is None else max(lim.tpm / 60.0 * lim.burst_s, 1.0)
+        cr = 0.0 if lim.rpm is None else max(lim.rpm / 60.0 * lim.burst_s * b.headroom, 1.0)
+        ct = 0.0 if lim.tpm is None else max(lim.tpm / 60.0 * lim.burst_s * b.headroom, 1.0)
         ttl = int(max(lim.burst_s * 4.0, 120.0) * 1000)
         return [
             f"{rr:.9f}",

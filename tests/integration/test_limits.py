@@ -80,10 +80,12 @@ def test_a_spent_endpoint_is_skipped_and_the_last_one_waits_for_room(fleet: Flee
     with _mc(fleet, {"rpm": 120, "burst_s": 2}, on_attempt=audit) as mc:
         client = mc.wrap(openai.OpenAI(api_key=PLACEHOLDER_KEY))
         served = []
-        for _ in range(12):  # 8 fit at once (4 + 4); the other 4 wait for the refill
+        for _ in range(12):  # a burst of ~4 fits on each; the rest waits for the refill
             r = client.chat.completions.with_raw_response.create(model=MODEL, messages=MSG, max_tokens=2)
             served.append(r.headers["x-llm-multicloud-endpoint"])
-        assert served[:4] == ["a"] * 4 and served[4:8] == ["b"] * 4  # ordered: a until spent, then b
+        # ordered: a until its bucket is spent, then b; then whichever refills first
+        first_b = served.index("b")
+        assert first_b >= 3 and served[:first_b] == ["a"] * first_b
         plan = mc.explain(MODEL, max_tokens=2)
         assert plan.candidates == [] and {x.kind for x in plan.excluded} == {"limited"}
         assert plan.wait_until is not None

@@ -135,3 +135,44 @@ def _until(pred: Any, what: str, timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout} s: {what}")
         time.sleep(0.05)
+
+
+def test_pins_agree_across_replicas_and_move_together_after_one_replicas_failover(redis_srv: RedisServer) -> None:
+    """Rendezvous needs no coordination for the choice, and shared health keeps the
+    candidate sets equal: two replicas pin a session to the same endpoint, and when
+    one replica's failover ejects it, the other moves the pin the same way."""
+    import llm_multicloud as lmc
+
+    with Fleet(
+        [
+            RegionSpec(id=f"e{i}", provider="aws", region=r, models={MODEL: "served"}, api_key=f"sk-e{i}")
+            for i, r in enumerate(["eu-central-1", "eu-west-1", "eu-west-3", "eu-north-1"])
+        ]
+    ) as fleet:
+        policy = _policy(redis_srv.url, f"lmc-test:pins:{time.monotonic_ns()}", strategy="latency")
+        a, b = lmc.MultiCloud(fleet.catalog(), policy), lmc.MultiCloud(fleet.catalog(), policy)
+        try:
+            for mc in (a, b):
+                mc._portal()  # start the shared-state loop
+                for st in mc.health.states:
+                    st.observe_ttft(20.0, mc.clock())
+            sessions = [f"user-{i}" for i in range(20)]
+
+            def pins(mc: lmc.MultiCloud) -> list[str]:
+                return [mc.explain(MODEL, session=s).candidates[0].endpoint.id for s in sessions]
+
+            before = pins(a)
+            assert pins(b) == before and len(set(before)) > 1
+            victim = before[0]
+            st = a.health.states[[e.id for e in a.catalog.endpoints].index(victim)]
+            for _ in range(a.policy.breaker.consecutive_failures):
+                a.health.endpoint_fault(st, "connect error: refused")  # replica a's failover
+            _until(lambda: {e["id"]: e["state"] for e in b.snapshot()["endpoints"]}[victim] == "open", "b adopts")
+            after_a, after_b = pins(a), pins(b)
+            assert after_a == after_b
+            assert victim not in after_b
+            # only the sessions pinned to the ejected endpoint moved
+            assert all(x == y for x, y in zip(before, after_b, strict=True) if x != victim)
+        finally:
+            a.close()
+            b.close()
