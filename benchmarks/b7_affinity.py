@@ -69,10 +69,10 @@ def run(*, quick: bool = False, out_dir: str | Path | None = None, litellm: bool
     n_conv = 6 if quick else 24
     turns = 4 if quick else 10
     concurrency = 6 if quick else 12
-    # A cache holds half of what the active conversations need (prefixes: two per turn),
-    # as a GPU's KV cache holds a share of a busy fleet's sessions: with affinity an
-    # endpoint needs a third of them, scattered it needs them all.
-    max_entries = concurrency * 2 * turns // 2
+    # A cache holds ~40 % of what the active conversations need (prefixes: two per
+    # turn), as a GPU's KV cache holds a share of a busy fleet's sessions: with
+    # affinity an endpoint needs about a third of them, scattered it needs them all.
+    max_entries = concurrency * 2 * turns * 2 // 5
     pricing = {"input_per_mtok": PRICE_IN, "output_per_mtok": PRICE_OUT, "cached_input_per_mtok": PRICE_CACHED}
     specs = [
         RegionSpec(
