@@ -22,10 +22,10 @@ the request's deadline). The executor :meth:`reserve`\\ s right before an attemp
 
 **Across replicas** (``policy.state.backend: redis``): a replica's bucket is fed by
 *leases* from one bucket in Redis instead of refilling by itself (see
-:mod:`llm_multicloud.shared`): the hot path still only touches local memory. While
-Redis is unreachable the bucket refills locally at ``1 / replicas`` of the limit
-(the last known number of live replicas), so a fleet of N replicas stays under the
-quota without Redis.
+:mod:`llm_multicloud.shared_limits`): the hot path still only touches local memory.
+When Redis has been unreachable for a while the bucket refills locally at
+``1 / replicas`` of the limit (the last known number of live replicas), so a fleet
+of N replicas stays under the quota without Redis.
 """
 
 from __future__ import annotations
@@ -238,10 +238,12 @@ class Bucket:
                 self.level_tok = min(self.level_tok, self.cap_tok)
 
     def start_empty(self, now: float) -> None:
-        """Shared mode, before the first lease: empty, refilling at the full rate, so
-        that replicas starting together do not each burst the whole quota."""
+        """Shared mode, before the first lease: empty and fed by leases only. It does
+        not refill by itself until the shared state gives up on Redis (see
+        :mod:`llm_multicloud.shared_limits`): replicas that start together, before
+        they have seen each other, would otherwise each take the whole quota."""
         with self._lock:
-            self.leased = False
+            self.leased = True
             self.shared = True
             self.at = now
             self.level_req = 0.0 if self.limits.rpm is not None else self.cap_req

@@ -181,6 +181,10 @@ class StatePolicy(_Strict):
     refresh_s: float = Field(1.0, gt=0.0)
     #: Timeout of each Redis operation; past it, this replica runs on local state.
     timeout_s: float = Field(0.25, gt=0.0)
+    #: How many replicas share each quota until this replica has seen the live count
+    #: in Redis: the share a capacity bucket falls back to (1 / replicas) when Redis
+    #: is unreachable from the start. Afterwards the last live count seen is used.
+    expected_replicas: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _url(self) -> StatePolicy:

@@ -205,6 +205,7 @@ class SharedState:
             replica=self.id,
             live_s=self._ttl_ms / 1000.0,
             on_starved=self._poke,
+            expected_replicas=self.policy.expected_replicas,
         )
 
     def _bind(self) -> None:

@@ -21,11 +21,23 @@ periods of the whole limit: a busy replica gets more, an idle one holds little. 
 request that finds the local lease spent wakes the round at once (never faster
 than every 20 ms), so a saturated replica asks as often as it needs.
 
-**Redis unreachable**: the bucket goes back to refilling itself at ``1 / replicas``
-of the limit (the last number of live replicas seen), from what it holds: together
-the replicas stay under the quota without Redis; at the first good round it is
-leased again. At start (before any round) a shared bucket is *empty* and refills at
-the full rate, so replicas starting together do not each burst the whole quota.
+**Redis slow or unreachable**: a bucket keeps spending the leases it holds (each
+was granted from the shared level, so spending it never overruns the quota) and
+gets nothing new; requests wait for capacity within their deadlines. Only once no
+lease has come for ``fallback_s`` (the heartbeat TTL: when the other replicas stop
+counting this one's leases) does it refill itself at ``1 / replicas`` of the limit —
+the last number of live replicas seen, or ``state.expected_replicas`` if this
+replica never reached Redis — and what it refills so is *owed*: asked for on top of
+the next lease, so the shared level pays for it once Redis is back. A bucket starts
+*empty* and leased (no refill of its own), and a new shared bucket in Redis starts
+empty too: Redis cannot know how much of the real quota is left (a restarted Redis,
+an expired key); the cost is one burst at a fleet's very first start.
+
+Why not refill locally at once on a failed round: that overran quotas (the
+4-replica test saw 22 of 212 requests answered 429 on a loaded machine, and a
+replica whose first round had not completed took the whole limit; reproduced by
+starting 4 replicas while Redis is stalled: 76 of 198 answered 429, 19 requests
+failed). Spending a held lease is always safe; inventing new capacity is not.
 """
 
 from __future__ import annotations
@@ -74,8 +86,8 @@ for i = 1, #kv, 2 do
     end
   end
 end
-if lr == nil then lr = cr - hr end
-if lt == nil then lt = ct - ht end
+if lr == nil then lr = 0 end
+if lt == nil then lt = 0 end
 at = at or now
 local dt = now - at
 if dt < 0 then dt = 0 end
@@ -124,6 +136,7 @@ class SharedLimits:
         replica: str,
         live_s: float,
         on_starved: Callable[[], None],
+        expected_replicas: int = 1,
     ) -> None:
         #: the current buckets (a catalog update may replace them)
         self._buckets = buckets
@@ -134,7 +147,12 @@ class SharedLimits:
         self.refresh_s = refresh_s
         self.replica = replica
         self.live_ms = int(live_s * 1000)
-        self.replicas = 1
+        #: how long without a lease before a bucket refills itself (see :meth:`failed`)
+        self.fallback_s = live_s
+        #: per quota domain: the last lease (or, before the first, when it was adopted)
+        self._ok_at: dict[str, float] = {}
+        #: live replicas: as last seen in Redis, or as expected before that
+        self.replicas = max(expected_replicas, 1)
         self.ok = False
         self.rounds = 0
         self._adopt(now)
@@ -145,6 +163,7 @@ class SharedLimits:
         for name, b in current.items():
             if self._known.get(name) is not b:
                 b.start_empty(now)
+                self._ok_at[name] = now
                 b.on_starved = self._on_starved
         self._known = dict(current)
         return current
@@ -157,7 +176,8 @@ class SharedLimits:
         """What to ask of (or give back to) each shared bucket this round. What a
         bucket refilled by itself (before its first lease, or while Redis was
         unreachable) is owed: asked for on top, so the shared level pays for it."""
-        self.replicas = max(replicas, 1)
+        if replicas > 0:  # 0: not seen yet (no round has succeeded)
+            self.replicas = replicas
         out = []
         horizon = 2.0 * self.refresh_s
         for name, b in self._adopt(now).items():
@@ -203,7 +223,8 @@ class SharedLimits:
         ]
 
     def merge(self, asks: list[_Ask], results: list[Any], now: float) -> None:
-        """Credit the grants; a failed script leaves that bucket on its local share."""
+        """Credit the grants. A script that failed is a failed round for its bucket:
+        what it would have paid back stays owed (see :meth:`failed`)."""
         share = 1.0 / self.replicas
         for ask, res in zip(asks, results, strict=True):
             gr = gt = math.nan
@@ -212,18 +233,30 @@ class SharedLimits:
                     gr, gt = float(res[0]), float(res[1])
             if not (math.isfinite(gr) and math.isfinite(gt)):
                 ask.bucket.give_back_borrowed(ask.owed_req, ask.owed_tok)
-                ask.bucket.set_share(share, now)
+                self._fall_back(ask.bucket, now)
                 continue
             ask.bucket.lease(gr - ask.owed_req, gt - ask.owed_tok, share)
+            self._ok_at[ask.bucket.name] = now
         self.ok = True
         self.rounds += 1
 
     def failed(self, now: float, asks: list[_Ask] | None = None) -> None:
-        """Redis is unreachable: every bucket refills itself at 1 / replicas of the limit
-        (and what this round would have paid back stays owed)."""
+        """A round failed (Redis down, slow, refusing). What it would have paid back
+        stays owed. Buckets keep spending the leases they hold (each was granted from
+        the shared level: spending it can never overrun the quota) and get nothing
+        new; only once no lease has come for ``fallback_s`` (the time after which the
+        other replicas stop counting this one's leases) does a bucket refill itself,
+        at 1 / replicas of the limit. Refilling at once, on every failed round, is
+        what overran quotas: each replica then took its share *and* Redis kept
+        refilling the same seconds of quota for the leases that followed, and a
+        replica that had not yet seen the others took the whole limit."""
         self.ok = False
-        share = 1.0 / max(self.replicas, 1)
         for ask in asks or []:
             ask.bucket.give_back_borrowed(ask.owed_req, ask.owed_tok)
         for b in self._buckets().values():
-            b.set_share(share, now)
+            self._fall_back(b, now)
+
+    def _fall_back(self, b: Bucket, now: float) -> None:
+        since = self._ok_at.setdefault(b.name, now)
+        if now - since >= self.fallback_s:
+            b.set_share(1.0 / max(self.replicas, 1), now)

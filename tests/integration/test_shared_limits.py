@@ -96,6 +96,41 @@ def test_four_replicas_share_one_tpm_quota_without_429s(redis_srv: RedisServer, 
     assert all(r["ok"] > 0 for r in results)  # every replica got its share
 
 
+def test_replicas_that_start_while_redis_stalls_do_not_each_take_the_quota(four: list[ReplicaProc]) -> None:
+    """The cause of the 429s seen on a loaded machine: a replica whose first rounds
+    had not completed (the first connect, or rounds timing out under CPU load)
+    refilled its bucket by itself at the whole limit, so 4 replicas took 4x the quota
+    (reproduced with the old code: 76 of 198 requests answered 429, 19 failed). Now a
+    bucket gets capacity only from leases until Redis has been unreachable for the
+    heartbeat TTL, and then 1 / expected_replicas of it."""
+    srv = RedisServer().start()
+    try:
+        with _fleet() as fleet:
+            catalog = fleet.catalog()
+            catalog["endpoints"][0]["limits"] = {"tpm": TPM, "burst_s": BURST_S}
+            policy = _policy(srv.url, f"lmc-test:stall:{time.monotonic_ns()}", expected_replicas=4)
+            srv.pause()  # every round times out until resumed
+            try:
+                for r in four:
+                    r.call({"cmd": "configure", "catalog": catalog, "policy": policy})
+                ids = [r.send({"cmd": "load", "concurrency": 4, "duration_s": 4.0, "max_tokens": 40}) for r in four]
+                time.sleep(0.6)  # the load runs against a stalled Redis for a while
+            finally:
+                srv.resume()
+            try:
+                results = [r.reply(i, timeout=60) for r, i in zip(four, ids, strict=True)]
+            finally:
+                for r in four:
+                    r.call({"cmd": "reset"})
+            recs = [r for r in fleet.received("quota") if r.path.endswith("/chat/completions")]
+        limited = sum(1 for r in recs if r.status == 429)
+        assert limited <= 0.01 * len(recs), f"{limited} of {len(recs)} requests answered 429: {results}"
+        assert sum(r["errors"] for r in results) == 0, [r["first_errors"] for r in results]
+        assert all(r["ok"] > 0 for r in results)
+    finally:
+        srv.stop()
+
+
 def test_when_redis_goes_away_each_replica_refills_at_its_share(four: list[ReplicaProc]) -> None:
     """Redis unreachable: no hot-path wait, no failed request, and each of the 4 live
     replicas refills locally at 1/4 of the limit; leased again once Redis is back."""
