@@ -10,6 +10,7 @@ silently fall back to a default).
 from __future__ import annotations
 
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -181,6 +182,10 @@ class StatePolicy(_Strict):
     refresh_s: float = Field(1.0, gt=0.0)
     #: Timeout of each Redis operation; past it, this replica runs on local state.
     timeout_s: float = Field(0.25, gt=0.0)
+    #: Redis Cluster (or Valkey cluster; managed offerings in cluster mode): the URL
+    #: names one node or the configuration endpoint; keys are hash-tagged per quota
+    #: domain and reads are batched per slot.
+    cluster: bool = False
     #: How many replicas share each quota until this replica has seen the live count
     #: in Redis: the share a capacity bucket falls back to (1 / replicas) when Redis
     #: is unreachable from the start. Afterwards the last live count seen is used.
@@ -190,6 +195,13 @@ class StatePolicy(_Strict):
     def _url(self) -> StatePolicy:
         if self.backend == "redis" and not self.url:
             raise ValueError("state.url is required with backend: redis (e.g. redis://127.0.0.1:6379/0)")
+        if self.cluster and self.url:
+            db = urlsplit(self.url).path.strip("/")
+            if db not in ("", "0"):
+                raise ValueError(
+                    f"state.url selects database {db!r}, but a Redis Cluster has only database 0: "
+                    "drop the /db part of the URL, or set state.cluster: false"
+                )
         return self
 
 

@@ -30,9 +30,21 @@ replicas learn it within one refresh period, not two.
 **Keys** (``P`` is ``policy.state.prefix``; the schema version is in every key and
 in every value's ``v``, so two versions of the library never read each other's data)::
 
-    P:v1:eject:{endpoint id}   {"v":1,"until":ms,"reason":..,"ejections":n,"by":replica}   PXAT until
-    P:v1:cool:{quota domain}   {"v":1,"until":ms,"reason":..,"by":replica}                 PXAT until
-    P:v1:replicas              hash  replica id -> {"v":1,"at":ms,"ttl":ms,"inflight":{..},"ttft":{..}}
+    P:v2:{d:<domain>}:eject:<endpoint id>  {"v":2,"until":ms,"reason":..,"ejections":n,"by":replica}  PXAT until
+    P:v2:{d:<domain>}:cool                 {"v":2,"until":ms,"reason":..,"by":replica}                PXAT until
+    P:v2:{d:<domain>}:bucket               hash: the shared capacity bucket (shared_limits.py)
+    P:v2:replicas                          hash  replica id -> {"v":2,"at":ms,"ttl":ms,"inflight":{..},"ttft":{..}}
+    P:v2:drains                            hash  endpoint id -> {"v":2,"reason":..,"by":replica,"at":ms}
+
+**Redis Cluster** (``policy.state.cluster: true``; Valkey cluster and the managed
+offerings in cluster mode alike): every key of one quota domain carries the hash tag
+``{d:<domain>}``, so each atomic update (one Lua script on one key) stays in one slot
+and the reads of a round are one ``MGET`` per slot, sent by redis-py's cluster
+pipeline to each node at once. The URL names one node or the configuration
+endpoint; the nodes seen by the last good round are startup nodes of the next
+client, so a failover of that very node does not lose the cluster. The few keys
+written by one script live on one master: its clock (``TIME``) is the one used;
+cluster nodes' clocks differ by their NTP error only.
 
 Deadlines live in the key's own TTL (``SET .. PXAT``: a rewrite can never lose it)
 and are written by a tiny Lua script that keeps the later of the stored and the new
@@ -69,13 +81,13 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import unquote, urlsplit
 
 import anyio
 
 from .errors import redact
-from .shared_limits import LEASE, SharedLimits
+from .shared_limits import LEASE, SharedLimits, domain_tag
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -86,8 +98,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("llm_multicloud.shared")
 _T = TypeVar("_T")
 
-#: Schema version: in every key (``{prefix}:v1:...``) and in every value (``"v": 1``).
-SCHEMA = 1
+#: Schema version: in every key (``{prefix}:v2:...``) and in every value (``"v": 2``).
+#: 2: keys hash-tagged per quota domain (Redis Cluster), buckets shared.
+SCHEMA = 2
 #: Longest reason shared (upstream error text is cut: short, and never a prompt).
 MAX_REASON = 160
 #: Longest value read (anything larger is not ours).
@@ -123,6 +136,10 @@ end
 redis.call('SET', KEYS[1], ARGV[2] .. ',"until":' .. string.format('%d', u) .. '}', 'PXAT', string.format('%d', u))
 return 1
 """
+
+
+#: Redis' clock on the master of KEYS[1] (a cluster pipeline cannot send TIME itself).
+_TIME = "return redis.call('TIME')"
 
 
 @dataclass(slots=True)
@@ -172,6 +189,8 @@ class SharedState:
         self._prune: set[bytes | str] = set()
         self._warned: set[str] = set()
         self._offset_ms = 0.0  # Redis server clock minus this host's wall clock (ms)
+        #: Redis Cluster: the nodes seen by the last good round (startup nodes next time)
+        self._cluster_nodes: list[tuple[str, int]] = []
         self._rand = random.Random()
         self._scope: anyio.CancelScope | None = None
         self._stopped = False
@@ -214,9 +233,15 @@ class SharedState:
         old = self._states
         states = self.mc.health.states
         p = self._p
-        self._k_eject = [f"{p}:eject:{st.endpoint.id}" for st in states]
+        # Every key of one quota domain carries its hash tag: on Redis Cluster an
+        # endpoint's ejection, its domain's cooldown and capacity bucket share a slot,
+        # and the reads of a round are one MGET per slot.
+        self._k_eject = [f"{p}:{domain_tag(st.quota.name)}:eject:{st.endpoint.id}" for st in states]
         self._domains = list(self.mc.health.domains)
-        self._k_cool = [f"{p}:cool:{name}" for name in self._domains]
+        self._k_cool = [f"{p}:{domain_tag(name)}:cool" for name in self._domains]
+        self._reads = [*self._k_eject, *self._k_cool]
+        n = len(self._reads)
+        self._read_groups = _slot_groups(self._reads) if self.policy.cluster else ([list(range(n))] if n else [])
         self._index = {st.endpoint.id: i for i, st in enumerate(states)}
         #: one endpoint per quota domain, to apply a remote cooldown through
         self._domain_st: dict[str, EndpointState] = {}
@@ -323,6 +348,22 @@ class SharedState:
         # No client-side retries: the next round is the retry. The anyio deadlines
         # around the connection and each round are the bounds; socket timeouts are a
         # second line.
+        if self.policy.cluster:
+            from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+            # The URL names one node (or a managed offering's configuration endpoint);
+            # the nodes seen in earlier rounds are startup nodes too, so a client made
+            # after that node failed still finds the cluster.
+            cluster: Any = RedisCluster.from_url(
+                self.policy.url or "",
+                startup_nodes=[ClusterNode(h, p) for h, p in self._cluster_nodes],
+                socket_timeout=t,
+                socket_connect_timeout=t,
+                retry=Retry(NoBackoff(), 0),
+                require_full_coverage=False,  # during a failover, the other slots still work
+                health_check_interval=0,
+            )
+            return cast("Redis", cluster)
         client: Redis = aioredis.from_url(
             self.policy.url,
             socket_timeout=t,
@@ -346,7 +387,12 @@ class SharedState:
         w0 = time.time()
         with anyio.fail_after(self.policy.timeout_s):
             async with client.pipeline(transaction=False) as pipe:
-                pipe.time()
+                if self.policy.cluster:
+                    # A cluster pipeline refuses keyless commands: Redis' clock is read
+                    # by a script on a key instead (the master of the replicas hash).
+                    pipe.eval(_TIME, 1, self._k_replicas)
+                else:
+                    pipe.time()
                 for p in pushes:
                     pipe.eval(_FORWARD_ONLY, 1, p.key, str(p.remaining_ms), p.body, str(SCHEMA))
                 pipe.hset(self._k_replicas, self.id, entry)
@@ -354,8 +400,10 @@ class SharedState:
                 prune = list(self._prune)
                 if prune:
                     pipe.hdel(self._k_replicas, *prune)
-                pipe.mget(self._k_eject)
-                pipe.mget(self._k_cool)
+                for group in self._read_groups:
+                    # One MGET per slot. (redis-py's cluster pipeline refuses pipe.mget,
+                    # any multi-key command, though one whose keys share a slot is fine.)
+                    pipe.execute_command("MGET", *[self._reads[k] for k in group])
                 pipe.hgetall(self._k_replicas)
                 # Drains: this replica's new ones first, then everyone's (the hash is the truth).
                 for eid, reason in drain_ops.items():
@@ -390,10 +438,19 @@ class SharedState:
         i += 3 if prune else 2
         if prune and not isinstance(res[i - 1], Exception):
             self._prune.difference_update(prune)
-        ejects, cools, replicas = res[i], res[i + 1], res[i + 2]
-        d = i + 3 + len(drain_ops)  # the drains hash, after this replica's drain writes
+        # The MGETs (one per slot on a cluster) back into key order; a key whose read
+        # failed counts as missing (merges only ever move deadlines forward).
+        values: list[Any] = [None] * len(self._reads)
+        for group, got in zip(self._read_groups, res[i : i + len(self._read_groups)], strict=True):
+            if not isinstance(got, Exception):
+                for k, v in zip(group, got, strict=True):
+                    values[k] = v
+        i += len(self._read_groups)
+        n_eject = len(self._k_eject)
+        ejects, cools, replicas = values[:n_eject], values[n_eject:], res[i]
+        d = i + 1 + len(drain_ops)  # the drains hash, after this replica's drain writes
         drains = res[d]
-        if not any(isinstance(r, Exception) for r in res[i + 3 : d]):
+        if not any(isinstance(r, Exception) for r in res[i + 1 : d]):
             with self._drain_lock:  # published: forget them, unless changed meanwhile
                 for eid, reason in drain_ops.items():
                     if eid in self._drain_ops and self._drain_ops[eid] == reason:
@@ -403,10 +460,8 @@ class SharedState:
             self._asks = []
         self._merging = True
         try:
-            if not isinstance(ejects, Exception):
-                self._merge_ejections(ejects, server_ms, t1)
-            if not isinstance(cools, Exception):
-                self._merge_cooldowns(cools, server_ms, t1)
+            self._merge_ejections(ejects, server_ms, t1)
+            self._merge_cooldowns(cools, server_ms, t1)
             if not isinstance(replicas, Exception):
                 self._merge_replicas(replicas, server_ms, t1)
             if not isinstance(drains, Exception):
@@ -414,11 +469,19 @@ class SharedState:
         finally:
             self._merging = False
         self.rounds += 1
+        if self.policy.cluster:
+            self._remember_nodes(client)
         if errors:
             # Partly refused (e.g. an ACL without EVAL): what worked is merged, the
             # status says what did not.
             raise errors[0]
         self._succeeded()
+
+    def _remember_nodes(self, client: Any) -> None:
+        with contextlib.suppress(Exception):  # best effort: only ever more startup nodes
+            seen = [(n.host, int(n.port)) for n in client.get_nodes()]
+            if seen:
+                self._cluster_nodes = seen[:32]
 
     def _pushes(self, now: float) -> list[_Push]:
         """New local facts: ejections and cooldowns this replica found itself."""
@@ -785,6 +848,17 @@ def _safe_url(url: str) -> tuple[str, str | None]:
         return f"{u.scheme}://{user}{host}{port}{u.path}", password
     except ValueError:
         return "<unparsable url>", None
+
+
+def _slot_groups(keys: list[str]) -> list[list[int]]:
+    """Indexes of ``keys`` grouped by Redis Cluster hash slot (an MGET may not span
+    slots), in first-seen order."""
+    from redis.crc import key_slot
+
+    groups: dict[int, list[int]] = {}
+    for k, key in enumerate(keys):
+        groups.setdefault(key_slot(key.encode()), []).append(k)
+    return list(groups.values())
 
 
 def _remap(d: dict[int, _T], old_ids: list[str], index: dict[str, int]) -> dict[int, _T]:

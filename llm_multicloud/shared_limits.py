@@ -108,6 +108,12 @@ redis.call('PEXPIRE', KEYS[1], ARGV[7])
 return {string.format('%.6f', gr), string.format('%.6f', gt), string.format('%.6f', lr), string.format('%.6f', lt)}
 """
 
+
+def domain_tag(name: str) -> str:
+    """The Redis Cluster hash tag of a quota domain's keys: ``{d:<name>}``."""
+    return "{d:" + name + "}"
+
+
 #: The least time between two rounds woken by a spent lease.
 MIN_WAKE_S = 0.02
 
@@ -169,8 +175,9 @@ class SharedLimits:
         return current
 
     def key(self, name: str) -> str:
-        # The hash tag keeps every update of one bucket in one Redis Cluster slot.
-        return f"{self._prefix}:{{bucket:{name}}}"
+        # The quota domain's hash tag: one slot with its cooldown and its endpoints'
+        # ejections on Redis Cluster.
+        return f"{self._prefix}:{domain_tag(name)}:bucket"
 
     def asks(self, replicas: int, now: float) -> list[_Ask]:
         """What to ask of (or give back to) each shared bucket this round. What a

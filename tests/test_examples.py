@@ -102,6 +102,7 @@ def test_example_catalog_missing_key_is_a_clear_error(monkeypatch: pytest.Monkey
 PREREQUISITES = {
     "telemetry_console.py": "opentelemetry.sdk",
     "shared_state.py": "redis",
+    "shared_state_cluster.py": "redis",
     "langchain_chat.py": "langchain_openai",
     "agents_sdk.py": "agents",
     "llamaindex_openailike.py": "llama_index",

@@ -378,16 +378,16 @@ def test_429_retry_after_cools_the_quota_domain_on_every_replica_until_its_deadl
         assert "429" in eps["aws-euc1"]["reason"]
 
         # In Redis: an absolute deadline that is also the key's TTL (PXAT)...
-        key = f"{prefix}:v1:cool:aws-account"
+        key = f"{prefix}:v2:{{d:aws-account}}:cool"
         with redis.Redis.from_url(redis_url) as r:
             pttl = r.pttl(key)
             value = json.loads(r.get(key))
-            assert 0 < pttl <= 2000 and value["v"] == 1 and value["until"] > 0
+            assert 0 < pttl <= 2000 and value["v"] == 2 and value["until"] > 0
             assert set(value) == {"v", "until", "reason", "by"}
             # ...that only moves forward: a shorter deadline written the same way loses.
             from llm_multicloud.shared import _FORWARD_ONLY
 
-            assert r.eval(_FORWARD_ONLY, 1, key, "300", '{"v":1,"reason":"short","by":"test"', "1") == 0
+            assert r.eval(_FORWARD_ONLY, 1, key, "300", '{"v":2,"reason":"short","by":"test"', "2") == 0
             assert json.loads(r.get(key)) == value and r.pttl(key) > 300
 
         assert _send(_client(c), 5) == ["gcp-euw4"] * 5  # kept away...
@@ -437,7 +437,7 @@ def test_fresh_replica_adopts_latency_estimates_and_routes_well_at_once(
         assert audit.to("aws-euc1") == []
         # An adopted estimate is not published back as this replica's own.
         with redis.Redis.from_url(redis_url) as r:
-            mine = json.loads(r.hget(f"{prefix}:v1:replicas", c._shared.id))
+            mine = json.loads(r.hget(f"{prefix}:v2:replicas", c._shared.id))
         assert "aws-euc1" not in mine["ttft"]
 
 
@@ -580,27 +580,28 @@ def test_malformed_keys_are_ignored_with_one_warning_each(
     clean: Fleet, redis_url: str, prefix: str, spawn: Spawn, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="llm_multicloud.shared")
-    p = f"{prefix}:v1"
+    p = f"{prefix}:v2"
     with redis.Redis.from_url(redis_url) as r:
         now_ms = int(r.time()[0]) * 1000
         far = str(now_ms + 60_000)
         bad = {
-            f"{p}:eject:aws-euc1": b"{not json",
-            f"{p}:eject:gcp-euw4": json.dumps({"v": 1, "until": "soon", "reason": 5, "by": 1}),
-            f"{p}:cool:endpoint:aws-euc1": json.dumps({"v": 2, "until": now_ms + 60_000, "reason": "x", "by": "y"}),
-            f"{p}:cool:endpoint:gcp-euw4": b"\xff\xfe\x00",
-            f"{p}:cool:endpoint:aws-use1": "[1, 2, 3]",
+            f"{p}:{{d:endpoint:aws-euc1}}:eject:aws-euc1": b"{not json",
+            f"{p}:{{d:endpoint:gcp-euw4}}:eject:gcp-euw4": json.dumps({"v": 2, "until": "soon", "reason": 5, "by": 1}),
+            # another schema version
+            f"{p}:{{d:endpoint:aws-euc1}}:cool": json.dumps({"v": 1, "until": now_ms + 60_000, "by": "y"}),
+            f"{p}:{{d:endpoint:gcp-euw4}}:cool": b"\xff\xfe\x00",
+            f"{p}:{{d:endpoint:aws-use1}}:cool": "[1, 2, 3]",
         }
         for k, v in bad.items():
             r.set(k, v, pxat=int(far))
-        r.hset(f"{p}:replicas", "evil", json.dumps({"v": 1, "at": "yesterday", "ttl": 1}))
+        r.hset(f"{p}:replicas", "evil", json.dumps({"v": 2, "at": "yesterday", "ttl": 1}))
         r.hset(f"{p}:replicas", "binary", b"\x80\x81")
         r.hset(
             f"{p}:replicas",
             "confused",
             json.dumps(
                 {
-                    "v": 1,
+                    "v": 2,
                     "at": now_ms + 30_000,
                     "ttl": 60_000,
                     "inflight": {"aws-euc1": "lots", "gcp-euw4": -5, "nowhere": 3},
