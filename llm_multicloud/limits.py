@@ -40,6 +40,10 @@ from typing import Any
 DEFAULT_OUTPUT_TOKENS = 256
 
 
+#: Longest a bucket's refill stays frozen waiting for the server's first answer
+#: after an idle spell (see :meth:`Bucket.ack`).
+MAX_HOLD_S = 5.0
+
 #: How long a request waits on a spent lease before it looks again (the shared-state
 #: loop fetches one within ~20 ms of being asked).
 LEASE_POLL_S = 0.025
@@ -76,6 +80,7 @@ class Bucket:
         "granted_req",
         "granted_tok",
         "headroom",
+        "held_at",
         "largest",
         "leased",
         "level_req",
@@ -125,6 +130,8 @@ class Bucket:
         self.largest = 0
         #: called (outside the lock) when a leased bucket refuses a reservation
         self.on_starved: Callable[[], None] | None = None
+        #: refill frozen since (None: not frozen): see :meth:`ack`
+        self.held_at: float | None = None
 
     def _rates(self) -> None:
         lim = self.limits
@@ -141,7 +148,12 @@ class Bucket:
     def _levels(self, now: float) -> tuple[float, float]:
         if self.leased:
             return self.level_req, self.level_tok
-        dt = max(now - self.at, 0.0)
+        at = self.at
+        if self.held_at is not None:
+            # Frozen until the server has counted the request that ended an idle spell
+            # (see ack); bounded, in case no answer ever comes.
+            at = max(at, self.held_at + MAX_HOLD_S)
+        dt = max(now - at, 0.0)
         return (
             min(self.cap_req, self.level_req + dt * self.rate_req),
             min(self.cap_tok, self.level_tok + dt * self.rate_tok),
@@ -187,6 +199,8 @@ class Bucket:
             self.largest = max(self.largest, tokens)
             ok = self.level_req >= min(1.0, self.cap_req) and self.level_tok >= min(float(tokens), self.cap_tok)
             if ok:
+                if self.held_at is None and not self.leased and self._full():
+                    self.held_at = now
                 if self.limits.rpm is not None:
                     self.level_req -= 1.0
                     self.granted_req += 1.0
@@ -201,6 +215,31 @@ class Bucket:
         if starved is not None:
             starved()  # the shared-state loop fetches a lease now, not next period
         return ok
+
+    def _full(self) -> bool:
+        """(Nearly) full: the server's bucket is full too and its refill goes to waste."""
+        h = self.headroom
+        return (self.limits.rpm is not None and self.level_req >= self.cap_req * h) or (
+            self.limits.tpm is not None and self.level_tok >= self.cap_tok * h
+        )
+
+    def ack(self, now: float) -> None:
+        """The server answered an attempt (its status line arrived): it has counted it.
+
+        Why: after an idle spell both buckets are full and waste their refill. The
+        client's next reservations drain its bucket *now*; the server's drains only
+        when those requests arrive — on a cold start (new connections, a busy
+        machine) that is up to seconds later. Refilling the client from the
+        reservation would run ahead of the server by that lag and meet 429s. So a
+        reservation taken from a full bucket freezes the refill, and the first answer
+        (which arrives after its request did) restarts it from then. Never frozen
+        longer than ``MAX_HOLD_S``: an endpoint that answers nothing must not hold
+        its bucket empty for ever."""
+        with self._lock:
+            if self.held_at is not None:
+                self._refill(now)
+                self.held_at = None
+                self.at = max(self.at, now)
 
     def settle(self, reserved: int, used: int, *, refund_request: bool = False) -> None:
         """An attempt ended: it used ``used`` tokens of the ``reserved`` ones. The
@@ -217,6 +256,9 @@ class Bucket:
                 self.granted_req -= 1.0
 
     def _refill(self, now: float) -> None:
+        if self.held_at is not None and now - self.held_at >= MAX_HOLD_S:
+            self.at = max(self.at, self.held_at + MAX_HOLD_S)
+            self.held_at = None  # no answer within the bound: refill from it
         if not self.leased:
             r, t = self._levels(now)
             if self.shared:

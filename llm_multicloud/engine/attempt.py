@@ -209,6 +209,8 @@ async def _exchange(
         read_s=to.chunk_gap_s if intent.stream else budget,
     )
     a.resp, a.status, a.headers = resp, resp.status, resp.headers
+    if a.reserved and a.st.bucket is not None:
+        a.st.bucket.ack(env.clock())  # counted by the server: its refill runs from here
     a.fault = classify_status(resp.status, env.failover)
     if 300 <= resp.status < 400:
         # Never followed (the credential would go where the catalog does not say) and

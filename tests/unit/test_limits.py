@@ -17,6 +17,7 @@ def test_bucket_holds_burst_s_of_the_limit_and_refills_continuously() -> None:
     for _ in range(10):
         assert b.reserve(0.0, 50)
     assert not b.fits(0.0, 50) and not b.reserve(0.0, 50)  # rpm spent
+    b.ack(0.0)  # the server answered: it counted them (the refill runs from its first answer)
     assert b.ready_at(0.0, 50) == pytest.approx(1.0)
     assert b.fits(1.0, 50) and b.reserve(1.0, 50)
     # tokens: 1000 - 11 x 50 + 100 refilled = 550 left
@@ -89,11 +90,46 @@ def test_router_skips_an_endpoint_over_its_limit_and_waits_when_nothing_else_can
     )
     assert sorted(ids(s.plan())) == ["a", "b"]
     assert s.st("a").bucket.reserve(NOW, 10)
+    s.st("a").bucket.ack(NOW)  # answered at once
     plan = s.plan(max_tokens=10)
     assert ids(plan) == ["b"]
     (x,) = plan.excluded
     assert x.kind == "limited" and "rpm left" in x.reason and "room in 1.00s" in x.reason
     assert s.st("b").bucket.reserve(NOW, 10)
+    s.st("b").bucket.ack(NOW)
     plan = s.plan(max_tokens=10)
     assert plan.candidates == [] and plan.wait_until == pytest.approx(NOW + 1.0)
     assert ids(s.plan(max_tokens=10, now=NOW + 1.0)) != []
+
+
+def test_a_cold_start_lag_does_not_put_the_client_ahead_of_the_server() -> None:
+    """After an idle spell both buckets are full. The client's first reservations
+    reach the server only after a cold-start lag (new connections, a busy machine);
+    a client that refilled from its reservation would run ahead of the server by that
+    lag. Virtual time, the fleet's own server-side limiter: not one refusal."""
+    from llm_multicloud.fleet.capacity import RateLimiterSim
+    from llm_multicloud.fleet.spec import RateLimits
+
+    clock = [0.0]
+    server = RateLimiterSim(RateLimits(rpm=300, burst_s=2), clock=lambda: clock[0])  # 10, 5/s
+    client = Bucket("d", Limits(rpm=300, tpm=None, burst_s=2), now=-60.0, headroom=0.95)
+    arrivals: list[float] = []
+    answers: list[float] = []
+    refused = sent = 0
+    t = 0.0
+    while t < 6.0:
+        for a in sorted(x for x in arrivals if x <= t):  # the server counts each on arrival
+            clock[0] = a
+            refused += server.take(1) is not None
+        arrivals = [x for x in arrivals if x > t]
+        for b in sorted(x for x in answers if x <= t):  # ...and answers a little later
+            client.ack(b)
+        answers = [x for x in answers if x > t]
+        while client.reserve(t, 1):
+            lag = 1.0 if t < 0.5 else 0.01  # the cold start: the first requests arrive 1 s late
+            arrivals.append(t + lag)
+            answers.append(t + lag + 0.005)
+            sent += 1
+        t = round(t + 0.01, 2)
+    assert refused == 0, f"{refused} of {sent} refused"
+    assert sent >= 10 + 5 * 5 * 0.9  # the burst, then the refill: the quota stays in use
