@@ -24,6 +24,8 @@ class PrefixCacheSim:
         self.spec = spec
         self._clock = clock
         self._seen: OrderedDict[bytes, float] = OrderedDict()
+        #: when each prefill lane is free again (monotonic); None: unlimited
+        self._lanes: list[float] | None = None if spec.prefill_lanes is None else [0.0] * spec.prefill_lanes
         self.hits = 0
         self.misses = 0
 
@@ -55,10 +57,23 @@ class PrefixCacheSim:
         return cached
 
     def prefill_s(self, uncached_tokens: int) -> float:
-        return uncached_tokens * self.spec.prefill_ms_per_token / 1000.0
+        """Seconds from now until this request's prefill is done. With
+        ``prefill_lanes`` the region prefills that many prompts at once (a GPU's
+        compute is shared: a burst of uncached prompts queues, as on a real server);
+        a request is scheduled on the lane that frees first."""
+        work = uncached_tokens * self.spec.prefill_ms_per_token / 1000.0
+        if self._lanes is None:
+            return work
+        now = self._clock()
+        i = min(range(len(self._lanes)), key=self._lanes.__getitem__)
+        done = max(self._lanes[i], now) + work
+        self._lanes[i] = done
+        return done - now
 
     def clear(self) -> None:
         self._seen.clear()
+        if self._lanes is not None:
+            self._lanes = [0.0] * len(self._lanes)
         self.hits = self.misses = 0
 
 

@@ -135,6 +135,11 @@ class PrefixCache(BaseModel):
     prefill_ms_per_token: float = Field(0.1, ge=0, description="extra TTFT per uncached prompt token (ms)")
     ttl_s: float = Field(300.0, gt=0, description="how long a prefix stays cached after its last use")
     max_entries: int = Field(100_000, ge=1, description="cached prefixes kept (least recently used evicted)")
+    prefill_lanes: int | None = Field(
+        None,
+        ge=1,
+        description="prompts prefilled at once (a GPU's compute is shared: more queue); None = unlimited",
+    )
 
 
 class RateLimits(BaseModel):

@@ -133,3 +133,22 @@ def test_a_cold_start_lag_does_not_put_the_client_ahead_of_the_server() -> None:
         t = round(t + 0.01, 2)
     assert refused == 0, f"{refused} of {sent} refused"
     assert sent >= 10 + 5 * 5 * 0.9  # the burst, then the refill: the quota stays in use
+
+
+def test_fleet_prefill_lanes_queue_uncached_prompts() -> None:
+    """The fleet's prefix cache with ``prefill_lanes``: a region prefills that many
+    prompts at once and the rest queue (what makes a region everyone sends to slow,
+    so that B7's router without affinity spreads its load)."""
+    from llm_multicloud.fleet.capacity import PrefixCacheSim
+    from llm_multicloud.fleet.spec import PrefixCache
+
+    clock = [0.0]
+    one = PrefixCacheSim(PrefixCache(prefill_ms_per_token=1.0, prefill_lanes=1), clock=lambda: clock[0])
+    assert one.prefill_s(100) == pytest.approx(0.1)
+    assert one.prefill_s(100) == pytest.approx(0.2)  # behind the first
+    clock[0] = 0.15
+    assert one.prefill_s(10) == pytest.approx(0.06)  # the lane frees at 0.2
+    two = PrefixCacheSim(PrefixCache(prefill_ms_per_token=1.0, prefill_lanes=2), clock=lambda: clock[0])
+    assert [round(two.prefill_s(100), 3) for _ in range(3)] == [0.1, 0.1, 0.2]
+    unlimited = PrefixCacheSim(PrefixCache(prefill_ms_per_token=1.0), clock=lambda: clock[0])
+    assert [unlimited.prefill_s(100) for _ in range(3)] == [pytest.approx(0.1)] * 3
