@@ -40,6 +40,10 @@ from typing import Any
 DEFAULT_OUTPUT_TOKENS = 256
 
 
+#: Levels are floats refilled in small steps and leased through decimal strings: a
+#: level this close to what a request needs is enough.
+EPS = 1e-3
+
 #: Longest a bucket's refill stays frozen waiting for the server's first answer
 #: after an idle spell (see :meth:`Bucket.ack`).
 MAX_HOLD_S = 5.0
@@ -161,9 +165,16 @@ class Bucket:
 
     def fits(self, now: float, tokens: int) -> bool:
         """Can a request of ``tokens`` go now? A request larger than the whole bucket
-        fits when the bucket is full (it would never fit otherwise)."""
+        fits when the bucket is full (it would never fit otherwise).
+
+        Remembers the largest request asked about: a leased bucket asks the shared
+        bucket for at least that much, or a replica whose share of a round's refill is
+        smaller than one request would wait for ever (the router skips the endpoint,
+        so such a request never reaches :meth:`reserve`)."""
+        if tokens > self.largest:
+            self.largest = tokens  # a hint for the next lease; a lost race only delays it
         r, t = self._levels(now)
-        return r >= min(1.0, self.cap_req) and t >= min(float(tokens), self.cap_tok)
+        return r + EPS >= min(1.0, self.cap_req) and t + EPS >= min(float(tokens), self.cap_tok)
 
     def ready_at(self, now: float, tokens: int) -> float:
         """When the request fits: at the current refill rate; leased, at the next lease."""
@@ -197,7 +208,9 @@ class Bucket:
         with self._lock:
             self._refill(now)
             self.largest = max(self.largest, tokens)
-            ok = self.level_req >= min(1.0, self.cap_req) and self.level_tok >= min(float(tokens), self.cap_tok)
+            ok = self.level_req + EPS >= min(1.0, self.cap_req) and self.level_tok + EPS >= min(
+                float(tokens), self.cap_tok
+            )
             if ok:
                 if self.held_at is None and not self.leased and self._full():
                     self.held_at = now

@@ -114,6 +114,10 @@ def domain_tag(name: str) -> str:
     return "{d:" + name + "}"
 
 
+#: Asked on top of each want: grants travel as decimal strings, and a lease that ends a
+#: hair below one request would never grow to it.
+WANT_SLACK = 0.01
+
 #: The least time between two rounds woken by a spent lease.
 MIN_WAKE_S = 0.02
 
@@ -199,11 +203,11 @@ class SharedLimits:
             if lim.rpm is not None:
                 rate = lim.rpm / 60.0 * b.headroom
                 target = min(max(rate / self.replicas, 2.0 * used_r / dt) * horizon, rate * horizon)
-                wr = max(target, 1.0) - b.level_req + owed_r
+                wr = max(target, 1.0) - b.level_req + owed_r + WANT_SLACK
             if lim.tpm is not None:
                 rate = lim.tpm / 60.0 * b.headroom
                 target = min(max(rate / self.replicas, 2.0 * used_t / dt) * horizon, rate * horizon)
-                wt = max(target, float(b.largest)) - b.level_tok + owed_t
+                wt = max(target, float(b.largest)) - b.level_tok + owed_t + WANT_SLACK
             out.append(_Ask(b, self.key(name), wr, wt, owed_r, owed_t))
         return out
 

@@ -211,3 +211,39 @@ def test_pins_agree_across_replicas_and_move_together_after_one_replicas_failove
         finally:
             a.close()
             b.close()
+
+
+def test_a_request_larger_than_a_replicas_share_of_a_round_is_leased(redis_srv: RedisServer) -> None:
+    """A leased bucket asks for what a round's share of the refill gives (two refresh
+    periods: here 95 tokens), but a request may need more (here ~150): the router
+    skips the endpoint, so the request never reserves — the lease must still grow
+    to one request, or the request waits until its deadline (what B8 first showed)."""
+    import openai
+
+    import llm_multicloud as lmc
+
+    tpm = 6000.0  # 100 tokens/s
+    with Fleet(
+        [
+            RegionSpec(
+                id="small",
+                provider="azure",
+                region="swedencentral",
+                models={MODEL: "served"},
+                api_key="sk-small",
+                latency=Latency(ttft_ms=2, ttft_jitter=0.0),
+                limits=RateLimits(tpm=tpm, burst_s=4.0),
+            )
+        ]
+    ) as fleet:
+        catalog = fleet.catalog()
+        catalog["endpoints"][0]["limits"] = {"tpm": tpm, "burst_s": 4.0}
+        policy = _policy(redis_srv.url, f"lmc-test:largest:{time.monotonic_ns()}")
+        with lmc.MultiCloud(catalog, policy) as mc:
+            client = mc.wrap(openai.OpenAI(api_key="sk-placeholder-never-sent", timeout=20))
+            for i in range(3):
+                client.chat.completions.create(
+                    model=MODEL, messages=[{"role": "user", "content": f"q{i}"}], max_tokens=140
+                )
+            assert mc.snapshot()["limits"][0]["mode"] == "shared"
+        assert [r.status for r in fleet.received("small") if r.path.endswith("/chat/completions")] == [200] * 3
