@@ -77,9 +77,9 @@ def run(*, quick: bool = False, out_dir: str | Path | None = None, litellm: bool
 
     out = common.out_dir_for(quick, out_dir)
     use_litellm, why_not = common.want_litellm(litellm)
-    n_conv = 6 if quick else 24
+    n_conv = 6 if quick else 48
     turns = 4 if quick else 10
-    concurrency = 6 if quick else 12
+    concurrency = 6 if quick else 24
     # A cache holds ~40 % of what the active conversations need (prefixes: two per
     # turn), as a GPU's KV cache holds a share of a busy fleet's sessions: with
     # affinity an endpoint needs about a third of them, scattered it needs them all.

@@ -17,7 +17,8 @@ the hash tag ``{...}``):
 
 A replica's *target* is two refresh periods of the larger of its fair share of the
 limit (split by the live replicas) and twice its recent rate of use, capped at two
-periods of the whole limit: a busy replica gets more, an idle one holds little. A
+periods of the whole limit: a busy replica gets more, an idle one holds little; and
+never less than the largest request the router asked the bucket to fit. A
 request that finds the local lease spent wakes the round at once (never faster
 than every 20 ms), so a saturated replica asks as often as it needs.
 
