@@ -657,11 +657,9 @@ def _request_error_type(rec: RequestRecord) -> str:
     (``all_attempts_failed``, ``no_endpoint_available``, ``residency_violation_prevented``,
     ...), ``timeout``, ``cancelled``, ``stream_interrupted``, or the HTTP status of a
     request fault handed back unchanged (``"400"``)."""
-    et = rec.error_type
+    et = rec.error_type  # set by the engine where the request ended: never parsed here
     if et is None:
         return str(rec.status) if rec.status is not None and rec.status >= 400 else rec.outcome or "_OTHER"
-    if et.startswith("http_") and et[5:].isdigit():
-        return et[5:]
     return et
 
 

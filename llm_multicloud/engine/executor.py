@@ -307,7 +307,7 @@ class Executor:
         meta = ledger.meta_headers(w)
         if w.fault is FaultKind.REQUEST:
             ledger.finish(w, AttemptOutcome.REQUEST_ERROR)
-            ledger.request_done(w, RequestOutcome.REQUEST_ERROR, w.status, f"http_{w.status}")
+            ledger.request_done(w, RequestOutcome.REQUEST_ERROR, w.status, str(w.status))
             return Result(w.status or 400, headers + meta, w.body or b"", None)
         ledger.committed(w)
         if not intent.stream:
