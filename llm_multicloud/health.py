@@ -49,17 +49,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, overload
 
 from .catalog import Catalog, Endpoint
 from .errors import cooldown_s
 from .limits import Bucket
 from .policy import BreakerPolicy, Policy
 from .redaction import redactor
-from .vocabulary import BreakerState, ExclusionKind
+from .vocabulary import BreakerState
 
 if TYPE_CHECKING:
-    from .router import EndpointView
     from .snapshot import EndpointRecord
 
 log = logging.getLogger("llm_multicloud.health")
@@ -94,78 +93,6 @@ class Transition:
     reason: str
     at: float
     until: float | None
-
-
-# -- the rules, written once -----------------------------------------------------------
-
-
-def predict_ttft_ms(st: EndpointView, baseline_ms: float, now: float, decay_s: float) -> float:
-    """The predicted time to first token of ``st`` now: its peak-EWMA estimate decayed
-    toward ``baseline_ms`` (probe RTT plus a processing guess, else the geographic
-    prior) with time constant ``decay_s``; the baseline alone before any sample.
-
-    The one definition of the prediction. The router's hot loop inlines this formula
-    (a call per endpoint is over its 10,000-endpoint budget);
-    ``tests/unit/test_health_rules.py`` holds every plan's ``predicted_ms`` equal to it.
-    """
-    est = st.ttft_ms
-    if est is None:
-        return baseline_ms
-    return baseline_ms + (est - baseline_ms) * math.exp((st.ttft_at - now) / decay_s)
-
-
-#: Why an endpoint cannot take a new attempt now (the router's ``Exclusion.kind``).
-#: ``ExclusionKind`` members; a ``Literal`` so that callers can match on the five cases.
-Unusable = Literal[
-    ExclusionKind.DRAINED,
-    ExclusionKind.CREDENTIAL,
-    ExclusionKind.MISSING_MODEL,
-    ExclusionKind.COOLING,
-    ExclusionKind.EJECTED,
-]
-
-
-def unusable_now(st: EndpointView, model: str | None, now: float) -> Unusable | None:
-    """Why ``st`` cannot take a new attempt for ``model`` now, or None when it can.
-
-    The one "usable now" predicate, in the order the reasons are reported: drained by
-    an operator (never re-admitted, not even in panic), credential unavailable, the
-    model missing from its listing, its quota domain cooling down, its breaker open
-    (ejected: the router may still re-admit it under the ejection cap or in panic).
-    The engine re-checks each attempt with it (an endpoint may cool down or be
-    ejected while a request runs); the router's hot loop inlines the same tests in
-    the same order, held equal to this function by ``tests/unit/test_health_rules.py``.
-    Capacity (``limits:``) and concurrency are not here: they depend on the request's
-    size and are reserved at admission, not predicted.
-    """
-    if st.drained is not None:
-        return ExclusionKind.DRAINED
-    if st.endpoint.credential.unavailable is not None:
-        return ExclusionKind.CREDENTIAL
-    if model is not None and st.missing_models and model in st.missing_models:
-        return ExclusionKind.MISSING_MODEL
-    if st.quota.until > now:
-        return ExclusionKind.COOLING
-    if st.breaker == "open" and st.open_until > now:
-        return ExclusionKind.EJECTED
-    return None
-
-
-def unusable_reason(st: EndpointView, model: str | None, why: Unusable, now: float) -> str:
-    """The sentence that says why (plans, 503 messages and ``explain()``)."""
-    ep = st.endpoint
-    if why == ExclusionKind.DRAINED:
-        return f"drained: {st.drained}"
-    if why == ExclusionKind.CREDENTIAL:
-        return f"credential unavailable: {ep.credential.unavailable}"
-    if why == ExclusionKind.MISSING_MODEL:
-        served = ep.models.get(model or "", model)
-        if model in st.refused_models:
-            return f"404 for {served!r}, a served name its /models has never listed"
-        return f"/models no longer lists {served!r}"
-    if why == ExclusionKind.COOLING:
-        return f"cooling down for {st.quota.until - now:.1f}s more: {st.quota.reason}"
-    return f"ejected (breaker open for {st.open_until - now:.1f}s more): {st.last_error}"
 
 
 # -- the breaker and the admission policy ---------------------------------------------

@@ -55,7 +55,6 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import compress
-from typing import Protocol
 
 from cachetools import LRUCache
 
@@ -66,48 +65,8 @@ from .errors import RoutingError
 from .limits import DEFAULT_OUTPUT_TOKENS, Bucket, estimate_tokens
 from .policy import Policy
 from .regions import distance_km
-
-
-class QuotaView(Protocol):
-    until: float
-    reason: str
-
-
-class EndpointView(Protocol):
-    """What the router reads of an endpoint's health (see :class:`health.EndpointState`)."""
-
-    @property
-    def endpoint(self) -> Endpoint: ...
-    @property
-    def ttft_ms(self) -> float | None: ...
-    @property
-    def ttft_at(self) -> float: ...
-    @property
-    def ttft_before_jump(self) -> float | None: ...
-    @property
-    def rtt_ms(self) -> float | None: ...
-    @property
-    def inflight(self) -> int: ...
-    @property
-    def remote_inflight(self) -> int: ...
-    @property
-    def queue_waiting(self) -> float: ...
-    @property
-    def breaker(self) -> str: ...
-    @property
-    def open_until(self) -> float: ...
-    @property
-    def last_error(self) -> str | None: ...
-    @property
-    def missing_models(self) -> frozenset[str]: ...
-    @property
-    def refused_models(self) -> frozenset[str]: ...
-    @property
-    def quota(self) -> QuotaView: ...
-    @property
-    def drained(self) -> str | None: ...
-    @property
-    def bucket(self) -> Bucket | None: ...
+from .usable import EndpointView, predict_ttft_ms, unusable_now, unusable_reason
+from .vocabulary import ExclusionKind
 
 
 @dataclass(slots=True)
@@ -319,9 +278,9 @@ class Router:
             )
         base_rtt = p.default_ttft_ms * 0.25
         tau = p.decay_s
-        exp = math.exp
-        # One pass: health filter and prediction. Hot loop: attribute reads, no calls but
-        # exp(), and no object per endpoint (floats are not tracked by the garbage
+        # One pass: health filter and prediction, each asked of its one definition in
+        # health.py (unusable_now, predict_ttft_ms: two calls per endpoint, measured in
+        # B1), and no object per endpoint (floats are not tracked by the garbage
         # collector; a tuple per endpoint per request was a gen-2 collection every few
         # hundred plans at 10,000 endpoints). Usable endpoints go into three parallel
         # lists; the other lists hold positions into them.
@@ -346,25 +305,14 @@ class Router:
         want_recheck = steerable and recheck < p.recheck
         collect = want_explore or want_recheck
         for ep, st, geo_ms, cap in rows:
-            if st.drained is not None:  # an operator's drain: never re-admitted, not even in panic
-                excluded.append(Exclusion(ep, f"drained: {st.drained}", "drained"))
-                continue
-            if ep.credential.unavailable is not None:
-                excluded.append(Exclusion(ep, f"credential unavailable: {ep.credential.unavailable}", "credential"))
-                continue
-            if st.missing_models and model in st.missing_models:
-                why = (
-                    f"404 for {ep.models[model]!r}, a served name its /models has never listed"
-                    if model in st.refused_models
-                    else f"/models no longer lists {ep.models[model]!r}"
-                )
-                excluded.append(Exclusion(ep, why, "missing_model"))
-                continue
-            if st.quota.until > now:
-                cooling.append((ep, st))
-                continue
-            if st.breaker == "open" and st.open_until > now:
-                ejected.append((ep, st))
+            why = unusable_now(st, model, now)  # the one "usable now" rule (health.py)
+            if why is not None:
+                if why is ExclusionKind.COOLING:
+                    cooling.append((ep, st))
+                elif why is ExclusionKind.EJECTED:
+                    ejected.append((ep, st))  # the ejection cap or panic may re-admit it
+                else:  # drained, credential, missing model: never re-admitted
+                    excluded.append(Exclusion(ep, unusable_reason(st, model, why, now), why))
                 continue
             b = st.bucket
             if b is not None and not b.fits(now, need):
@@ -372,10 +320,9 @@ class Router:
                 continue
             rtt = st.rtt_ms
             base = geo_ms if rtt is None else rtt + base_rtt
-            est = st.ttft_ms
+            pred = predict_ttft_ms(st, base, now, tau)  # the one prediction (health.py)
             busy = st.inflight + st.remote_inflight
-            if est is None:
-                pred = base
+            if st.ttft_ms is None:
                 if cap is not None and busy >= cap:
                     full.append((pred * (1.0 + busy + st.queue_waiting), pred, ep))
                     continue
@@ -383,7 +330,6 @@ class Router:
                     unexplored.append(len(scores))
             else:
                 at = st.ttft_at
-                pred = base + (est - base) * exp((at - now) / tau)
                 if cap is not None and busy >= cap:
                     full.append((pred * (1.0 + busy + st.queue_waiting), pred, ep))
                     continue
@@ -479,8 +425,7 @@ class Router:
         for ep, st in readmitted:
             rtt = st.rtt_ms
             base = geo[ep.index] if rtt is None else rtt + base_rtt
-            est = st.ttft_ms
-            pred = base if est is None else base + (est - base) * exp((st.ttft_at - now) / tau)
+            pred = predict_ttft_ms(st, base, now, tau)
             cands.append(
                 Candidate(
                     ep,

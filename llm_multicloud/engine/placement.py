@@ -8,7 +8,7 @@ own admission rules — half-open permits, concurrency — are health's):
 1. the endpoint is still live (not drained, removed or redefined by a catalog update);
 2. a resumed stream does not go back to the endpoint that broke, nor to one that
    cannot continue a partial answer;
-3. it is usable now — :func:`~llm_multicloud.health.unusable_now`, the one predicate
+3. it is usable now — :func:`~llm_multicloud.usable.unusable_now`, the one predicate
    the router's plan was made with: not cooled down by a 429 of its quota domain, not
    ejected during this request unless the plan re-admitted it, the model not gone
    from its listing, its credential not unavailable;
@@ -29,9 +29,9 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import RoutingError
-from ..health import unusable_now
 from ..limits import estimate_tokens
 from ..router import complies
+from ..usable import unusable_now
 from ..vocabulary import BreakerState, ExclusionKind
 
 if TYPE_CHECKING:

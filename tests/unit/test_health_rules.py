@@ -1,6 +1,6 @@
 """One place for each rule (issue 13): the "usable now" predicate and the TTFT prediction
-of health.py, held equal to what the router's inlined hot loop decides; Retry-After
-parsed and capped in errors.py."""
+(usable.py), and what the router decides with them; Retry-After parsed and capped in
+errors.py."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from hypothesis import strategies as hs
 from llm_multicloud import errors, executor
 from llm_multicloud.catalog import Catalog
 from llm_multicloud.context import UNCONSTRAINED
-from llm_multicloud.health import Health, predict_ttft_ms, unusable_now, unusable_reason
+from llm_multicloud.health import Health
 from llm_multicloud.router import Router
+from llm_multicloud.usable import predict_ttft_ms, unusable_now, unusable_reason
 
 NOW = 1000.0
 REGIONS = ["eu-west-1", "us-east-1", "ap-northeast-1", "eu-central-1", "us-west-2", "sa-east-1"]
