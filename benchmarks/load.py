@@ -27,10 +27,11 @@ AsyncFactory = Callable[[], Awaitable[tuple[Callable[[], Awaitable[Any]], Callab
 
 
 def _figures(lat_ns: list[int], wall_s: float, errors: int) -> dict[str, Any]:
+    """Throughput counts answered requests only (a fast failure is not throughput)."""
     return {
         "requests": len(lat_ns),
         "errors": errors,
-        "throughput_rps": len(lat_ns) / wall_s if wall_s > 0 else None,
+        "throughput_rps": (len(lat_ns) - errors) / wall_s if wall_s > 0 else None,
         "latency_ms": common.summarize(lat_ns, scale=1e-6),
     }
 
@@ -167,12 +168,16 @@ def memory(
                 futs = [pool.submit(call) for _ in range(n_sync)]
                 held = wait_for(n_sync, base)
                 during = tracemalloc.get_traced_memory()[0]
-                for fut in futs:
-                    fut.result()
+                errors = sum(1 for fut in futs if fut.exception() is not None)
             tracemalloc.stop()
         finally:
             close()
-        out["sync"][v] = {"in_flight": n_sync, "all_held": held, "bytes_per_request": (during - before) / n_sync}
+        out["sync"][v] = {
+            "in_flight": n_sync,
+            "all_held": held,
+            "errors": errors,
+            "bytes_per_request": (during - before) / n_sync,
+        }
 
     async def one_async(f: AsyncFactory) -> dict[str, Any]:
         call, close = await f()
@@ -185,11 +190,17 @@ def memory(
             tasks = [asyncio.ensure_future(call()) for _ in range(n_async)]
             held = await asyncio.to_thread(wait_for, n_async, base)
             during = tracemalloc.get_traced_memory()[0]
-            await asyncio.gather(*tasks)
+            done = await asyncio.gather(*tasks, return_exceptions=True)
             tracemalloc.stop()
         finally:
             await close()
-        return {"in_flight": n_async, "all_held": held, "bytes_per_request": (during - before) / n_async}
+        errors = sum(1 for d in done if isinstance(d, BaseException))
+        return {
+            "in_flight": n_async,
+            "all_held": held,
+            "errors": errors,
+            "bytes_per_request": (during - before) / n_async,
+        }
 
     for v, af in async_f.items():
         out["async"][v] = runner.run(one_async(af))

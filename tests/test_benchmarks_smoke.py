@@ -80,7 +80,7 @@ def _check_b2(r: dict[str, Any]) -> None:
                 assert _positive(x["latency_ms"]["p99"]) and _positive(x["throughput_vs_direct"])
         for v in ("direct", "lmc"):
             m = ld["memory"][kind][v]
-            assert m["all_held"] and _positive(m["bytes_per_request"])
+            assert m["all_held"] and m["errors"] == 0 and _positive(m["bytes_per_request"])
         for x in ld["post_burst"][kind].values():
             assert _positive(x["before_ms"]["p50"]) and _positive(x["after_ms"]["p50"])
     assert len(r["params"]["loadavg_end"]) == 3 and len(ld["loadavg_start"]) == 3
