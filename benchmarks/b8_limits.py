@@ -311,11 +311,7 @@ def markdown(res: dict[str, Any]) -> str:
             rows,
         ),
     ]
-    errs = [(v, r["errors"][0]) for v, r in res["results"].items() if r["errors"]]
-    if errs:
-        lines += ["", "First error per variant: " + "; ".join(f"{v}: `{e}`" for v, e in errs)]
-    lines += ["", common.bars_table(res["bars"])]
-    return "\n".join(lines)
+    return "\n".join(lines + common.markdown_tail(res))
 
 
 def main() -> int:

@@ -386,6 +386,17 @@ def met_mark(met: bool | None) -> str:
     return "n/a" if met is None else ("**met**" if met else "**missed**")
 
 
+def markdown_tail(res: dict[str, Any]) -> list[str]:
+    """What every benchmark's Markdown ends with: the first error of each variant that
+    had one (a benchmark that hides its failures measures the wrong thing), then the
+    bars table."""
+    lines: list[str] = []
+    errs = [(v, r["errors"][0]) for v, r in res["results"].items() if r["errors"]]
+    if errs:
+        lines += ["", "First error per variant: " + "; ".join(f"{v}: `{e}`" for v, e in errs)]
+    return [*lines, "", bars_table(res["bars"])]
+
+
 def bars_table(bars: Sequence[dict[str, Any]]) -> str:
     return md_table(
         ["bar", "target", "measured", "verdict", "note"],
