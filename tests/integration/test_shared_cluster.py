@@ -29,6 +29,8 @@ if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
 
 from llm_multicloud.fleet.redis_cluster import LocalRedisCluster
 
+from .test_shared_limits import assert_pins_agree_and_move_together
+
 pytestmark = pytest.mark.integration
 MODEL = "llama-3.1-8b"
 REFRESH = 0.25
@@ -124,21 +126,7 @@ def test_health_pins_and_buckets_work_unchanged_on_a_cluster(cluster: LocalRedis
                     client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": f"q{i}"}])
 
             # Pins agree, and one replica's ejection moves the other's pins the same way.
-            sessions = [f"user-{i}" for i in range(20)]
-
-            def pins(mc: lmc.MultiCloud) -> list[str]:
-                return [mc.explain(MODEL, session=s).candidates[0].endpoint.id for s in sessions]
-
-            before = pins(a)
-            assert pins(b) == before and len(set(before)) > 1
-            victim = before[0]
-            st = a.health.states[[e.id for e in a.catalog.endpoints].index(victim)]
-            for _ in range(a.policy.breaker.consecutive_failures):
-                a.health.endpoint_fault(st, "connect error: refused")
-            _until(lambda: {e["id"]: e["state"] for e in b.snapshot()["endpoints"]}[victim] == "open", "b adopts it")
-            after = pins(b)
-            assert after == pins(a) and victim not in after
-            assert all(x == y for x, y in zip(before, after, strict=True) if x != victim)
+            assert_pins_agree_and_move_together(a, b, _until)
             limited = [r for e in cat["endpoints"] for r in fleet.received(e["id"]) if r.status == 429]
             assert limited == []
         finally:

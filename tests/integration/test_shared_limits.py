@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+import llm_multicloud as lmc
 from llm_multicloud.fleet import Fleet, Latency, RateLimits, RegionSpec
 
 from .test_shared import REFRESH, RedisServer, ReplicaProc, _policy
@@ -164,6 +165,31 @@ def test_when_redis_goes_away_each_replica_refills_at_its_share(four: list[Repli
         srv.stop()
 
 
+def assert_pins_agree_and_move_together(
+    a: lmc.MultiCloud, b: lmc.MultiCloud, until: Callable[[Callable[[], bool], str], None]
+) -> None:
+    """Replicas a and b pin 20 sessions alike; after a's failover ejects the endpoint
+    of the first pin, b adopts the ejection and both move exactly the sessions that
+    were pinned to it (rendezvous: nobody else moves)."""
+    sessions = [f"user-{i}" for i in range(20)]
+
+    def pins(mc: lmc.MultiCloud) -> list[str]:
+        return [mc.explain(MODEL, session=s).candidates[0].endpoint.id for s in sessions]
+
+    before = pins(a)
+    assert pins(b) == before and len(set(before)) > 1
+    victim = before[0]
+    st = a.health.states[[e.id for e in a.catalog.endpoints].index(victim)]
+    for _ in range(a.policy.breaker.consecutive_failures):
+        a.health.endpoint_fault(st, "connect error: refused")  # replica a's failover
+    until(lambda: {e["id"]: e["state"] for e in b.snapshot()["endpoints"]}[victim] == "open", "b adopts")
+    after_a, after_b = pins(a), pins(b)
+    assert after_a == after_b
+    assert victim not in after_b
+    # only the sessions pinned to the ejected endpoint moved
+    assert all(x == y for x, y in zip(before, after_b, strict=True) if x != victim)
+
+
 def _until(pred: Any, what: str, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not pred():
@@ -176,7 +202,6 @@ def test_pins_agree_across_replicas_and_move_together_after_one_replicas_failove
     """Rendezvous needs no coordination for the choice, and shared health keeps the
     candidate sets equal: two replicas pin a session to the same endpoint, and when
     one replica's failover ejects it, the other moves the pin the same way."""
-    import llm_multicloud as lmc
 
     with Fleet(
         [
@@ -191,23 +216,7 @@ def test_pins_agree_across_replicas_and_move_together_after_one_replicas_failove
                 mc._portal()  # start the shared-state loop
                 for st in mc.health.states:
                     st.observe_ttft(20.0, mc.clock())
-            sessions = [f"user-{i}" for i in range(20)]
-
-            def pins(mc: lmc.MultiCloud) -> list[str]:
-                return [mc.explain(MODEL, session=s).candidates[0].endpoint.id for s in sessions]
-
-            before = pins(a)
-            assert pins(b) == before and len(set(before)) > 1
-            victim = before[0]
-            st = a.health.states[[e.id for e in a.catalog.endpoints].index(victim)]
-            for _ in range(a.policy.breaker.consecutive_failures):
-                a.health.endpoint_fault(st, "connect error: refused")  # replica a's failover
-            _until(lambda: {e["id"]: e["state"] for e in b.snapshot()["endpoints"]}[victim] == "open", "b adopts")
-            after_a, after_b = pins(a), pins(b)
-            assert after_a == after_b
-            assert victim not in after_b
-            # only the sessions pinned to the ejected endpoint moved
-            assert all(x == y for x, y in zip(before, after_b, strict=True) if x != victim)
+            assert_pins_agree_and_move_together(a, b, _until)
         finally:
             a.close()
             b.close()
@@ -219,8 +228,6 @@ def test_a_request_larger_than_a_replicas_share_of_a_round_is_leased(redis_srv: 
     skips the endpoint, so the request never reserves — the lease must still grow
     to one request, or the request waits until its deadline (what B8 first showed)."""
     import openai
-
-    import llm_multicloud as lmc
 
     tpm = 6000.0  # 100 tokens/s
     with Fleet(
