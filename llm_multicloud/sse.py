@@ -20,6 +20,7 @@ write, and would re-encode events instead of passing bytes through.
 from __future__ import annotations
 
 import json
+import re
 from enum import Enum
 from typing import Any
 
@@ -163,7 +164,7 @@ def kind_of(obj: dict[str, Any]) -> EventKind:
         if t in ("response.failed", "error"):
             return EventKind.ERROR
         return EventKind.CONTENT if t.endswith(".delta") else EventKind.PREAMBLE
-    if "error" in obj and not obj.get("choices"):
+    if obj.get("error") is not None and not obj.get("choices"):  # "error": null is none
         return EventKind.ERROR
     choices = obj.get("choices")
     if isinstance(choices, list) and choices:
@@ -196,6 +197,37 @@ def looks_like_json_object(data: bytes) -> bool:
     """A cheap shape check for events after commit (full parsing is the SDK's job)."""
     d = data.strip()
     return (d[:1] == b"{" and d[-1:] == b"}") or d == DONE
+
+
+#: After commit, the keys whose *non-null* value the library acts on (usage: cost and
+#: capacity; error: an in-band error; finish_reason: a chat ``[DONE]`` is an end only
+#: after one), and the Responses API's terminal event types. A JSON string cannot hold
+#: an unescaped ``"``, so these bytes never match inside text the model wrote.
+_MARKERS = re.compile(
+    rb'"(?:usage|error|finish_reason)"\s*:\s*(?!null\b)'
+    rb'|"type"\s*:\s*"(?:error|response\.(?:completed|incomplete|failed))"'
+)
+
+
+def needs_parse(data: bytes) -> bool:
+    """Must a data event after the commit point be parsed (one ``json.loads``)?
+
+    Only when its bytes carry a marker the library acts on (:data:`_MARKERS`: a
+    non-null ``usage``, ``error`` or ``finish_reason``, a Responses ``error`` /
+    ``response.completed`` / ``.incomplete`` / ``.failed`` event), or when a byte-level
+    check says it may not be one JSON object: it must start with ``{``, end with ``}``
+    and hold as many ``{`` as ``}`` and as many ``[`` as ``]`` (brackets inside strings
+    count too: a token such as ``{`` only costs a parse that then finds the event
+    sound). Every other event — the plain content chunks, nearly all of a stream —
+    passes on the strength of a few C-level scans, without a parse. What this does not
+    see is an event malformed inside balanced brackets (``{"a": }``): the SDK's own
+    parse then raises its JSON error to the caller, so it is not lost, only not
+    reported as :class:`~llm_multicloud.errors.StreamInterrupted` (docs/errors.md)."""
+    if data[:1] != b"{" or data[-1:] != b"}":
+        return True
+    if data.count(b"{") != data.count(b"}") or data.count(b"[") != data.count(b"]"):
+        return True
+    return _MARKERS.search(data) is not None
 
 
 def text_of(events: list[bytes]) -> str:

@@ -21,6 +21,11 @@ still running ``stream_total_s`` after the request started, an end without
 :class:`~llm_multicloud.errors.StreamInterrupted`, which carries what was delivered
 and the usage known so far; its message is redacted (keys masked).
 
+At the speed of the wire: after commit an event is parsed only when its bytes carry
+a marker the library acts on (a non-null usage, error or finish_reason, a Responses
+end) or fail a byte-level check that it is one JSON object (``sse.needs_parse``);
+plain content chunks pass on a few C-level byte scans.
+
 Deadlines without a cancel scope per chunk: while data events keep coming, a read
 is bounded by the connection's read timeout (``chunk_gap_s``). Bytes that carry no
 data — keep-alive comments, an event dripped a byte at a time — do not count as
@@ -224,9 +229,11 @@ class Passthrough:
 
     def _look(self, ev: bytes, d: bytes) -> tuple[str | None, bool]:
         """One data event: (why it breaks the stream, or None; whether to drop it)."""
-        # What the SDK will parse must parse: one C-speed json.loads per event (the SDK
-        # does the same, and far more), instead of a raw JSON error from inside the
-        # SDK after the caller already has part of the answer.
+        # Parsed only when its bytes say it matters (usage, an error, a finish_reason,
+        # a Responses end) or may not be one JSON object: see sse.needs_parse. A plain
+        # content chunk passes on a few byte scans; the SDK parses it anyway.
+        if not sse.needs_parse(d):
+            return None, False
         try:
             obj = json.loads(d)
         except ValueError:

@@ -15,7 +15,9 @@ from llm_multicloud.sse import (
     EventTooLarge,
     classify,
     data_of,
+    kind_of,
     looks_like_json_object,
+    needs_parse,
     text_of,
 )
 
@@ -319,3 +321,80 @@ def test_responses_api_events() -> None:
     assert kind is EventKind.DONE and obj is not None and obj["response"]["usage"]["output_tokens"] == 2
     assert classify(b'{"type":"response.failed","response":{"error":{"message":"x"}}}')[0] is EventKind.ERROR
     assert classify(b'{"type":"error","message":"boom"}')[0] is EventKind.ERROR
+
+
+# ----------------------------------------------------- after commit: parse only what matters
+
+_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)
+
+
+@st.composite
+def _chat_chunks(draw: Any) -> dict[str, Any]:
+    """A chat chunk as servers send it (any text, often ``"usage": null`` / ``"finish_reason": null``)."""
+    obj: dict[str, Any] = {"id": draw(_text), "object": "chat.completion.chunk"}
+    n = draw(st.integers(0, 2))
+    obj["choices"] = [
+        {
+            "index": i,
+            "delta": draw(st.sampled_from([{}, {"role": "assistant", "content": ""}]))
+            | {"content": draw(st.one_of(st.none(), _text))},
+            "finish_reason": draw(st.one_of(st.none(), st.sampled_from(["stop", "length"]))),
+        }
+        for i in range(n)
+    ]
+    if draw(st.booleans()):
+        obj["usage"] = draw(st.one_of(st.none(), st.just({"prompt_tokens": 1, "completion_tokens": 2})))
+    if draw(st.integers(0, 9)) == 0:
+        obj["error"] = draw(st.one_of(st.none(), st.just({"message": "overloaded"})))
+    return obj
+
+
+@given(_chat_chunks(), st.booleans(), st.booleans())
+@settings(max_examples=400, deadline=None)
+def test_an_event_passed_without_a_parse_is_one_the_library_need_not_parse(
+    obj: dict[str, Any], compact: bool, ascii_only: bool
+) -> None:
+    """Whatever the text, an event that ``needs_parse`` lets through unparsed carries no
+    usage, no error, no finish_reason and is not an end: parsing it would change nothing."""
+    sep = (",", ":") if compact else (", ", ": ")
+    data = json.dumps(obj, separators=sep, ensure_ascii=ascii_only).encode()
+    if needs_parse(data):
+        return
+    assert kind_of(obj) in (EventKind.CONTENT, EventKind.PREAMBLE)
+    assert not obj.get("usage") and not obj.get("error")
+    assert not any(c.get("finish_reason") for c in obj["choices"])
+
+
+@given(_chat_chunks(), st.data())
+@settings(max_examples=300, deadline=None)
+def test_a_truncated_event_is_always_parsed(obj: dict[str, Any], data: Any) -> None:
+    """A cut-off event (a server that died mid-write, a proxy that truncated it) is never
+    passed on unparsed, whatever its text, unless the cut lands inside a string that holds
+    brackets — then the SDK's own parse raises (documented in docs/errors.md)."""
+    raw = json.dumps(obj, separators=(",", ":")).encode()
+    cut = data.draw(st.integers(1, len(raw) - 1))
+    part = raw[:cut]
+    text = "".join(str(c["delta"].get("content") or "") for c in obj["choices"]) + str(obj["id"])
+    if not any(b in text for b in "{}[]"):
+        assert needs_parse(part)
+
+
+@pytest.mark.parametrize(
+    ("data", "needed"),
+    [
+        (b'{"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}],"usage":null}', False),
+        (b'{"choices":[{"index":0,"delta":{"content":"the \\"usage\\": {} key"},"finish_reason":null}]}', False),
+        (b'{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}', True),
+        (b'{"choices":[],"usage":{"total_tokens":3}}', True),
+        (b'{"error":{"message":"boom"}}', True),
+        (b'{"type":"response.output_text.delta","delta":"Hi"}', False),
+        (b'{"type":"response.completed","response":{"usage":{"output_tokens":2}}}', True),
+        (b'{"type": "error", "message": "boom"}', True),
+        (b'{"choices":[{"index":0,"delta":{"content":"x"}}]]}', True),  # the hostile server's garbage
+        (b"{not json", True),
+        (b"oops", True),
+        (b'{"choices":[{"delta":{"content":"{"}}]}', True),  # a brace token: parsed, found sound
+    ],
+)
+def test_needs_parse(data: bytes, needed: bool) -> None:
+    assert needs_parse(data) is needed
