@@ -1,8 +1,9 @@
 """The background event loop of a :class:`~llm_multicloud.MultiCloud`, and why a
 process that uses the library always exits.
 
-Sync clients drive the async engine on this loop, and the probes and the
-shared-state task run on it. It is a plain asyncio loop on a **daemon** thread,
+Sync requests that need concurrency (a hedge could happen) run on this loop —
+every other sync request runs on its caller's thread — and the probes, credential
+refresh and the shared-state task run on it. It is a plain asyncio loop on a **daemon** thread,
 not anyio's ``start_blocking_portal()``: the portal's thread is a non-daemon
 ``ThreadPoolExecutor`` worker, which the interpreter joins at exit *before* any
 ``atexit`` hook can stop it — a ``MultiCloud`` that was never closed hung the
@@ -144,7 +145,11 @@ class Background:
     def _forget(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.warning("background task failed: %r", task.exception())
+            # Between the main thread's end and the atexit hook that stops this loop,
+            # the interpreter refuses new threads ("can't register atexit after
+            # shutdown"): a task failing then is the exit, not a fault to report.
+            exiting = not threading.main_thread().is_alive() or getattr(threading, "_SHUTTING_DOWN", False)
+            (log.debug if exiting else log.warning)("background task failed: %r", task.exception())
 
     def call_soon(self, fn: Callable[[], Any]) -> None:
         """Schedule ``fn()`` on the loop without waiting (safe from any thread, also

@@ -2,8 +2,10 @@
 
 A :class:`MultiCloud` owns everything that outlives one request: the catalog, the
 policy, the router, endpoint health, budgets, hooks, the prober, and (lazily) one
-background event-loop thread (:mod:`llm_multicloud.background`) that drives the async
-executor for sync clients and runs the probes. Several wrapped clients — sync and
+background event-loop thread (:mod:`llm_multicloud.background`) that runs the probes,
+the shared state, credential refresh, and those sync requests that need concurrency
+(a hedge could happen); every other sync request runs on its caller's thread
+(:mod:`llm_multicloud.transport`). Several wrapped clients — sync and
 async, openai 3.x on httpx2 and openai 2.x on httpx — can share one MultiCloud and
 so one picture of the fleet.
 
@@ -160,6 +162,10 @@ class MultiCloud:
     def execute(self, intent: Intent, upstream: Upstream) -> Awaitable[Result]:
         """Route and run one request (the transports' entry into the engine)."""
         return self.executor.execute(intent, upstream)
+
+    def needs_loop(self, intent: Intent) -> bool:
+        """Must this sync request run on the background loop? (See ``Executor.needs_loop``.)"""
+        return self.executor.needs_loop(intent)
 
     @property
     def streams(self) -> set[Any]:
@@ -361,8 +367,8 @@ class MultiCloud:
 
     # -- lifecycle ------------------------------------------------------------------
     def _portal(self) -> Background:
-        """The background event loop (started on first use) that runs sync clients'
-        requests, the probes and the shared-state task."""
+        """The background event loop (started on first use) that runs the sync
+        requests that need concurrency, the probes and the shared-state task."""
         p = self._portal_obj
         if p is not None:
             return p
@@ -389,7 +395,7 @@ class MultiCloud:
 
     def run_sync(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run ``fn(*args)`` in the background loop and wait for it: how sync clients
-        drive the async engine.
+        drive the engine when a request needs concurrency (a hedge could happen).
 
         ``asyncio.run_coroutine_threadsafe`` rather than anyio's ``portal.call``: the
         same hand-over at a quarter of the cost (~35 µs instead of ~140 µs here),
@@ -452,6 +458,13 @@ class MultiCloud:
             bg, self._portal_obj = self._portal_obj, None
         if bg is not None:
             bg.stop()  # runs _shutdown first (unless called on the loop's own thread)
+        for s in list(self._streams):
+            # Streams read on their callers' threads need no loop to close (those
+            # of the background loop were closed by its shutdown, or die with it).
+            if not getattr(s, "loop_bound", True):
+                with contextlib.suppress(Exception):
+                    s.close()
+        self._streams.clear()
 
     async def _shutdown(self) -> None:
         """On the background loop: end the background tasks and unfinished sync streams."""

@@ -131,6 +131,11 @@ class TransportRuntime(Runtime, Protocol):
         """Run ``fn(*args)`` on the background loop and wait for it (sync clients)."""
         ...
 
+    def needs_loop(self, intent: Intent) -> bool:
+        """Must this sync request run on the background loop (a hedge could happen)?
+        Otherwise it runs on the caller's thread."""
+        ...
+
     def started(self) -> None:
         """Called on each async request: starts background work lazily; raises
         ``RuntimeError`` once closed."""

@@ -8,9 +8,15 @@ its :class:`~llm_multicloud.executor.Result` into a response object of the
 caller's HTTP library.
 
 * The **async** transport awaits the executor in the caller's event loop.
-* The **sync** transport drives the *same* coroutine through the MultiCloud's
-  background event loop thread, chunk by chunk for streams. There is no second,
-  synchronous implementation to drift.
+* The **sync** transport runs the *same* coroutine on the caller's thread, over
+  the sync HTTP library (:class:`~llm_multicloud.upstream.SyncUpstream`, whose I/O
+  blocks and never suspends: :func:`~llm_multicloud.upstream.drive` completes it in
+  one step), and reads a committed stream chunk by chunk the same way. No thread
+  hop, no event loop. Only a request that needs concurrency — a hedge could
+  happen, or a credential of the caller's own may suspend
+  (``Executor.needs_loop``, decided before it starts) — is driven through the
+  MultiCloud's background event loop thread instead, its stream pumped from there.
+  There is no second, synchronous implementation to drift.
 
 The transports see the composition root only as a
 :class:`~llm_multicloud.runtime.TransportRuntime` (the engine's entry point, the
@@ -40,7 +46,7 @@ from . import intent as intent_mod
 from .errors import DeadlineExceeded, RoutingError
 from .executor import Result
 from .stream import Passthrough
-from .upstream import Upstream
+from .upstream import SyncUpstream, Upstream, drive
 
 if TYPE_CHECKING:
     from .runtime import TransportRuntime
@@ -198,7 +204,11 @@ def transport_classes(lib: ModuleType) -> tuple[type[Any], type[Any]]:
         """A committed stream for a sync client. A pump task in the background loop
         reads ahead into a thread-safe queue, so the caller's thread takes chunks
         without a thread hop per chunk. The pump ends with the stream (it is bounded
-        by the answer's length) or when the caller closes it."""
+        by the answer's length) or when the caller closes it. Only for requests
+        that ran on the loop (:meth:`MultiCloud.needs_loop`)."""
+
+        #: closed by the background loop's shutdown (MultiCloud.close)
+        loop_bound = True
 
         def __init__(self, mc: TransportRuntime, pt: Passthrough) -> None:
             self._mc = mc
@@ -268,6 +278,39 @@ def transport_classes(lib: ModuleType) -> tuple[type[Any], type[Any]]:
             with contextlib.suppress(RuntimeError):  # closed concurrently: nothing to do
                 mc.run_sync(self._stop)
 
+    class DirectStream(lib.SyncByteStream):  # type: ignore[misc,name-defined]
+        """A committed stream of a request that ran on the caller's thread: each
+        chunk is read there (``drive(pt.next_chunk())``, blocking I/O), no task, no
+        queue, no loop. Closed by the caller, by the SDK, by the garbage collector
+        on any thread, or by :meth:`MultiCloud.close` (and so at exit)."""
+
+        loop_bound = False
+
+        def __init__(self, mc: TransportRuntime, pt: Passthrough) -> None:
+            self._mc = mc
+            self._pt = pt
+            self._closed = False
+            mc.streams.add(self)
+
+        def __iter__(self) -> Iterator[bytes]:
+            pt = self._pt
+            while True:
+                chunk = drive(pt.next_chunk())
+                if chunk is None:
+                    self._mc.streams.discard(self)
+                    return
+                yield chunk
+
+        async def _stop(self) -> None:  # MultiCloud's shutdown (blocking I/O: returns at once)
+            self.close()
+
+        def close(self) -> None:
+            if self._closed:
+                return
+            self._closed = True
+            self._mc.streams.discard(self)
+            drive(self._pt.aclose())
+
     class AsyncStream(lib.AsyncByteStream):  # type: ignore[misc,name-defined]
         # An iterator object rather than an async generator: the HTTP library may
         # leave the iteration without closing it, and an async generator would then
@@ -300,7 +343,11 @@ def transport_classes(lib: ModuleType) -> tuple[type[Any], type[Any]]:
 
         def __init__(self, mc: TransportRuntime, *, owns: bool = False) -> None:
             self._core = _Core(mc, lib, owns)
+            #: async pools on the background loop (requests that need concurrency)
             self._upstream: Upstream | None = None
+            #: sync pools, used on the callers' threads (every other request)
+            self._direct: SyncUpstream | None = None
+            self._lock = threading.Lock()
 
         @property
         def multicloud(self) -> TransportRuntime:
@@ -311,17 +358,35 @@ def transport_classes(lib: ModuleType) -> tuple[type[Any], type[Any]]:
                 self._upstream = self._core.mc.upstream(lib)
             return await self._core.run(it, self._upstream, request)
 
+        def _sync_upstream(self) -> SyncUpstream:
+            up = self._direct
+            if up is None:
+                with self._lock:
+                    up = self._direct
+                    if up is None:
+                        up = self._direct = SyncUpstream(lib, **self._core.mc.http_options)
+            return up
+
         def handle_request(self, request: Any) -> Any:
             core = self._core
             it, ready = core.prepare(request, request.read())
             if it is None:
                 return ready
-            result = core.mc.run_sync(self._run, it, request)
+            mc = core.mc
+            if mc.needs_loop(it):
+                result = mc.run_sync(self._run, it, request)
+                pt = result.stream
+                return core.response(result, request, SyncStream(mc, pt) if pt is not None else None)
+            mc.started()  # background work (probes, refresh) starts lazily; refused once closed
+            result = drive(core.run(it, self._sync_upstream(), request))
             pt = result.stream
-            return core.response(result, request, SyncStream(core.mc, pt) if pt is not None else None)
+            return core.response(result, request, DirectStream(mc, pt) if pt is not None else None)
 
         def close(self) -> None:
             mc = self._core.mc
+            direct, self._direct = self._direct, None
+            if direct is not None:
+                direct.close()
             up, self._upstream = self._upstream, None
             bg = mc.background
             if up is not None and bg is not None and bg.alive:

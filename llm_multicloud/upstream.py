@@ -9,17 +9,39 @@ out", never about a library's exception hierarchy.
 
 Bodies are read decoded (``aiter_bytes``): the executor parses SSE, and the caller
 gets identity-encoded bytes (``content-encoding`` is dropped on the way back).
+
+Two I/O layers serve the one engine (issue 14: a sync request runs on its caller's
+thread). The engine never calls anyio directly for a request: it asks the upstream's
+:attr:`Upstream.io` for its deadlines (``fail_after``, ``move_on_after``), ``shield``
+and ``sleep``.
+
+* :class:`Upstream` + :class:`AsyncIO`: async pools, anyio deadlines (cancel scopes).
+* :class:`SyncUpstream` + :class:`SyncIO`: the sync HTTP library's pools on the
+  caller's thread. The methods are still ``async def`` — the engine's coroutines are
+  the same — but they block and never suspend, so :func:`drive` runs a whole request
+  with one ``coro.send(None)``. A deadline is a context variable of the caller's
+  thread; every socket operation is clamped to it by a wrapper around the pool's
+  network backend (httpcore reads the request's ``timeout`` extension only once per
+  phase — headers, then the whole body — so mutating that dict could not bound a
+  stream that trickles keep-alives; the wrapper can, at each read).
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import math
+import os
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator
-from types import ModuleType
-from typing import Any
+import threading
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterator
+from types import ModuleType, TracebackType
+from typing import Any, TypeVar
 
 import anyio
+
+T = TypeVar("T")
 
 
 class UpstreamError(Exception):
@@ -46,7 +68,7 @@ class UpstreamResponse:
     def __init__(self, lib: ModuleType, resp: Any) -> None:
         self._lib = lib
         self._resp = resp
-        self._gens: list[AsyncGenerator[bytes, None]] = []
+        self._gens: list[Any] = []
         self.status: int = resp.status_code
         self.headers: list[tuple[str, str]] = [(k.lower(), v) for k, v in resp.headers.multi_items()]
 
@@ -76,6 +98,14 @@ class UpstreamResponse:
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await inner.aclose()
 
+    async def _whole(self) -> bytes:
+        """The body in one read (its framing bounds it)."""
+        try:
+            body: bytes = await self._resp.aread()
+        except Exception as exc:
+            raise translate(self._lib, exc) from exc
+        return body
+
     async def read(self, limit: int = 64 * 1024 * 1024, *, truncate: bool = False) -> bytes:
         """The whole decoded body (a complete answer, or an error body), at most ``limit``
         bytes. The limit holds while reading: the body is not read past it (a declared
@@ -88,12 +118,7 @@ class UpstreamResponse:
         if declared is not None and declared.isdigit() and not encoded:
             size = int(declared)
             if size <= limit:
-                # The framing bounds the body: one read, no per-chunk loop (hot path).
-                try:
-                    body: bytes = await self._resp.aread()
-                except Exception as exc:
-                    raise translate(self._lib, exc) from exc
-                return body
+                return await self._whole()  # one read, no per-chunk loop (hot path)
             if not truncate:
                 raise UpstreamError("protocol", f"response body of {size} bytes is larger than the {limit}-byte limit")
         parts: list[bytes] = []
@@ -119,6 +144,63 @@ class UpstreamResponse:
                     await gen.aclose()
             with contextlib.suppress(Exception):  # closing a broken connection may raise
                 await self._resp.aclose()
+
+
+class SyncUpstreamResponse(UpstreamResponse):
+    """The same response over the sync HTTP library: every read blocks the caller's
+    thread, bounded by the innermost :class:`SyncIO` deadline (see the module docs)."""
+
+    __slots__ = ()
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        it = _SyncChunks(self._lib, self._resp.iter_bytes())
+        self._gens.append(it)
+        return it
+
+    async def _whole(self) -> bytes:
+        _check_deadline()
+        try:
+            body: bytes = self._resp.read()
+        except Exception as exc:
+            raise _expired_or(self._lib, exc) from exc
+        return body
+
+    async def aclose(self) -> None:
+        if self._resp.is_closed and not self._gens:
+            return
+        gens, self._gens = self._gens, []
+        for gen in gens:
+            gen.close()
+        with contextlib.suppress(Exception):
+            self._resp.close()
+
+
+class _SyncChunks:
+    """An async iterator over a sync body iterator: ``__anext__`` blocks, never suspends."""
+
+    __slots__ = ("_inner", "_lib")
+
+    def __init__(self, lib: ModuleType, inner: Iterator[bytes]) -> None:
+        self._lib = lib
+        self._inner = inner
+
+    def __aiter__(self) -> _SyncChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        _check_deadline()  # a deadline that passed between reads (a trickle of keep-alives)
+        try:
+            return next(self._inner)
+        except StopIteration:
+            raise StopAsyncIteration from None
+        except Exception as exc:
+            raise _expired_or(self._lib, exc) from exc
+
+    def close(self) -> None:
+        close = getattr(self._inner, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                close()
 
 
 def translate(lib: ModuleType, exc: BaseException) -> UpstreamError:
@@ -149,23 +231,23 @@ def translate(lib: ModuleType, exc: BaseException) -> UpstreamError:
     return UpstreamError(kind, f"{name}: {detail}")
 
 
-class Upstream:
-    """Async HTTP connection pools toward the endpoints, one per origin, bound to one loop.
+class _Pools:
+    """Connection pools toward the endpoints, one per origin, created on first use.
 
-    One pool per origin (scheme, host, port), created on first use: keep-alive is
-    bounded *per endpoint* (``max_keepalive``), and the work a request does in its pool
-    (the HTTP library walks its pool's connections and probes every idle socket on
-    each request and each release) grows only with that endpoint's idle connections.
-    With one pool for every endpoint, a burst left up to 200 idle sockets that each
-    request probed twice: milliseconds per request until they expired (issue 14).
+    One pool per origin (scheme, host, port): keep-alive is bounded *per endpoint*
+    (``max_keepalive``), and the work a request does in its pool (the HTTP library
+    walks its pool's connections and probes every idle socket on each request and
+    each release) grows only with that endpoint's idle connections. With one pool
+    for every endpoint, a burst left up to 200 idle sockets that each request probed
+    twice: milliseconds per request until they expired (issue 14).
 
-    It drives the library's transport directly (``AsyncHTTPTransport``), not a full
-    ``AsyncClient``: requests are already complete (URL, headers, body, deadlines), so
-    the client layer (cookies, auth flows, redirects, event hooks) would only add
-    latency to every attempt. Each URL is parsed once (memoised), and the TLS context
-    is built once for every pool. ``options`` reach each pool's transport: ``verify``
-    (a CA bundle path or an ``ssl.SSLContext``), ``cert``, ``proxy``, ``http2``, and
-    ``limits`` (then per endpoint, replacing ``max_connections``/``max_keepalive``).
+    It drives the library's transport directly, not a full client: requests are
+    already complete (URL, headers, body, deadlines), so the client layer (cookies,
+    auth flows, redirects, event hooks) would only add latency to every attempt.
+    Each URL is parsed once (memoised), and the TLS context is built once for every
+    pool. ``options`` reach each pool's transport: ``verify`` (a CA bundle path or an
+    ``ssl.SSLContext``), ``cert``, ``proxy``, ``http2``, and ``limits`` (then per
+    endpoint, replacing ``max_connections``/``max_keepalive``).
     """
 
     #: parsed URLs kept (a catalog's endpoints x paths; emptied when full)
@@ -201,6 +283,9 @@ class Upstream:
         self._urls: dict[str, tuple[Any, tuple[str, str, int | None]]] = {}
         self._closed = False
 
+    def _new_pool(self) -> Any:
+        raise NotImplementedError
+
     def _pool(self, url: str) -> tuple[Any, Any]:
         """The parsed URL and its origin's transport (created on first use)."""
         hit = self._urls.get(url)
@@ -214,16 +299,31 @@ class Upstream:
         if pool is None:
             if self._closed:
                 raise UpstreamError("local", "the connection pools are closed (MultiCloud closed)")
-            pool = self._pools[origin] = self.lib.AsyncHTTPTransport(**self._options)
+            pool = self._pools.setdefault(origin, self._new_pool())
         return parsed, pool
 
     def idle_connections(self) -> dict[str, int]:
         """Per origin, its pool's idle connections (for tests and benchmarks)."""
         out = {}
-        for (scheme, host, port), pool in self._pools.items():
+        for (scheme, host, port), pool in list(self._pools.items()):
             conns = getattr(getattr(pool, "_pool", None), "connections", [])
             out[f"{scheme}://{host}:{port}"] = sum(1 for c in conns if c.is_idle())
         return out
+
+
+class Upstream(_Pools):
+    """Async HTTP connection pools toward the endpoints, one per origin, bound to one
+    loop (``AsyncHTTPTransport``; see :class:`_Pools`)."""
+
+    #: the engine's primitives for requests over these pools
+    io: AsyncIO | SyncIO
+
+    def __init__(self, lib: ModuleType, **options: Any) -> None:
+        super().__init__(lib, **options)
+        self.io = ASYNC_IO
+
+    def _new_pool(self) -> Any:
+        return self.lib.AsyncHTTPTransport(**self._options)
 
     async def open(
         self,
@@ -251,3 +351,270 @@ class Upstream:
         for pool in pools:
             with anyio.CancelScope(shield=True):
                 await pool.aclose()
+
+
+class SyncUpstream(Upstream):
+    """Sync HTTP connection pools toward the endpoints (``HTTPTransport``), used on the
+    callers' threads (the library's pools are thread-safe). After ``os.fork()`` the
+    child starts with no pools: the parent's sockets are never shared."""
+
+    def __init__(self, lib: ModuleType, **options: Any) -> None:
+        super().__init__(lib, **options)
+        self.io = SYNC_IO
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def _new_pool(self) -> Any:
+        transport = self.lib.HTTPTransport(**self._options)
+        inner: Any = getattr(transport, "_pool", None)
+        backend = getattr(inner, "_network_backend", None)
+        if backend is None:  # pragma: no cover - guarded by the tests on both libraries
+            raise UpstreamError("local", f"{self.lib.__name__}'s sync pool has no network backend to bound reads")
+        inner._network_backend = _BoundedBackend(backend)
+        return transport
+
+    def _pool(self, url: str) -> tuple[Any, Any]:
+        if os.getpid() != self._pid:  # a forked child: drop (never close) the parent's pools
+            with self._lock:
+                if os.getpid() != self._pid:
+                    self._pools = {}
+                    self._pid = os.getpid()
+        return super()._pool(url)
+
+    async def open(
+        self,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        content: bytes | None,
+        *,
+        connect_s: float,
+        read_s: float,
+    ) -> UpstreamResponse:
+        lib = self.lib
+        _check_deadline()
+        timeout = {"connect": connect_s, "read": read_s, "write": read_s, "pool": connect_s}
+        try:
+            parsed, pool = self._pool(url)
+            req = lib.Request(method, parsed, headers=headers, content=content, extensions={"timeout": timeout})
+            resp = pool.handle_request(req)
+        except Exception as exc:
+            raise _expired_or(lib, exc) from exc
+        return SyncUpstreamResponse(lib, resp)
+
+    def close(self) -> None:
+        """Close every pool (their idle connections); safe from any thread."""
+        self._closed = True
+        pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            with contextlib.suppress(Exception):
+                pool.close()
+
+    async def aclose(self) -> None:
+        self.close()
+
+
+# -- the engine's primitives -------------------------------------------------------------
+
+
+class AsyncIO:
+    """anyio's primitives: the async engine, unchanged."""
+
+    #: attempts may run side by side (a hedge can race)
+    concurrent = True
+
+    @staticmethod
+    def fail_after(seconds: float) -> contextlib.AbstractContextManager[Any]:
+        return anyio.fail_after(seconds)
+
+    @staticmethod
+    def move_on_after(seconds: float) -> contextlib.AbstractContextManager[Any]:
+        return anyio.move_on_after(seconds)
+
+    @staticmethod
+    def shield() -> contextlib.AbstractContextManager[Any]:
+        return anyio.CancelScope(shield=True)
+
+    @staticmethod
+    async def sleep(seconds: float) -> None:
+        await anyio.sleep(seconds)
+
+    @staticmethod
+    def time_left() -> float | None:
+        """Seconds left for blocking waits (None: waits are awaited, cancel scopes end them)."""
+        return None
+
+
+class SyncIO:
+    """Blocking primitives for a request driven on its caller's thread (:func:`drive`).
+
+    A deadline (``fail_after``/``move_on_after``) is a context variable: the network
+    backend's reads, writes and connects clamp their timeouts to it, and each body
+    read checks it first (see the module docs). Nothing here ever suspends."""
+
+    concurrent = False
+
+    @staticmethod
+    def fail_after(seconds: float) -> contextlib.AbstractContextManager[Any]:
+        return _SyncScope(seconds, fail=True)
+
+    @staticmethod
+    def move_on_after(seconds: float) -> contextlib.AbstractContextManager[Any]:
+        return _SyncScope(seconds, fail=False)
+
+    @staticmethod
+    def shield() -> contextlib.AbstractContextManager[Any]:
+        return contextlib.nullcontext()  # nothing cancels a blocking call
+
+    @staticmethod
+    async def sleep(seconds: float) -> None:
+        time.sleep(seconds)  # noqa: ASYNC251 - the point: block the caller's thread, never suspend
+
+    @staticmethod
+    def time_left() -> float | None:
+        """Seconds left before the innermost deadline (None: none), for blocking waits."""
+        left = _left()
+        return None if left is None else max(left, 0.0)
+
+
+ASYNC_IO = AsyncIO()
+SYNC_IO = SyncIO()
+
+#: (deadline on time.monotonic, the scope that set it) of the innermost SyncIO scope
+_DEADLINE: contextvars.ContextVar[tuple[float, _SyncScope] | None] = contextvars.ContextVar(
+    "llm_multicloud_sync_deadline", default=None
+)
+
+
+class _Expired(BaseException):
+    """A SyncIO deadline passed (a BaseException, like anyio's cancellation: no
+    ``except Exception`` on the way may take it for an upstream failure)."""
+
+    def __init__(self, scope: _SyncScope) -> None:
+        super().__init__("deadline")
+        self.scope = scope
+
+
+class _SyncScope:
+    """A deadline for blocking I/O: ``fail=True`` raises ``TimeoutError`` when it
+    passes (anyio's ``fail_after``), ``fail=False`` leaves the block (``move_on_after``)."""
+
+    __slots__ = ("_fail", "_seconds", "_token", "cancelled_caught", "deadline")
+
+    def __init__(self, seconds: float, *, fail: bool) -> None:
+        self._seconds = seconds
+        self._fail = fail
+        self.deadline = math.inf
+        self.cancelled_caught = False
+        self._token: contextvars.Token[tuple[float, _SyncScope] | None] | None = None
+
+    def __enter__(self) -> _SyncScope:
+        self.deadline = time.monotonic() + max(self._seconds, 0.0)
+        outer = _DEADLINE.get()
+        if outer is None or self.deadline < outer[0]:
+            self._token = _DEADLINE.set((self.deadline, self))
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> bool:
+        if self._token is not None:
+            _DEADLINE.reset(self._token)
+            self._token = None
+        if isinstance(ev, _Expired) and ev.scope is self:
+            self.cancelled_caught = True
+            if self._fail:
+                raise TimeoutError from None
+            return True
+        return False
+
+
+def _left() -> float | None:
+    """Seconds left before the innermost SyncIO deadline (None: no deadline)."""
+    d = _DEADLINE.get()
+    return None if d is None else d[0] - time.monotonic()
+
+
+def _check_deadline() -> None:
+    d = _DEADLINE.get()
+    if d is not None and time.monotonic() >= d[0]:
+        raise _Expired(d[1])
+
+
+def _expired_or(lib: ModuleType, exc: Exception) -> BaseException:
+    """A timeout when the innermost deadline has passed is that deadline; anything
+    else is sorted by :func:`translate` (still the one place)."""
+    d = _DEADLINE.get()
+    if d is not None and isinstance(exc, lib.TimeoutException) and time.monotonic() >= d[0] - 0.0005:
+        return _Expired(d[1])
+    return translate(lib, exc)
+
+
+def _bound(timeout: float | None) -> float | None:
+    left = _left()
+    if left is None:
+        return timeout
+    left = max(left, 1e-4)
+    return left if timeout is None else min(timeout, left)
+
+
+class _BoundedStream:
+    """A network stream whose every operation ends by the innermost SyncIO deadline."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        data: bytes = self._inner.read(max_bytes, _bound(timeout))
+        return data
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _bound(timeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> Any:
+        return _BoundedStream(self._inner.start_tls(ssl_context, server_hostname, _bound(timeout)))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _BoundedBackend:
+    """The sync pool's network backend, its streams bounded by SyncIO deadlines."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, **kw: Any) -> _BoundedStream:
+        return _BoundedStream(self._inner.connect_tcp(host, port, _bound(timeout), **kw))
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None, **kw: Any) -> _BoundedStream:
+        return _BoundedStream(self._inner.connect_unix_socket(path, _bound(timeout), **kw))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def drive(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine of the engine over :class:`SyncIO` to its end on this thread.
+
+    Its I/O blocks, so it completes within one ``send(None)``. Suspending would mean
+    something awaited a real event loop — a bug (there is none to resume it): the
+    coroutine is closed (its ``finally`` blocks close what it opened) and a
+    ``RuntimeError`` says so."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        value: T = stop.value
+        return value
+    coro.close()
+    raise RuntimeError(
+        "llm_multicloud bug: a sync request's coroutine suspended (something on the sync path awaited "
+        "an event loop); please report it"
+    )

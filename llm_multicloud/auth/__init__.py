@@ -266,14 +266,16 @@ async def send(
     refresh and send it once more (the same endpoint, re-signed). Returns the open
     response and whether that second send happened. The one place a credential
     meets a request: attempts, hedges, retries, resumes and probes all come here."""
-    out = OutgoingRequest(method, url, list(headers), body)
+    io = upstream.io
+    blocking = not io.concurrent  # a sync caller's thread: never suspend
+    out = OutgoingRequest(method, url, list(headers), body, blocking, io.time_left())
     used = await cred.apply(out)
     resp = await upstream.open(out.method, out.url, out.headers, out.body, connect_s=connect_s, read_s=read_s)
     if resp.status != 401 or not cred.refreshable:
         return resp, False
     await resp.aclose()
     cred.invalidate(used)
-    out = OutgoingRequest(method, url, list(headers), body)
+    out = OutgoingRequest(method, url, list(headers), body, blocking, io.time_left())
     await cred.apply(out)
     resp = await upstream.open(out.method, out.url, out.headers, out.body, connect_s=connect_s, read_s=read_s)
     return resp, True

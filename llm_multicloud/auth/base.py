@@ -68,6 +68,11 @@ class OutgoingRequest:
     url: str
     headers: list[tuple[str, str]]
     body: bytes | None
+    #: sent by a blocking driver (a sync client on its own thread): a credential
+    #: waits by blocking the thread, never by awaiting an event loop (there is none)
+    blocking: bool = False
+    #: the most a blocking driver waits for a credential (its request's deadline)
+    wait_s: float | None = None
 
     def set_header(self, name: str, value: str) -> None:
         """Set one header, replacing any header of that name (case-insensitive)."""
@@ -101,6 +106,10 @@ class Credential:
     #: cloud quotas are per identity *and region*: endpoints share a quota domain only
     #: when both match (a key's quota is the key's, wherever it is used)
     regional_quota: bool = False
+    #: :meth:`apply` never suspends when ``req.blocking`` (True for every built-in
+    #: kind): a sync client's request may then run on its caller's thread; a
+    #: credential of your own defaults to False and is applied on the background loop
+    never_suspends: bool = False
 
     def __init__(self, identity: str | None) -> None:
         #: None: no identity of its own (the endpoint is its own quota domain)
@@ -182,6 +191,7 @@ class TokenCredential(Credential):
     scheme: str | None = "Bearer"
     #: fetch() blocks (run in a thread); False: afetch() is a coroutine
     blocking = True
+    never_suspends = True
 
     def __init__(self, identity: str | None, *, clock: Callable[[], float] = time.time) -> None:
         super().__init__(identity)
@@ -219,20 +229,24 @@ class TokenCredential(Credential):
         # A fraction of the lifetime for short tokens (seconds-long in tests), 10 s for real ones.
         return min(MAX_SKEW_S, 0.1 * self._life) if t is self._token and self._life else MAX_SKEW_S
 
-    async def token(self) -> Token:
+    async def token(self, *, blocking: bool = False, wait_s: float | None = None) -> Token:
         """A valid token: the current one (refreshing it in the background if due),
-        or the result of the one refresh in flight."""
+        or the result of the one refresh in flight. ``blocking``: wait for it by
+        blocking this thread (a sync caller's; the future is thread-safe) instead of
+        awaiting the running loop."""
         now = self._clock()
         t = self._token
         if self._valid(t, now):
             assert t is not None
             if now >= self._refresh_at:
-                self._start()
+                self._start(blocking=blocking)
             return t
-        fut = self._start()
+        fut = self._start(blocking=blocking)
+        if blocking:
+            return fut.result(wait_s)  # TimeoutError past the deadline, as anyio's would be
         return await asyncio.wrap_future(fut)
 
-    def _start(self) -> concurrent.futures.Future[Token]:
+    def _start(self, *, blocking: bool = False) -> concurrent.futures.Future[Token]:
         """The refresh in flight, started if there is none (single flight)."""
         with self._lock:
             fut = self._inflight
@@ -243,7 +257,11 @@ class TokenCredential(Credential):
             threading.Thread(target=self._run_blocking, args=(fut,), name=f"lmc-auth-{self.kind}", daemon=True).start()
         else:
             try:
+                # A blocking caller's thread may run a loop (a sync client called from
+                # async code): a task there would wait for the very thread we block.
                 loop = asyncio.get_running_loop()
+                if blocking:
+                    raise RuntimeError("blocking caller")
             except RuntimeError:
                 # No loop here (a background scheduler in a thread): run it in one of our own.
                 threading.Thread(target=lambda: asyncio.run(self._run_async(fut)), daemon=True).start()
@@ -310,7 +328,7 @@ class TokenCredential(Credential):
 
     # -- Credential interface ----------------------------------------------------------
     async def apply(self, req: OutgoingRequest) -> object:
-        tok = await self.token()
+        tok = await self.token(blocking=req.blocking, wait_s=req.wait_s)
         self.render(req, tok)
         return tok
 

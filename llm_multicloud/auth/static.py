@@ -27,6 +27,8 @@ def _render(req: OutgoingRequest, header: str, key: str) -> None:
 class StaticKey(Credential):
     """A key given in the catalog or from code (never re-read: nothing to re-read)."""
 
+    never_suspends = True
+
     kind = "static"
 
     def __init__(self, key: str, *, header: str = "authorization") -> None:
@@ -49,6 +51,8 @@ class EnvKey(Credential):
     """A key in an environment variable, read on every use (a dict lookup): a value
     rotated in the process environment is used by the next request, and a 401 is
     retried once if the value changed since it was sent."""
+
+    never_suspends = True
 
     kind = "static"
     refreshable = True
@@ -82,6 +86,8 @@ class EnvKey(Credential):
 
 class FileKey(Credential):
     """A key in a file (whitespace-stripped), re-read when the file changes."""
+
+    never_suspends = True
 
     kind = "static"
     refreshable = True
@@ -151,6 +157,8 @@ class FileKey(Credential):
 
 class NoAuth(Credential):
     """No credential (a local server that needs none)."""
+
+    never_suspends = True
 
     kind = "none"
 

@@ -28,8 +28,6 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-import anyio
-
 from .. import auth, sse
 from ..errors import FaultKind, classify_status, local_fault_message, parse_retry_after
 from ..upstream import UpstreamError
@@ -156,9 +154,10 @@ async def run(env: AttemptEnv, a: Attempt, intent: Intent, upstream: Upstream, d
     # (servers send no headers before the body), so they get the longer response_s.
     limit = to.first_token_s if intent.stream else to.response_s
     budget = max(min(limit, deadline - env.clock()), 0.001)
+    io = upstream.io  # anyio's deadlines, or blocking ones on a sync caller's thread
     try:
         try:
-            with anyio.fail_after(budget):
+            with io.fail_after(budget):
                 await _exchange(env, a, intent, upstream, to, budget)
         except TimeoutError:
             a.fail(FaultKind.ENDPOINT, f"no first token within {budget:.2f}s", ErrorType.TIMEOUT)
@@ -180,7 +179,7 @@ async def run(env: AttemptEnv, a: Attempt, intent: Intent, upstream: Upstream, d
             await a.close()
         a.ready_at = env.clock()
     except BaseException:
-        with anyio.CancelScope(shield=True):
+        with io.shield():
             await a.close()  # cancelled: no connection outlives the attempt
         raise
 

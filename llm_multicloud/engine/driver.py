@@ -1,4 +1,4 @@
-"""The async driver: carries out a :class:`~.race.Race`'s actions with anyio.
+"""The drivers: carry out a :class:`~.race.Race`'s actions.
 
 Two drivers over the same decisions:
 
@@ -6,7 +6,9 @@ Two drivers over the same decisions:
   hedge budget left): each attempt is awaited in the caller's own task, one after
   the other (failovers are sequential). No task group, memory stream or cancel
   scope is built: the deadline is the attempt's own (its timeouts never run past
-  the request's).
+  the request's). It uses nothing of anyio, only the upstream's I/O primitives
+  (``shield``), so it also runs a sync client's request on the caller's thread
+  (:class:`~llm_multicloud.upstream.SyncIO`, driven by ``upstream.drive``).
 * :func:`run_racing` — when a hedge may start: anyio structured concurrency (one
   task group per race, Trio's nursery discipline) runs the attempts side by side;
   their results arrive on a memory stream; one ``move_on_after`` waits for the next
@@ -21,6 +23,7 @@ the winner is handed to the SDK: nothing is ever raced across a ``yield``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
@@ -32,9 +35,15 @@ from .race import Action, Cancel, Commit, Fail, Race, Start
 
 #: The attempt's I/O (:func:`.attempt.run` with its request bound).
 AttemptIO = Callable[[Attempt], Awaitable[None]]
+#: A scope that protects closing from cancellation (``io.shield``).
+Shield = Callable[[], contextlib.AbstractContextManager[Any]]
 
 
-async def run_direct(race: Race, io: AttemptIO) -> Attempt:
+def _anyio_shield() -> contextlib.AbstractContextManager[Any]:
+    return anyio.CancelScope(shield=True)
+
+
+async def run_direct(race: Race, io: AttemptIO, shield: Shield = _anyio_shield) -> Attempt:
     """Drive ``race`` with one attempt at a time, awaited in this task."""
     try:
         actions = race.begin()
@@ -44,14 +53,14 @@ async def run_direct(race: Race, io: AttemptIO) -> Attempt:
                 if isinstance(act, Start):
                     current = act.attempt
                 elif isinstance(act, Cancel):
-                    await _close(race, act.attempts)
+                    await _close(race, act.attempts, shield)
                 else:
                     return _terminal(act)
             assert current is not None, "a race that starts nothing must end"
             await io(current)
             actions = race.on_done(current)
     except BaseException:
-        await _close(race, _cancelled(race.abort()))
+        await _close(race, _cancelled(race.abort()), shield)
         raise
 
 
@@ -115,11 +124,11 @@ def _cancelled(actions: Sequence[Action]) -> list[Attempt]:
     return [a for act in actions if isinstance(act, Cancel) for a in act.attempts]
 
 
-async def _close(race: Race, attempts: Sequence[Attempt]) -> None:
+async def _close(race: Race, attempts: Sequence[Attempt], shield: Shield = _anyio_shield) -> None:
     """Close losers' responses (shielded: this runs while being cancelled too) and account them."""
     if not attempts:
         return
-    with anyio.CancelScope(shield=True):
+    with shield():
         for a in attempts:
             await a.close()
             race.closed(a)

@@ -11,8 +11,8 @@ the retry budget, with a 503 that says, per candidate, why.
 
 The winner becomes a :class:`Result`: a request fault handed back as it is, a
 complete answer with its cost header, or a committed stream read by
-:class:`~.stream.Passthrough` (in the caller's task, or through the blocking
-portal for sync clients: the same code).
+:class:`~.stream.Passthrough` (in the caller's task — or thread, for sync clients
+over blocking I/O: the same code).
 
 The policies are attributes, replaceable from code: ``executor.hedge``
 (:class:`~.hedge.HedgePolicy`) and ``executor.retry`` (:class:`~.retry.RetryPolicy`).
@@ -28,8 +28,6 @@ import random
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
-
-import anyio
 
 from ..budget import Budget
 from ..errors import DeadlineExceeded, FaultKind, RoutingError, error_message, failover_statuses
@@ -108,6 +106,8 @@ class Executor:
         #: the hedging policy (replaceable: any object with HedgePolicy's methods)
         self.hedge = HedgePolicy.build(policy.hedge, clock, default_ttft_ms=policy.default_ttft_ms)
         self._timeouts: dict[tuple[Endpoint, str | None], Timeouts] = {}
+        #: model -> (endpoints serving it, none of their credentials suspends), per catalog
+        self._served: dict[str, tuple[int, bool]] = {}
         self._rand = random.Random()
         #: (router, states) of one catalog generation, read together: a live catalog
         #: update (:meth:`reconfigure`) replaces both at once.
@@ -166,9 +166,29 @@ class Executor:
         self.view = (router, states)
         self.catalog, self.policy, self.router = catalog, policy, router
         self._timeouts = {}
+        self._served = {}
         self._failover = failover_statuses(policy.failover_on)
         self.retry.reconfigure(policy.retry)
         self.hedge.reconfigure(policy.hedge, default_ttft_ms=policy.default_ttft_ms)
+
+    def needs_loop(self, intent: Intent) -> bool:
+        """Does this sync request need the background event loop? Decided before it
+        starts (nothing counted twice): yes when a hedge could happen — hedging on,
+        budget for one, two or more endpoints serve the model — or when a credential
+        of one of them may suspend (a user's own ``Credential``). Otherwise it runs on
+        the caller's thread over blocking I/O (``upstream.SyncIO``)."""
+        model = intent.model
+        if model is None:
+            return False
+        served = self._served.get(model)
+        if served is None:
+            eps = [e for e in self.catalog.endpoints if model in e.models]
+            served = self._served[model] = (len(eps), all(e.credential.never_suspends for e in eps))
+        n, safe = served
+        if not safe:
+            return True
+        h = self.hedge.settings
+        return n >= 2 and h.enabled and h.max_in_flight >= 2 and self.hedge.budget.balance() >= 1.0
 
     # -- planning -----------------------------------------------------------------
     def plan(self, intent: Intent, now: float, seed: float, affinity: tuple[int, str] | None = None) -> Plan:
@@ -240,7 +260,7 @@ class Executor:
         plan = self.plan(intent, ledger.t0, r.seed, key)
         while r.rounds < MAX_ROUNDS:
             if not plan.candidates:
-                if not await self._wait_for_room(plan, r):
+                if not await self._wait_for_room(plan, r, upstream):
                     break
             else:
                 r.rounds += 1
@@ -253,13 +273,13 @@ class Executor:
         code = "all_attempts_failed" if r.failures else "no_endpoint_available"
         raise RoutingError(503, code, self._unavailable(plan, r.failures, r.deadline, r.note, r.attempts_left))
 
-    async def _wait_for_room(self, plan: Plan, r: _Rounds) -> bool:
+    async def _wait_for_room(self, plan: Plan, r: _Rounds, upstream: Upstream) -> bool:
         """Everything compliant is cooling down (429 + Retry-After) or out of capacity:
         wait if one comes back before the deadline (True: plan again), else stop."""
         if plan.wait_until is None or plan.wait_until + 0.001 >= r.deadline or r.attempts_left <= 0:
             return False
         _ask_for_capacity(plan, self.view[1])
-        await anyio.sleep(max(plan.wait_until - self.clock(), 0.0) + 0.001)
+        await upstream.io.sleep(max(plan.wait_until - self.clock(), 0.0) + 0.001)
         return True
 
     def _next_round(self, exc: AllFailed, r: _Rounds) -> bool:
@@ -279,7 +299,11 @@ class Executor:
 
     async def _race(self, ledger: Ledger, plan: Plan, upstream: Upstream, deadline: float, attempts: int) -> Result:
         # A hedge needs two attempts at once; when none can happen, no race machinery.
-        hedging = self.hedge.possible(plan) and self.hedge.budget.balance() >= 1.0
+        # Over blocking I/O (a sync caller's thread) attempts are never concurrent:
+        # such requests were sent here only when no hedge looked possible
+        # (:meth:`needs_loop`); should a later round want one, it runs direct.
+        io_ = upstream.io
+        hedging = io_.concurrent and self.hedge.possible(plan) and self.hedge.budget.balance() >= 1.0
         race = Race(
             plan,
             ledger,
@@ -294,7 +318,7 @@ class Executor:
             event_bytes=self.policy.read_limits.event_bytes,
         )
         io = functools.partial(self._attempt, intent=ledger.intent, upstream=upstream, deadline=deadline)
-        winner = await (run_racing(race, io, self.clock) if hedging else run_direct(race, io))
+        winner = await (run_racing(race, io, self.clock) if hedging else run_direct(race, io, io_.shield))
         return self._result(winner, ledger)
 
     async def _attempt(self, a: Attempt, *, intent: Intent, upstream: Upstream, deadline: float) -> None:

@@ -8,8 +8,8 @@ look at each complete event once.
 
 Once a streamed attempt has won the race (its first content-bearing event
 arrived), :class:`Passthrough` hands its bytes to the caller's HTTP library chunk by
-chunk — in the caller's task for async clients, through the blocking portal for
-sync ones: the same code. Events pass through byte for byte, except the usage-only
+chunk — in the caller's task for async clients, on the caller's thread over
+blocking I/O for sync ones: the same code. Events pass through byte for byte, except the usage-only
 chunk the library requested on the caller's behalf.
 
 After commit, nothing can be silently lost: an upstream error, a malformed event
@@ -53,11 +53,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-import anyio
-
 from .. import sse
 from ..errors import DeadlineExceeded, LLMMulticloudError, StreamInterrupted
-from ..upstream import UpstreamError
+from ..upstream import ASYNC_IO, UpstreamError
 from ..vocabulary import AttemptOutcome, RequestOutcome
 
 if TYPE_CHECKING:
@@ -124,6 +122,8 @@ class Passthrough:
         self._quiet_since: float | None = None
         #: the continuation after a resume, which serves the rest of the stream
         self._next: Passthrough | None = None
+        #: the deadlines of the upstream's I/O (anyio, or blocking on a sync caller's thread)
+        self._io = ledger.upstream.io if ledger.upstream is not None else ASYNC_IO
         #: text delivered by the streams this one continues (resume)
         self.prefix_text = ""
 
@@ -169,7 +169,7 @@ class Passthrough:
                 if self._quiet_since is None:
                     self._quiet_since = now
                 wake = min(self._quiet_since + self._gap, self._end)
-                with anyio.move_on_after(max(wake - now, 0.0)):
+                with self._io.move_on_after(max(wake - now, 0.0)):
                     chunk = await a.iter.__anext__()
                 if not chunk:
                     problem = self._late(clock())

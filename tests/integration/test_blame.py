@@ -259,24 +259,44 @@ def test_a_local_fault_after_commit_penalises_nobody(clean: Fleet, kind: str, mo
     but the endpoint is not charged and the stream is not resumed elsewhere."""
     from llm_multicloud import upstream as upstream_mod
 
-    real_open = upstream_mod.Upstream.open
+    def patch(cls: Any) -> None:
+        real_open = cls.open
+        blocking = cls is upstream_mod.SyncUpstream  # a sync client's own-thread pools
 
-    async def open_then_break(self: Any, *args: Any, **kw: Any) -> Any:
-        resp = await real_open(self, *args, **kw)
-        inner = resp._resp.aiter_bytes
+        async def open_then_break(self: Any, *args: Any, **kw: Any) -> Any:
+            resp = await real_open(self, *args, **kw)
+            if type(self) is not cls:
+                return resp
+            if blocking:
+                sinner = resp._resp.iter_bytes
 
-        async def body() -> Any:
-            contents = 0
-            async for chunk in inner():
-                yield chunk
-                contents += chunk.count(b'"delta":{"content":"')
-                if contents >= 3:
-                    raise RuntimeError("Event loop is closed")
+                def sbody() -> Any:
+                    contents = 0
+                    for chunk in sinner():
+                        yield chunk
+                        contents += chunk.count(b'"delta":{"content":"')
+                        if contents >= 3:
+                            raise RuntimeError("Event loop is closed")
 
-        resp._resp.aiter_bytes = body
-        return resp
+                resp._resp.iter_bytes = sbody
+                return resp
+            inner = resp._resp.aiter_bytes
 
-    monkeypatch.setattr(upstream_mod.Upstream, "open", open_then_break)
+            async def body() -> Any:
+                contents = 0
+                async for chunk in inner():
+                    yield chunk
+                    contents += chunk.count(b'"delta":{"content":"')
+                    if contents >= 3:
+                        raise RuntimeError("Event loop is closed")
+
+            resp._resp.aiter_bytes = body
+            return resp
+
+        monkeypatch.setattr(cls, "open", open_then_break)
+
+    patch(upstream_mod.Upstream)
+    patch(upstream_mod.SyncUpstream)
     clean.set_latency("aws-euc1", lmc.fleet.Latency(ttft_ms=5, ttft_jitter=0.0, itl_ms=40.0))
     audit = Audit()
     with make_mc(clean, {"resume": {"enabled": True}}, on_attempt=audit) as mc:

@@ -132,13 +132,20 @@ def test_run_sync_refuses_the_loop_thread(mc: lmc.MultiCloud) -> None:
 
 
 def test_a_hook_that_makes_a_sync_request_does_not_freeze_the_multicloud(clean: Fleet) -> None:
-    """Hooks of sync clients run on the background loop's thread: a request made from
-    one is refused (the hook sees the error), and the outer request completes."""
-    seen: list[BaseException] = []
+    """A sync request that needs no loop runs on its caller's thread, and so do its
+    hooks: a request made from one simply runs (nested, on the same thread). A
+    request that needed the loop runs its hooks on the loop's thread: a sync request
+    made from one is refused (the hook sees the error), and the outer one completes."""
+    seen: list[BaseException | str] = []
+    entered: list[bool] = []
 
     def hook(rec: lmc.AttemptRecord) -> None:
+        if entered:
+            return  # once: the nested request's own hook must not recurse
+        entered.append(True)
         try:
-            client.chat.completions.create(model=MODEL, messages=MSG)
+            r = client.chat.completions.create(model=MODEL, messages=MSG)
+            seen.append(r.choices[0].message.content or "")
         except Exception as exc:
             seen.append(exc)
 
@@ -146,7 +153,15 @@ def test_a_hook_that_makes_a_sync_request_does_not_freeze_the_multicloud(clean: 
         client = mc.wrap(openai.OpenAI(api_key=PLACEHOLDER_KEY))
         r = _bounded(lambda: client.chat.completions.create(model=MODEL, messages=MSG))
         assert r.choices[0].message.content
-        assert seen and "own thread" in repr(seen[0].__cause__ or seen[0])
+        assert len(seen) == 1 and isinstance(seen[0], str) and seen[0]
+    seen.clear()
+    entered.clear()
+    with make_mc(clean, {"hedge": {"enabled": True, "budget": 1.0}}, on_attempt=hook) as mc:
+        client = mc.wrap(openai.OpenAI(api_key=PLACEHOLDER_KEY))
+        r = _bounded(lambda: client.chat.completions.create(model=MODEL, messages=MSG))
+        assert r.choices[0].message.content
+        assert seen and isinstance(seen[0], BaseException)
+        assert "own thread" in repr(seen[0].__cause__ or seen[0])
 
 
 async def _requests(client: openai.AsyncOpenAI, n: int) -> list[str]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import anyio
@@ -42,7 +42,7 @@ from llm_multicloud.executor import Result
 from llm_multicloud.fleet import Fleet
 from llm_multicloud.intent import parse
 from llm_multicloud.router import complies
-from llm_multicloud.upstream import UpstreamError
+from llm_multicloud.upstream import ASYNC_IO, AsyncIO, UpstreamError
 
 from .conftest import Audit, chat_records
 from .drive import chat
@@ -154,6 +154,8 @@ class FakeUpstream:
     table: dict[str, str]
     retry_after: dict[str, str | None]
     opened: list[Opened] = field(default_factory=list)
+    #: the engine's primitives: anyio's (the real Upstream's async ones)
+    io: ClassVar[AsyncIO] = ASYNC_IO
 
     async def open(
         self,

@@ -30,7 +30,7 @@ from llm_multicloud.engine import AttemptRecord, Executor, RequestRecord
 from llm_multicloud.health import Health
 from llm_multicloud.intent import Intent, parse
 from llm_multicloud.router import Router
-from llm_multicloud.upstream import UpstreamError
+from llm_multicloud.upstream import ASYNC_IO, UpstreamError
 
 from ..conftest import FakeClock
 
@@ -118,6 +118,9 @@ class Opened:
 
 class FakeUpstream:
     """Answers each host from ``script`` (host → Reply); records every request."""
+
+    #: the engine's primitives: anyio's (the virtual clock drives them)
+    io = ASYNC_IO
 
     def __init__(self, clock: VirtualClock, script: dict[str, Reply]) -> None:
         self.clock = clock
