@@ -140,7 +140,7 @@ def test_sync_direct_chunk_gap_after_commit_raises_on_the_callers_thread(clean: 
     with make_mc(clean, {"timeouts": {"chunk_gap_s": 0.3}}, on_attempt=audit) as mc:
         client = mc.wrap(openai.OpenAI(api_key=PLACEHOLDER_KEY, max_retries=0))
         got: list[str] = []
-        with pytest.raises(lmc.StreamInterrupted, match="no data for 0.3s") as ei:
+        with pytest.raises(lmc.StreamInterrupted, match=r"no data for 0\.3s") as ei:
             for c in client.chat.completions.create(model=MODEL, messages=MSG, stream=True, max_tokens=20):
                 got.extend(ch.delta.content or "" for ch in c.choices)
         assert ei.value.endpoint == "aws-euc1" and "".join(got)
