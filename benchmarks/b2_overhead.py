@@ -289,7 +289,16 @@ class _StubResponse:
 
 
 class _StubUpstream:
-    """Stands in for llm_multicloud's Upstream (its inner HTTP client)."""
+    """Stands in for llm_multicloud's Upstream (its inner HTTP client). ``sync``: the
+    sync clients' own-thread pools (``SyncUpstream``: the stub's methods never suspend)."""
+
+    def __init__(self, *, sync: bool = False) -> None:
+        from llm_multicloud import upstream
+
+        self.io = getattr(upstream, "SYNC_IO" if sync else "ASYNC_IO", None)
+
+    def close(self) -> None:
+        return None
 
     async def open(self, *args: Any, **kwargs: Any) -> _StubResponse:
         return _StubResponse()
@@ -338,7 +347,8 @@ def _decompose(runner: Any, rounds: int) -> dict[str, Any]:
             http_client=lib.Client(transport=lib.MockTransport(handler)),
         )
         sw = mc.wrap(openai.OpenAI(api_key=common.PLACEHOLDER_KEY))
-        sw._client._transport._upstream = _StubUpstream()
+        sw._client._transport._upstream = _StubUpstream()  # requests that need the loop
+        sw._client._transport._direct = _StubUpstream(sync=True)  # the others, on this thread
 
         # async
         async def make() -> tuple[Any, Any]:
