@@ -51,6 +51,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, overload
 
+from . import changes
 from .catalog import Catalog, Endpoint
 from .errors import cooldown_s
 from .limits import Bucket
@@ -81,6 +82,12 @@ class QuotaDomain:
         self.name = name
         self.until = 0.0
         self.reason = ""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # a cooldown changes every endpoint of the domain: the router's index starts over
+        _setattr(self, name, value)
+        if name == "until":
+            changes.everything_changed()
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,6 +398,10 @@ class EndpointState:
         "window",
     )
 
+    #: every write of a field the router reads is logged (see ``__setattr__``): the
+    #: router may index these states (router._Index)
+    tracked: ClassVar[bool] = True
+
     # the counters' flat names (see the class docs)
     requests: _Counter[int] = _Counter()
     successes: _Counter[int] = _Counter()
@@ -471,6 +482,16 @@ class EndpointState:
         self.retired = False
         #: rpm/tpm bucket of its quota domain (catalog ``limits:``), shared by the domain
         self.bucket: Bucket | None = None
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # Every write of a field the router reads is logged (changes.py), so that the
+        # router's index re-reads only the endpoints whose health moved; measured at
+        # ~0.3-0.6 µs per write on the 2-core VM (B1's notes), a dozen per request.
+        _setattr(self, name, value)
+        if name in _ROUTED:
+            _ENTRIES.append(self)
+            if len(_ENTRIES) > changes.LIMIT:
+                changes.everything_changed()
 
     def inherit(self, old: EndpointState) -> None:
         """Take over the health history of ``old`` (same endpoint id, redefined by a
@@ -662,6 +683,28 @@ class EndpointState:
         return dict(self.record(now, wall))
 
 
+_setattr = object.__setattr__
+_ENTRIES = changes.ENTRIES
+#: The fields of EndpointState that the router reads (unusable_now, predict_ttft_ms,
+#: the load and capacity terms); a write of any of them is a change for its index.
+_ROUTED = frozenset(
+    {
+        "endpoint",
+        "drained",
+        "missing_models",
+        "quota",
+        "breaker",
+        "open_until",
+        "bucket",
+        "rtt_ms",
+        "ttft_ms",
+        "ttft_at",
+        "ttft_before_jump",
+        "inflight",
+        "remote_inflight",
+        "queue_waiting",
+    }
+)
 _BREAKER = Breaker()
 _ADMISSION = Admission()
 

@@ -49,23 +49,25 @@ each on a loaded 2-core VM, the floor of this design (see docs/benchmarks.md, B1
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 import random
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import compress
 
 from cachetools import LRUCache
 
-from . import hrw
+from . import changes, hrw
 from .catalog import Catalog, Endpoint
 from .context import Constraints
 from .errors import RoutingError
 from .limits import DEFAULT_OUTPUT_TOKENS, Bucket, estimate_tokens
 from .policy import Policy
 from .regions import distance_km
-from .usable import EndpointView, predict_ttft_ms, unusable_now, unusable_reason
+from .usable import EndpointView, Unusable, predict_ttft_ms, unusable_now, unusable_reason
 from .vocabulary import ExclusionKind
 
 
@@ -175,6 +177,10 @@ class Router:
         #: the hot loop's rows. A plain dict (one lookup per plan, ~50 ns; an LRU's
         #: bookkeeping costs microseconds), emptied when it reaches ROWS_CACHE_SIZE.
         self._rows_cache: dict[_RowsKey, tuple[Sequence[EndpointView], tuple[Exclusion, ...], list[_Row]]] = {}
+        #: per key as above: the health index (:class:`_Index`); ``indexed = False``
+        #: plans every request with the reference scan (tests compare the two)
+        self._index: dict[_RowsKey, _Index] = {}
+        self.indexed = True
 
     def _compliant(self, model: str, c: Constraints) -> tuple[tuple[Endpoint, ...], tuple[Exclusion, ...]]:
         key = (model, c.residency, c.tags, c.residency_label)
@@ -276,25 +282,6 @@ class Router:
                 f"the prompt (~{input_tokens} tokens) plus max_tokens ({max_tokens or 0}) exceeds the context "
                 f"window of {model!r} ({window} tokens); shorten the prompt or lower max_tokens",
             )
-        base_rtt = p.default_ttft_ms * 0.25
-        tau = p.decay_s
-        # One pass: health filter and prediction, each asked of its one definition in
-        # health.py (unusable_now, predict_ttft_ms: two calls per endpoint, measured in
-        # B1), and no object per endpoint (floats are not tracked by the garbage
-        # collector; a tuple per endpoint per request was a gen-2 collection every few
-        # hundred plans at 10,000 endpoints). Usable endpoints go into three parallel
-        # lists; the other lists hold positions into them.
-        scores: list[float] = []
-        preds: list[float] = []
-        ueps: list[Endpoint] = []
-        add_score, add_pred, add_ep = scores.append, preds.append, ueps.append
-        unexplored: list[int] = []  # no TTFT sample, or a stale one
-        rechecks: list[int] = []  # estimate jumped on one sample
-        stale_after = 3.0 * tau
-        full: list[tuple[float, float, Endpoint]] = []
-        ejected: list[tuple[Endpoint, EndpointView]] = []
-        cooling: list[tuple[Endpoint, EndpointView]] = []
-        limited: list[tuple[Endpoint, Bucket]] = []
         need = estimate_tokens(input_tokens, max_tokens)
         # Two independent draws from the same seed decide, before the scan, whether this
         # request explores or rechecks; only then are those lists collected.
@@ -303,51 +290,29 @@ class Router:
         steerable = p.strategy in ("latency", "balanced")
         want_explore = steerable and explore < p.explore
         want_recheck = steerable and recheck < p.recheck
-        collect = want_explore or want_recheck
-        for ep, st, geo_ms, cap in rows:
-            why = unusable_now(st, model, now)  # the one "usable now" rule (health.py)
-            if why is not None:
-                if why is ExclusionKind.COOLING:
-                    cooling.append((ep, st))
-                elif why is ExclusionKind.EJECTED:
-                    ejected.append((ep, st))  # the ejection cap or panic may re-admit it
-                else:  # drained, credential, missing model: never re-admitted
-                    excluded.append(Exclusion(ep, unusable_reason(st, model, why, now), why))
-                continue
-            b = st.bucket
-            if b is not None and not b.fits(now, need):
-                limited.append((ep, b))
-                continue
-            rtt = st.rtt_ms
-            base = geo_ms if rtt is None else rtt + base_rtt
-            pred = predict_ttft_ms(st, base, now, tau)  # the one prediction (health.py)
-            busy = st.inflight + st.remote_inflight
-            if st.ttft_ms is None:
-                if cap is not None and busy >= cap:
-                    full.append((pred * (1.0 + busy + st.queue_waiting), pred, ep))
-                    continue
-                if want_explore:
-                    unexplored.append(len(scores))
-            else:
-                at = st.ttft_at
-                if cap is not None and busy >= cap:
-                    full.append((pred * (1.0 + busy + st.queue_waiting), pred, ep))
-                    continue
-                if collect:  # only when this seed's draws can explore or recheck at all
-                    if now - at > stale_after:
-                        if want_explore:
-                            unexplored.append(len(scores))
-                    elif want_recheck and busy == 0 and st.ttft_before_jump is not None:
-                        rechecks.append(len(scores))
-            add_score(pred * (1.0 + busy + st.queue_waiting))
-            add_pred(pred)
-            add_ep(ep)
+        scan: _Scan | None = None
+        if (
+            self.indexed
+            and steerable
+            and limit is not None
+            and (affinity is None or not p.affinity.enabled)
+            and type(states) is tuple
+            and rows
+        ):
+            scan = self._scan_indexed(
+                model, constraints, states, rows, now, need, limit, want_explore, want_recheck, explore, recheck
+            )
+        if scan is None:
+            scan = self._scan(model, rows, now, need, want_explore, want_recheck, explore, recheck)
+        scores, preds, ueps, n_usable, explore_pick, recheck_pick, dropped, full, ejected, cooling, limited = scan
+        excluded += dropped
         notes: list[str] = []
         readmitted: list[tuple[Endpoint, EndpointView]] = []
-        if full and not scores:
+        if full and not n_usable:
             # Everything compliant and healthy is at its concurrency limit: trying one
             # (its own queue or 429 will tell) beats failing outright.
             scores, preds, ueps = [t[0] for t in full], [t[1] for t in full], [t[2] for t in full]
+            n_usable = len(full)
             full = []
             notes.append("every usable endpoint is at max_concurrency; trying them anyway")
         for _, _, ep in full:
@@ -355,7 +320,6 @@ class Router:
             excluded.append(
                 Exclusion(ep, f"at max_concurrency ({st.inflight + st.remote_inflight}/{ep.max_concurrency})", "full")
             )
-        n_usable = len(scores)
         n_ok = n_usable + len(ejected) + len(cooling) + len(limited)
         if ejected:
             ejected.sort(key=lambda es: es[1].open_until)
@@ -392,27 +356,25 @@ class Router:
             wait_until = min([st.quota.until for _, st in cooling] + [b.ready_at(now, need) for _, b in limited])
 
         out_tok = max_tokens if max_tokens is not None else DEFAULT_OUTPUT_TOKENS
-        cands = self._rank(scores, preds, ueps, seed, input_tokens, out_tok, limit)
+        cands = self._rank(scores, preds, ueps, seed, input_tokens, out_tok, limit, n_usable)
         pinned = None
         if affinity is not None and n_usable > 1 and p.affinity.enabled and p.strategy != "ordered":
             cands, pinned = self._affine(cands, scores, preds, ueps, affinity, input_tokens, out_tok, limit)
-        if pinned is None and unexplored and n_usable > 1:
+        if pinned is None and explore_pick is not None and n_usable > 1:
             # Exploration: a small share of requests goes to an endpoint we know
             # nothing recent about, so that a recovered or never-tried region can
             # show it is fast (the prior alone would keep it out for ever).
-            j = unexplored[int(explore / p.explore * len(unexplored)) % len(unexplored)]
-            sc, pr, ep = scores[j], preds[j], ueps[j]
+            sc, pr, ep = explore_pick
             if cands and cands[0].endpoint is not ep:
                 cands = [c for c in cands if c.endpoint is not ep]
                 cands.insert(
                     0, Candidate(ep, pr, sc, _cost(ep, input_tokens, out_tok), "exploration: no recent TTFT sample")
                 )
         # (an affinity pin is not moved for a recheck: its own traffic samples it)
-        if pinned is None and rechecks and n_usable > 1:
+        if pinned is None and recheck_pick is not None and n_usable > 1:
             # Recheck: one request to an endpoint whose estimate jumped on a single
             # sample, so that the next sample can tell an outlier from a slowdown.
-            j = rechecks[int(recheck / p.recheck * len(rechecks)) % len(rechecks)]
-            sc, pr, ep = scores[j], preds[j], ueps[j]
+            sc, pr, ep = recheck_pick
             if cands and cands[0].endpoint is not ep:
                 cands = [c for c in cands if c.endpoint is not ep]
                 cands.insert(
@@ -422,10 +384,11 @@ class Router:
                     ),
                 )
         geo = self._geo(constraints.near) if readmitted else []
+        base_rtt = p.default_ttft_ms * 0.25
         for ep, st in readmitted:
             rtt = st.rtt_ms
             base = geo[ep.index] if rtt is None else rtt + base_rtt
-            pred = predict_ttft_ms(st, base, now, tau)
+            pred = predict_ttft_ms(st, base, now, p.decay_s)
             cands.append(
                 Candidate(
                     ep,
@@ -437,6 +400,122 @@ class Router:
                 )
             )
         return Plan(model, p.strategy, cands, excluded, constraints, wait_until, panic, notes, pinned)
+
+    def _scan(
+        self,
+        model: str,
+        rows: list[_Row],
+        now: float,
+        need: int,
+        want_explore: bool,
+        want_recheck: bool,
+        explore: float,
+        recheck: float,
+    ) -> _Scan:
+        """The reference scan: every compliant endpoint's health, read now."""
+        p = self.policy
+        base_rtt = p.default_ttft_ms * 0.25
+        tau = p.decay_s
+        # One pass: health filter and prediction, each asked of its one definition in
+        # usable.py (unusable_now, predict_ttft_ms: two calls per endpoint, measured in
+        # B1), and no object per endpoint (floats are not tracked by the garbage
+        # collector; a tuple per endpoint per request was a gen-2 collection every few
+        # hundred plans at 10,000 endpoints). Usable endpoints go into three parallel
+        # lists; the other lists hold positions into them.
+        scores: list[float] = []
+        preds: list[float] = []
+        ueps: list[Endpoint] = []
+        add_score, add_pred, add_ep = scores.append, preds.append, ueps.append
+        unexplored: list[int] = []  # no TTFT sample, or a stale one
+        rechecks: list[int] = []  # estimate jumped on one sample
+        stale_after = 3.0 * tau
+        dropped: list[Exclusion] = []
+        full: list[tuple[float, float, Endpoint]] = []
+        ejected: list[tuple[Endpoint, EndpointView]] = []
+        cooling: list[tuple[Endpoint, EndpointView]] = []
+        limited: list[tuple[Endpoint, Bucket]] = []
+        collect = want_explore or want_recheck
+        for ep, st, geo_ms, cap in rows:
+            why = unusable_now(st, model, now)  # the one "usable now" rule (health.py)
+            if why is not None:
+                if why is ExclusionKind.COOLING:
+                    cooling.append((ep, st))
+                elif why is ExclusionKind.EJECTED:
+                    ejected.append((ep, st))  # the ejection cap or panic may re-admit it
+                else:  # drained, credential, missing model: never re-admitted
+                    dropped.append(Exclusion(ep, unusable_reason(st, model, why, now), why))
+                continue
+            b = st.bucket
+            if b is not None and not b.fits(now, need):
+                limited.append((ep, b))
+                continue
+            rtt = st.rtt_ms
+            base = geo_ms if rtt is None else rtt + base_rtt
+            pred = predict_ttft_ms(st, base, now, tau)  # the one prediction (health.py)
+            busy = st.inflight + st.remote_inflight
+            if st.ttft_ms is None:
+                if cap is not None and busy >= cap:
+                    full.append((pred * (1.0 + busy + st.queue_waiting), pred, ep))
+                    continue
+                if want_explore:
+                    unexplored.append(len(scores))
+            else:
+                at = st.ttft_at
+                if cap is not None and busy >= cap:
+                    full.append((pred * (1.0 + busy + st.queue_waiting), pred, ep))
+                    continue
+                if collect:  # only when this seed's draws can explore or recheck at all
+                    if now - at > stale_after:
+                        if want_explore:
+                            unexplored.append(len(scores))
+                    elif want_recheck and busy == 0 and st.ttft_before_jump is not None:
+                        rechecks.append(len(scores))
+            add_score(pred * (1.0 + busy + st.queue_waiting))
+            add_pred(pred)
+            add_ep(ep)
+        j = -1
+        if unexplored:
+            j = unexplored[int(explore / p.explore * len(unexplored)) % len(unexplored)]
+        explore_pick = (scores[j], preds[j], ueps[j]) if j >= 0 else None
+        j = -1
+        if rechecks:
+            j = rechecks[int(recheck / p.recheck * len(rechecks)) % len(rechecks)]
+        recheck_pick = (scores[j], preds[j], ueps[j]) if j >= 0 else None
+        return scores, preds, ueps, len(scores), explore_pick, recheck_pick, dropped, full, ejected, cooling, limited
+
+    def _scan_indexed(
+        self,
+        model: str,
+        c: Constraints,
+        states: Sequence[EndpointView],
+        rows: list[_Row],
+        now: float,
+        need: int,
+        limit: int,
+        want_explore: bool,
+        want_recheck: bool,
+        explore: float,
+        recheck: float,
+    ) -> _Scan | None:
+        """What :meth:`_scan` returns, from the key's health index: the usable endpoints
+        that can reach the first ``limit`` places (a subset, in scan order) and the
+        exact lists of the others. None when the index cannot serve (another thread
+        holds it, or the states are not change-tracked): the caller scans."""
+        key = (model, c.residency, c.tags, c.residency_label, c.near)
+        ix = self._index.get(key)
+        if ix is None or ix.states is not states or ix.policy is not self.policy:
+            if not all(getattr(st, "tracked", False) for _, st, _, _ in rows):
+                return None
+            if len(self._index) >= ROWS_CACHE_SIZE:
+                self._index.clear()
+            ix = self._index[key] = _Index(model, states, rows, self.policy)
+        if not ix.lock.acquire(blocking=False):
+            return None
+        try:
+            ix.sync(now)
+            return ix.scan(now, need, limit, want_explore, want_recheck, explore, recheck)
+        finally:
+            ix.lock.release()
 
     def _affine(
         self,
@@ -503,6 +582,7 @@ class Router:
         input_tokens: int,
         out_tokens: int,
         limit: int | None,
+        n_usable: int,
     ) -> list[Candidate]:
         """Order the usable endpoints (parallel lists, in scan order) by the strategy;
         Candidates for the first ``limit``.
@@ -515,7 +595,7 @@ class Router:
         n = len(scores)
         if n == 0:
             return []
-        if n == 1:
+        if n_usable == 1:  # (the index passes a subset of the usable endpoints)
             ep = eps[0]
             return [Candidate(ep, preds[0], scores[0], _cost(ep, input_tokens, out_tokens), "only usable endpoint")]
         k = n if limit is None else min(limit, n)
@@ -634,10 +714,341 @@ ROWS_CACHE_SIZE = 1024
 _RowsKey = tuple[str, frozenset[str] | None, tuple[tuple[str, str], ...], str, tuple[float, float] | None]
 #: (endpoint, its health, its geographic prior TTFT for the request's ``near``, max_concurrency)
 _Row = tuple[Endpoint, EndpointView, float, int | None]
+#: What a scan hands to the rest of ``plan``: the usable endpoints' scores,
+#: predictions and endpoints (parallel, scan order; the index gives the subset that
+#: can matter), how many are usable, the exploration and recheck picks (score,
+#: prediction, endpoint), and the excluded ones by kind.
+_Scan = tuple[
+    list[float],
+    list[float],
+    list[Endpoint],
+    int,
+    tuple[float, float, Endpoint] | None,
+    tuple[float, float, Endpoint] | None,
+    list[Exclusion],
+    list[tuple[float, float, Endpoint]],
+    list[tuple[Endpoint, EndpointView]],
+    list[tuple[Endpoint, EndpointView]],
+    list[tuple[Endpoint, Bucket]],
+]
 
 #: From this many usable endpoints on, a limited plan orders only what can reach its
 #: first places (below it, one sort of everything is cheaper than the selections).
 TOP_K_FROM = 500
+
+
+# Row kinds in the index.
+_USABLE, _FULL, _EJECTED, _COOLING, _OUT, _VOLATILE, _LIMITED = range(7)
+
+
+class _Index:
+    """The health index of one (model, constraints, near) key over one ``states`` tuple.
+
+    Per compliant endpoint (row ``j``, scan order) it keeps what the reference scan
+    would find: its kind (usable, full, ejected, cooling, out for good), and for the
+    usable ones a **lower bound** of their score that stays valid as time passes (the
+    prediction decays monotonically from its value at classification toward its
+    baseline: ``score(now) >= min(baseline, pred(t)) × load`` for every ``now >= t``),
+    in a sorted list. A row is classified again only when its state changed (the
+    change log, :mod:`.changes`), when a cooldown or breaker timer it waits for runs
+    out (``next_event``), or every ``decay_s`` to tighten the bounds. Endpoints with a
+    capacity bucket (``limits:``) depend on the request's size and on time: they are
+    "volatile" and read on every plan, as the reference does.
+
+    A plan walks the bounds in order and computes exact scores (the one prediction)
+    only while a bound can still be at or under the threshold that decides the first
+    ``limit`` places, the near-equal group and the balanced window; the subset then
+    goes through the reference ordering. Exact, not approximate: a property test holds
+    it to the reference scan under random health changes between plans.
+    """
+
+    __slots__ = (
+        "ats",
+        "built",
+        "epoch",
+        "excluded",
+        "jumpers",
+        "kinds",
+        "lbs",
+        "lock",
+        "model",
+        "next_event",
+        "now",
+        "order",
+        "policy",
+        "pos",
+        "rows",
+        "states",
+        "volatile",
+        "waiting",
+        "where",
+        "whys",
+    )
+
+    def __init__(self, model: str, states: Sequence[EndpointView], rows: list[_Row], policy: Policy) -> None:
+        self.model = model
+        self.states = states
+        self.rows = rows
+        self.policy = policy
+        self.lock = threading.Lock()
+        self.where: dict[object, int] = {st: j for j, (_, st, _, _) in enumerate(rows)}
+        self.built = -math.inf
+        self.now = -math.inf
+        self.epoch = -1
+        self.pos = 0
+        self.kinds: list[int] = []
+        self.whys: dict[int, Unusable] = {}
+        self.lbs: list[tuple[float, int] | None] = []
+        self.order: list[tuple[float, int]] = []
+        self.ats: list[float] = []
+        self.jumpers: set[int] = set()
+        self.volatile: set[int] = set()
+        self.waiting: set[int] = set()  # cooling or ejected: a timer can make them usable
+        self.excluded: set[int] = set()  # full, ejected, cooling or out (not volatile)
+        self.next_event = math.inf
+
+    def rebuild(self, now: float) -> None:
+        n = len(self.rows)
+        self.epoch = changes.EPOCH[0]
+        self.pos = len(changes.ENTRIES)
+        self.built = now
+        self.kinds = [_OUT] * n
+        self.whys = {}
+        self.lbs = [None] * n
+        self.order = []
+        self.ats = [math.inf] * n
+        self.jumpers = set()
+        self.volatile = set()
+        self.waiting = set()
+        self.excluded = set()
+        self.next_event = math.inf
+        order = self.order
+        for j in range(n):
+            self.classify(j, now, False)
+            lb = self.lbs[j]
+            if lb is not None:
+                order.append(lb)
+        order.sort()
+
+    def sync(self, now: float) -> None:
+        """Bring the rows up to date with the change log, the timers and the clock."""
+        if (
+            now < self.now
+            or self.epoch != changes.EPOCH[0]
+            or now - self.built > self.policy.decay_s
+            or len(changes.ENTRIES) < self.pos
+        ):
+            self.now = now
+            self.rebuild(now)
+            return
+        self.now = now
+        new = changes.ENTRIES[self.pos :]
+        self.pos += len(new)
+        if self.epoch != changes.EPOCH[0]:
+            self.rebuild(now)
+            return
+        where = self.where
+        for st in set(new) if len(new) > 1 else new:
+            j = where.get(st)
+            if j is not None:
+                self.classify(j, now, True)
+        if now >= self.next_event:
+            self.next_event = math.inf
+            for j in list(self.waiting):
+                self.classify(j, now, True)
+
+    def classify(self, j: int, now: float, update: bool) -> None:
+        """Row ``j`` as the reference scan sees it now (buckets aside: volatile)."""
+        if update:
+            old = self.lbs[j]
+            if old is not None:
+                order = self.order
+                del order[bisect.bisect_left(order, old)]
+                self.lbs[j] = None
+            self.jumpers.discard(j)
+            self.volatile.discard(j)
+            self.waiting.discard(j)
+            self.excluded.discard(j)
+            self.whys.pop(j, None)
+            self.ats[j] = math.inf
+        _, st, geo_ms, cap = self.rows[j]
+        if st.bucket is not None:
+            self.kinds[j] = _VOLATILE
+            self.volatile.add(j)
+            return
+        why = unusable_now(st, self.model, now)
+        if why is not None:
+            self.excluded.add(j)
+            if why is ExclusionKind.COOLING or why is ExclusionKind.EJECTED:
+                self.kinds[j] = _COOLING if why is ExclusionKind.COOLING else _EJECTED
+                self.waiting.add(j)
+                until = st.quota.until if why is ExclusionKind.COOLING else st.open_until
+                if until < self.next_event:
+                    self.next_event = until
+            else:
+                self.kinds[j] = _OUT
+                self.whys[j] = why
+            return
+        busy = st.inflight + st.remote_inflight
+        if cap is not None and busy >= cap:
+            self.kinds[j] = _FULL
+            self.excluded.add(j)
+            return
+        self.kinds[j] = _USABLE
+        p = self.policy
+        rtt = st.rtt_ms
+        base = geo_ms if rtt is None else rtt + p.default_ttft_ms * 0.25
+        pred = predict_ttft_ms(st, base, now, p.decay_s)
+        # the score's floor from now on (a hair under, against rounding)
+        lb = (min(base, pred) * (1.0 + busy + st.queue_waiting) * (1.0 - 1e-9), j)
+        self.lbs[j] = lb
+        if update:
+            bisect.insort(self.order, lb)
+        if st.ttft_ms is not None:
+            self.ats[j] = st.ttft_at
+            if busy == 0 and st.ttft_before_jump is not None:
+                self.jumpers.add(j)
+        else:
+            self.ats[j] = -math.inf
+
+    def exact(self, j: int, now: float) -> tuple[float, float]:
+        """(score, predicted TTFT) of row ``j`` now, computed as the reference scan does."""
+        _, st, geo_ms, _ = self.rows[j]
+        p = self.policy
+        rtt = st.rtt_ms
+        base = geo_ms if rtt is None else rtt + p.default_ttft_ms * 0.25
+        pred = predict_ttft_ms(st, base, now, p.decay_s)
+        busy = st.inflight + st.remote_inflight
+        return pred * (1.0 + busy + st.queue_waiting), pred
+
+    def scan(
+        self,
+        now: float,
+        need: int,
+        limit: int,
+        want_explore: bool,
+        want_recheck: bool,
+        explore: float,
+        recheck: float,
+    ) -> _Scan:
+        p = self.policy
+        rows = self.rows
+        kinds = self.kinds
+        stale_after = 3.0 * p.decay_s
+        # volatile rows (capacity buckets): read now, like the reference scan
+        vkinds: dict[int, int] = {}
+        seen: dict[int, tuple[float, float]] = {}
+        vstale: list[int] = []
+        vjump: list[int] = []
+        for j in self.volatile:
+            ep, st, _, cap = rows[j]
+            why = unusable_now(st, self.model, now)
+            if why is not None:
+                if why is ExclusionKind.COOLING:
+                    vkinds[j] = _COOLING
+                elif why is ExclusionKind.EJECTED:
+                    vkinds[j] = _EJECTED
+                else:
+                    vkinds[j] = _OUT
+                    self.whys[j] = why
+                continue
+            b = st.bucket
+            if b is not None and not b.fits(now, need):
+                vkinds[j] = _LIMITED
+                continue
+            busy = st.inflight + st.remote_inflight
+            if cap is not None and busy >= cap:
+                vkinds[j] = _FULL
+                continue
+            vkinds[j] = _USABLE
+            seen[j] = self.exact(j, now)
+            if st.ttft_ms is None or now - st.ttft_at > stale_after:
+                vstale.append(j)
+            elif busy == 0 and st.ttft_before_jump is not None:
+                vjump.append(j)
+        order = self.order
+        n_usable = len(order) + len(seen)
+        # The walk: exact scores in bound order while a bound can still be at or under
+        # the threshold (the k-th score, the near-equal group's and the balanced
+        # window's limit; each only falls as more is seen, so a stale one is safe).
+        k = max(1, min(limit, n_usable))
+        first = min(max(k, 2), len(order))
+        for _, j in order[:first]:
+            seen[j] = self.exact(j, now)
+        i = first
+        while True:
+            thr = self.threshold([s for s, _ in seen.values()], k)
+            start = i
+            while i < len(order) and order[i][0] <= thr and i - start < 64:
+                j = order[i][1]
+                seen[j] = self.exact(j, now)
+                i += 1
+            if i == start or i >= len(order) or order[i][0] > thr:
+                break
+        scores: list[float] = []
+        preds: list[float] = []
+        ueps: list[Endpoint] = []
+        for j in sorted(seen):
+            sc, pr = seen[j]
+            scores.append(sc)
+            preds.append(pr)
+            ueps.append(rows[j][0])
+
+        def pick(cands: list[int], draw: float, share: float) -> tuple[float, float, Endpoint] | None:
+            if not cands:
+                return None
+            j = cands[int(draw / share * len(cands)) % len(cands)]
+            sc, pr = seen[j] if j in seen else self.exact(j, now)
+            return sc, pr, rows[j][0]
+
+        explore_pick = recheck_pick = None
+        if want_explore:
+            stale = list(compress(range(len(rows)), map(stale_after.__lt__, map(now.__sub__, self.ats))))
+            if vstale:
+                stale = sorted(stale + vstale)
+            explore_pick = pick(stale, explore, p.explore)
+        if want_recheck:
+            ats = self.ats
+            jumps = sorted([j for j in self.jumpers if not now - ats[j] > stale_after] + vjump)
+            recheck_pick = pick(jumps, recheck, p.recheck)
+
+        others = sorted(self.excluded.union(j for j, kind in vkinds.items() if kind != _USABLE))
+        dropped: list[Exclusion] = []
+        full: list[tuple[float, float, Endpoint]] = []
+        ejected: list[tuple[Endpoint, EndpointView]] = []
+        cooling: list[tuple[Endpoint, EndpointView]] = []
+        limited: list[tuple[Endpoint, Bucket]] = []
+        for j in others:
+            ep, st, _, _ = rows[j]
+            kind = vkinds.get(j, kinds[j])
+            if kind == _OUT:
+                why = self.whys[j]
+                dropped.append(Exclusion(ep, unusable_reason(st, self.model, why, now), why))
+            elif kind == _FULL:
+                sc, pr = self.exact(j, now)
+                full.append((sc, pr, ep))
+            elif kind == _EJECTED:
+                ejected.append((ep, st))
+            elif kind == _COOLING:
+                cooling.append((ep, st))
+            elif kind == _LIMITED:
+                b = st.bucket
+                assert b is not None
+                limited.append((ep, b))
+        return scores, preds, ueps, n_usable, explore_pick, recheck_pick, dropped, full, ejected, cooling, limited
+
+    def threshold(self, scores: list[float], k: int) -> float:
+        """The score at or under which an endpoint can still matter to the first ``k``
+        places, given the exact ``scores`` seen so far (an upper bound of the true one)."""
+        if not scores:
+            return math.inf
+        p = self.policy
+        best = min(scores)
+        kth = heapq.nsmallest(k, scores)[-1] if len(scores) >= k else math.inf
+        if p.strategy == "balanced":
+            lim = p.slo_ms if p.slo_ms is not None else best * (1.0 + p.slack) + p.slack_ms
+            return max(lim, kth)
+        return max(kth, best * (1.0 + p.near_equal))
 
 
 def _two_choices(order: list[int], g: int, scores: list[float], seed: float) -> str:

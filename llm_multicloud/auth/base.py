@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import changes
 from ..errors import LLMMulticloudError, redact
 
 log = logging.getLogger("llm_multicloud.auth")
@@ -116,6 +117,14 @@ class Credential:
         self.identity = identity
         #: why the credential cannot be obtained now (secret-free), or None
         self.unavailable: str | None = None
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # the router's index (changes.py) reads ``unavailable`` only when it changes
+        if name == "unavailable" and getattr(self, name, None) != value:
+            object.__setattr__(self, name, value)
+            changes.everything_changed()
+            return
+        object.__setattr__(self, name, value)
 
     async def apply(self, req: OutgoingRequest) -> object:
         """Authenticate ``req`` (add headers or sign). Returns a marker of what was

@@ -1,0 +1,203 @@
+"""The router's health index plans exactly what the reference scan plans.
+
+``Router(indexed=True)`` keeps, per (model, constraints, near), the kind of every
+compliant endpoint and a lower bound of its score, updated from the change log
+(``llm_multicloud.changes``) and from the cooldown and breaker timers; a plan walks
+only the bounds that can still reach its first places. ``indexed = False`` is the
+reference: every endpoint's health read on every plan. Here one indexed router lives
+through random sequences of health changes — made through Health's and the states'
+own methods and by plain writes, quota-domain cooldowns, credentials going away,
+drains, model listings, capacity buckets, load, and time moving on past timers and
+staleness — and after every change its plan must be the reference plan computed from
+scratch, and never contain an endpoint outside the request's residency."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from llm_multicloud.catalog import Catalog
+from llm_multicloud.context import UNCONSTRAINED
+from llm_multicloud.health import Health
+from llm_multicloud.router import Plan, Router, _Index, complies
+
+REGIONS = ["us-east-1", "eu-west-1", "eu-central-1", "ap-northeast-1"]
+
+
+def _catalog(n: int, rng: random.Random) -> Catalog:
+    eps: list[dict[str, Any]] = []
+    for i in range(n):
+        e: dict[str, Any] = {
+            "id": f"e{i}",
+            "provider": "aws",
+            "region": rng.choice(REGIONS),
+            "base_url": f"https://e{i}.example.invalid/v1",
+            "models": ["m", "other"] if rng.random() < 0.5 else ["m"],
+        }
+        if rng.random() < 0.8:
+            price = rng.choice([0.1, 0.2, 0.5])
+            e["pricing"] = {"input_per_mtok": price, "output_per_mtok": price * 2}
+        if rng.random() < 0.2:
+            e["max_concurrency"] = 2
+        if rng.random() < 0.1:
+            e["limits"] = {"rpm": 60, "burst_s": 1}
+        if rng.random() < 0.2:
+            e["quota_domain"] = f"acct{rng.randrange(2)}"  # endpoints that cool down together
+        eps.append(e)
+    # one limits definition per shared quota domain (the catalog's rule)
+    seen: set[str] = set()
+    for e in eps:
+        dom = e.get("quota_domain")
+        if dom is not None and "limits" in e:
+            if dom in seen:
+                del e["limits"]
+            seen.add(dom)
+    for e in eps:
+        if e.get("quota_domain") in seen and "limits" not in e:
+            e.pop("quota_domain")
+    return Catalog.load({"endpoints": eps})
+
+
+def _summary(plan: Plan) -> tuple[Any, ...]:
+    return (
+        [(c.endpoint.id, c.predicted_ms, c.score, c.cost_usd, c.note, c.readmitted) for c in plan.candidates],
+        [(x.endpoint.id, x.reason, x.kind) for x in plan.excluded],
+        plan.notes,
+        plan.panic,
+        plan.wait_until,
+        plan.affinity,
+    )
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _change(rng: random.Random, health: Health, clock: Clock) -> None:
+    """One random health change, the way the library (or a test) makes it."""
+    s = rng.choice(health.states)
+    what = rng.randrange(16)
+    if what == 0:
+        s.observe_ttft(rng.choice([15.0, 20.0, 50.0, 200.0]), clock.t - rng.choice([0.0, 1.0]))
+    elif what == 1:
+        s.admit(clock.t)
+    elif what == 2:
+        s.release(False)
+    elif what == 3:
+        health.endpoint_fault(s, "HTTP 500")
+    elif what == 4:
+        health.success(s, trial=rng.random() < 0.5)
+    elif what == 5:
+        health.cooldown(s, rng.choice([1.0, 5.0, 30.0]), "HTTP 429")
+    elif what == 6:
+        if s.drained is None:
+            health.drain(s, "maintenance")
+        else:
+            health.undrain(s)
+    elif what == 7:
+        health.set_model_presence(s, frozenset({"m"}) if rng.random() < 0.5 else frozenset())
+    elif what == 8:
+        s.endpoint.credential.unavailable = "token refresh failed" if rng.random() < 0.5 else None
+    elif what == 9:
+        s.observe_rtt(rng.choice([5.0, 30.0]))
+    elif what == 10:
+        s.inflight = rng.randrange(4)  # a plain write (tests, shared state)
+    elif what == 11:
+        s.remote_inflight, s.queue_waiting = rng.randrange(3), rng.choice([0.0, 0.5, 2.0])
+    elif what == 12:
+        s.breaker, s.open_until = "open", clock.t + rng.choice([0.5, 5.0])
+    elif what == 13 and s.bucket is not None:
+        if s.bucket.reserve(clock.t, 10):
+            s.bucket.ack(clock.t)
+    elif what == 14:
+        s.observe_ttft(rng.choice([100.0, 400.0]), clock.t)  # maybe a one-sample jump
+    else:
+        clock.t += rng.choice([0.1, 1.0, 6.0, 31.0])  # timers run out, samples go stale
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(["latency", "balanced"]),
+    st.integers(2, 30),
+    st.integers(1, 8),
+    st.integers(0, 2**32),
+    st.booleans(),
+)
+def test_indexed_plans_equal_the_reference_through_random_health_changes(
+    strategy: str, n: int, limit: int, salt: int, slo: bool
+) -> None:
+    rng = random.Random(salt)
+    cat = _catalog(n, rng)
+    pol: dict[str, Any] = {
+        "strategy": strategy,
+        "near_equal": rng.choice([0.0, 0.1, 0.5]),
+        "slack": rng.choice([0.0, 0.25]),
+        "slack_ms": rng.choice([0.0, 20.0]),
+        "explore": rng.choice([0.0, 0.5, 1.0]),
+        "recheck": rng.choice([0.0, 0.5, 1.0]),
+        "limits": {"headroom": 1.0},
+    }
+    if slo:
+        pol["slo_ms"] = rng.choice([5.0, 50.0])
+    policy = cat.policy(pol)
+    clock = Clock()
+    health = Health(cat, policy, clock=clock)
+    indexed, reference = Router(cat, policy), Router(cat, policy)
+    reference.indexed = False
+    keys = [UNCONSTRAINED, UNCONSTRAINED.narrow("EU"), UNCONSTRAINED.narrow("DE", near="eu-west-1")]
+    for _ in range(40):
+        for _ in range(rng.randrange(1, 4)):
+            _change(rng, health, clock)
+        c = rng.choice(keys)
+        kw: dict[str, Any] = {
+            "seed": rng.random(),
+            "input_tokens": rng.randrange(1000),
+            "max_tokens": rng.choice([None, 10, 100]),
+            "limit": limit,
+        }
+        try:
+            want = reference.plan("m", c, health.states, clock.t, **kw)
+        except Exception as exc:  # nothing compliant: both refuse the same way
+            try:
+                indexed.plan("m", c, health.states, clock.t, **kw)
+            except Exception as exc2:
+                assert repr(exc2) == repr(exc)
+                continue
+            raise AssertionError(f"the reference refused ({exc!r}), the index planned") from exc
+        got = indexed.plan("m", c, health.states, clock.t, **kw)
+        assert _summary(got) == _summary(want)
+        assert all(complies(x.endpoint, c) for x in got.candidates)  # residency: never a leak
+
+
+def test_the_index_serves_the_executors_plans(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a silent fallback: a limited latency plan over tracked states builds an index
+    and, with nothing changed, reads no endpoint again (the log is empty for it)."""
+    rng = random.Random(3)
+    cat = _catalog(40, rng)
+    policy = cat.policy({"strategy": "latency"})
+    health = Health(cat, policy, clock=lambda: 1000.0)
+    router = Router(cat, policy)
+    router.plan("m", UNCONSTRAINED, health.states, 1000.0, limit=4)
+    (ix,) = router._index.values()
+    calls = 0
+    real = _Index.classify
+
+    def counting(self: _Index, j: int, now: float, update: bool) -> None:
+        nonlocal calls
+        calls += 1
+        real(self, j, now, update)
+
+    monkeypatch.setattr(_Index, "classify", counting)
+    router.plan("m", UNCONSTRAINED, health.states, 1000.5, limit=4)
+    assert calls == 0
+    health.states[0].inflight += 1
+    router.plan("m", UNCONSTRAINED, health.states, 1000.5, limit=4)
+    assert calls == (1 if ix.where.get(health.states[0]) is not None else 0)
