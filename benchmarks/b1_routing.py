@@ -7,7 +7,11 @@ regions of the built-in table, so ``EU`` keeps about a third of them), strategie
 states are the MultiCloud's own (``mc.health.states``), warmed with TTFT samples and
 some in-flight load so that ranking does real work; ``now`` comes from the
 MultiCloud's clock; each call gets a fresh random seed and the same ``limit`` (number
-of candidates to build) as the executor gives it.
+of candidates to build) as the executor gives it. Since the router keeps a health index
+(router.py ``_Index``: it re-reads only the endpoints whose state changed), a second
+row per size and strategy ("churn 2") changes two endpoints' health between plans,
+outside the timing — one TTFT sample and one in-flight count each, what a finished
+request and a new one do — so that the incremental update is part of the figure.
 
 Every call is timed alone with ``time.perf_counter_ns`` (the timer's own cost is
 reported); the configurations are interleaved in rounds. Garbage collections that ran
@@ -40,6 +44,8 @@ SIZES = (10, 100, 1000, 10000)
 QUICK_SIZES = (10, 100, 1000)
 STRATEGIES = ("balanced", "latency")
 RESIDENCIES = (None, "EU")
+#: health changes between two timed plans (0: none; 2: one request ending, one starting)
+CHURN = 2
 
 
 def build_catalog(n: int) -> dict[str, Any]:
@@ -103,8 +109,11 @@ def _gc_collections() -> list[int]:
     return [g["collections"] for g in gc.get_stats()]
 
 
-def _time_calls(mc: Any, constraints: Any, seeds: list[float], gcs: list[int] | None = None) -> list[int]:
-    """Per call, ns; ``gcs`` (per generation) gets the collections that ran meanwhile."""
+def _time_calls(
+    mc: Any, constraints: Any, seeds: list[float], gcs: list[int] | None = None, churn: int = 0
+) -> list[int]:
+    """Per call, ns; ``gcs`` (per generation) gets the collections that ran meanwhile.
+    ``churn``: endpoints whose health changes before each call (not timed)."""
     plan = mc.router.plan
     states = mc.health.states
     clock = mc.clock
@@ -113,7 +122,12 @@ def _time_calls(mc: Any, constraints: Any, seeds: list[float], gcs: list[int] | 
     pc = time.perf_counter_ns
     out = []
     before = _gc_collections()
+    rng = random.Random(len(seeds))
     for s in seeds:
+        for _ in range(churn):
+            st = states[rng.randrange(len(states))]
+            st.observe_ttft(rng.uniform(20.0, 300.0), clock())
+            st.inflight = rng.randrange(0, 4)
         now = clock()
         t0 = pc()
         plan(model, constraints, states, now, seed=s, **kw)
@@ -156,6 +170,11 @@ def profile_plan(mc: Any, constraints: Any, calls: int) -> list[dict[str, Any]]:
     return rows[:12]
 
 
+def _label(row: dict[str, Any]) -> str:
+    churn = f" churn {row['changes_between_plans']}" if row["changes_between_plans"] else ""
+    return f"{row['strategy']}/{row['residency']}{churn}"
+
+
 def _source_lines(pattern: str) -> list[str]:
     """file:line of a pattern in llm_multicloud/router.py (evidence for the notes)."""
     import llm_multicloud.router as router
@@ -179,7 +198,7 @@ def run(*, quick: bool = False, out_dir: str | Path | None = None, litellm: bool
     rounds = 2 if quick else 10
     lo, hi = (20, 2000) if quick else (300, 40000)
 
-    configs: list[tuple[str, int, str, str | None]] = []
+    configs: list[tuple[str, int, str, str | None, int]] = []
     mcs: dict[tuple[int, str], Any] = {}
     cons = {None: UNCONSTRAINED, "EU": UNCONSTRAINED.narrow("EU")}
     sizes = QUICK_SIZES if quick else SIZES
@@ -187,14 +206,15 @@ def run(*, quick: bool = False, out_dir: str | Path | None = None, litellm: bool
         for s in STRATEGIES:
             mcs[(n, s)] = make_mc(n, s, rng)
             for r in RESIDENCIES:
-                configs.append((f"{n}/{s}/{r or 'any'}", n, s, r))
+                configs.append((f"{n}/{s}/{r or 'any'}", n, s, r, 0))
+            configs.append((f"{n}/{s}/any/churn", n, s, None, CHURN))
 
     # calibrate: iterations per configuration from a short trial
     iters: dict[str, int] = {}
     compliant: dict[str, int] = {}
-    for key, n, s, r in configs:
+    for key, n, s, r, ch in configs:
         mc = mcs[(n, s)]
-        trial = _time_calls(mc, cons[r], [rng.random() for _ in range(20)])
+        trial = _time_calls(mc, cons[r], [rng.random() for _ in range(20)], churn=ch)
         est = max(common.percentile(trial, 0.5), 100) / 1e9
         iters[key] = max(lo, min(hi, int(budget_s / est)))
         compliant[key] = len(mc.router.plan(common.MODEL, cons[r], mc.health.states, mc.clock()).candidates)
@@ -202,24 +222,25 @@ def run(*, quick: bool = False, out_dir: str | Path | None = None, litellm: bool
     samples: dict[str, list[int]] = {k: [] for k, *_ in configs}
     gcs: dict[str, list[int]] = {k: [0, 0, 0] for k, *_ in configs}
     keys = [k for k, *_ in configs]
-    by_key = {k: (n, s, r) for k, n, s, r in configs}
+    by_key = {k: (n, s, r, ch) for k, n, s, r, ch in configs}
     gc.collect()
     for _, order in common.rotations(keys, rounds):
         for key in order:
-            n, s, r = by_key[key]
+            n, s, r, ch = by_key[key]
             per_round = max(1, iters[key] // rounds)
             seeds = [rng.random() for _ in range(per_round)]
-            samples[key].extend(_time_calls(mcs[(n, s)], cons[r], seeds, gcs[key]))
+            samples[key].extend(_time_calls(mcs[(n, s)], cons[r], seeds, gcs[key], ch))
 
     overhead = timer_overhead_ns()
     rows = []
-    for key, n, s, r in configs:
+    for key, n, s, r, ch in configs:
         st = common.summarize(samples[key], scale=1e-3)  # ns -> µs
         rows.append(
             {
                 "endpoints": n,
                 "strategy": s,
                 "residency": r or "any",
+                "changes_between_plans": ch,
                 "candidates": compliant[key],
                 "calls": st["n"],
                 "median_us": st["p50"],
@@ -232,7 +253,11 @@ def run(*, quick: bool = False, out_dir: str | Path | None = None, litellm: bool
         )
 
     def med(n: int, s: str, r: str) -> float:
-        return next(x["median_us"] for x in rows if x["endpoints"] == n and x["strategy"] == s and x["residency"] == r)
+        return next(
+            x["median_us"]
+            for x in rows
+            if x["endpoints"] == n and x["strategy"] == s and x["residency"] == r and not x["changes_between_plans"]
+        )
 
     at100 = [x for x in rows if x["endpoints"] == 100]
     worst = max(x["median_us"] for x in at100)
@@ -267,8 +292,8 @@ def run(*, quick: bool = False, out_dir: str | Path | None = None, litellm: bool
                 f"≤ {BAR_US:g} µs",
                 worst,
                 met,
-                "worst of balanced/latency × any/EU at 100 endpoints: "
-                + ", ".join(f"{x['strategy']}/{x['residency']} {x['median_us']:.1f} µs" for x in at100),
+                "worst of balanced/latency × any/EU/any with churn at 100 endpoints: "
+                + ", ".join(f"{_label(x)} {x['median_us']:.1f} µs" for x in at100),
             ),
             common.bar(
                 "routing decision, 10,000 endpoints (median; p99 ≤ 2× median)",
@@ -278,9 +303,7 @@ def run(*, quick: bool = False, out_dir: str | Path | None = None, litellm: bool
                 "not measured in --quick"
                 if not at10k
                 else f"worst p99/median {tail10k:.2f}; "
-                + ", ".join(
-                    f"{x['strategy']}/{x['residency']} {x['median_us']:.0f} µs (p99 {x['p99_us']:.0f})" for x in at10k
-                ),
+                + ", ".join(f"{_label(x)} {x['median_us']:.0f} µs (p99 {x['p99_us']:.0f})" for x in at10k),
             ),
         ],
         "plots": [],
@@ -318,7 +341,7 @@ def run(*, quick: bool = False, out_dir: str | Path | None = None, litellm: bool
                 pts = sorted(
                     (x["endpoints"], x["median_us"], x["p99_us"])
                     for x in rows
-                    if x["strategy"] == s and x["residency"] == r
+                    if x["strategy"] == s and x["residency"] == r and not x["changes_between_plans"]
                 )
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{s}, residency {r} (median)")
         ax.axhline(BAR_US, color="red", linestyle="--", linewidth=1, label=f"bar {BAR_US:g} µs")
@@ -342,6 +365,7 @@ def markdown(res: dict[str, Any]) -> str:
                 "endpoints",
                 "strategy",
                 "residency",
+                "changes between plans",
                 "compliant",
                 "calls",
                 "median µs",
@@ -354,6 +378,7 @@ def markdown(res: dict[str, Any]) -> str:
                     x["endpoints"],
                     x["strategy"],
                     x["residency"],
+                    x["changes_between_plans"],
                     x["candidates"],
                     x["calls"],
                     x["median_us"],

@@ -36,15 +36,27 @@ Steps:
    1-2: it never reaches a non-compliant, ejected, cooling or full endpoint, and a
    large latency or cost gap or an overloaded pin takes it out of the window.
 
-Cost: steps 2-3 are one loop over the compliant endpoints (memoised rows: endpoint,
-state, prior), which allocates nothing per endpoint (three float/endpoint lists, no
-tuple each, so large catalogs do not drive the garbage collector), and collects the
-exploration and recheck lists only when the seed's draws can use them. Step 4 sorts
-everything for small sets and for ``explain`` (``_order_sorted``, the reference); for
-large sets with a ``limit`` it orders only what can reach the first ``limit`` places or
-decide the power of two choices (``_order_top``), held to the reference's plan by a
-property test. The loop still reads every compliant endpoint's health: ~0.3-0.9 µs
-each on a loaded 2-core VM, the floor of this design (see docs/benchmarks.md, B1).
+Cost: the executor's plans (``latency`` and ``balanced`` with a ``limit``) come from a **health index** per (model, constraints, near) and
+``states`` tuple (:class:`_Index`): the kind of every compliant endpoint (usable,
+full, ejected, cooling, out) and, for the usable ones, a lower bound of its score
+that stays valid as time passes, kept sorted. It is updated from the change log
+(:mod:`.changes`: every write of a field the router reads appends the state), from
+the cooldown and breaker timers it waits for (``next_event``), and rebuilt every
+``decay_s`` to tighten the bounds. A plan computes exact scores (the one prediction,
+:func:`~.usable.predict_ttft_ms`) only while a bound can still reach the first
+``limit`` places, the near-equal group or the balanced window, then orders that
+subset with the reference ordering; exploration and rechecks draw from maintained
+lists; exclusions cost what is excluded. Endpoints with a capacity bucket
+(``limits:``) are read on every plan (their room depends on the request's size).
+An affinity key walks on to the score that bounds its window around the strategy's
+choice. Everything else — ``explain`` (no limit), the ``cost``, ``weighted``
+and ``ordered`` strategies, states that are not change-tracked, a plan racing
+another thread on the same key — takes the reference scan (:meth:`Router._scan`):
+one loop over the compliant endpoints that allocates nothing per endpoint, then
+``_order_sorted`` (a full stable sort) or, for large limited sets, ``_order_top``
+(what can reach the first places). Property tests hold the index and the top-k path
+to the reference plan (tests/unit/test_router_index.py, test_router_topk.py);
+docs/routing.md ("What a plan costs") has the figures.
 """
 
 from __future__ import annotations
@@ -54,7 +66,7 @@ import heapq
 import math
 import random
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import compress
 
@@ -291,16 +303,17 @@ class Router:
         want_explore = steerable and explore < p.explore
         want_recheck = steerable and recheck < p.recheck
         scan: _Scan | None = None
-        if (
-            self.indexed
-            and steerable
-            and limit is not None
-            and (affinity is None or not p.affinity.enabled)
-            and type(states) is tuple
-            and rows
-        ):
+        if self.indexed and steerable and limit is not None and type(states) is tuple and rows:
+            reach = None
+            if affinity is not None and p.affinity.enabled:
+                out_tok = max_tokens if max_tokens is not None else DEFAULT_OUTPUT_TOKENS
+
+                def reach(scores: list[float], preds: list[float], eps: list[Endpoint], n_usable: int) -> float:
+                    ranked = self._rank(scores, preds, eps, seed, input_tokens, out_tok, limit, n_usable)
+                    return self._affinity_reach(ranked[0]) if ranked else -math.inf
+
             scan = self._scan_indexed(
-                model, constraints, states, rows, now, need, limit, want_explore, want_recheck, explore, recheck
+                model, constraints, states, rows, now, need, limit, want_explore, want_recheck, explore, recheck, reach
             )
         if scan is None:
             scan = self._scan(model, rows, now, need, want_explore, want_recheck, explore, recheck)
@@ -496,6 +509,7 @@ class Router:
         want_recheck: bool,
         explore: float,
         recheck: float,
+        reach: Callable[[list[float], list[float], list[Endpoint], int], float] | None,
     ) -> _Scan | None:
         """What :meth:`_scan` returns, from the key's health index: the usable endpoints
         that can reach the first ``limit`` places (a subset, in scan order) and the
@@ -513,7 +527,7 @@ class Router:
             return None
         try:
             ix.sync(now)
-            return ix.scan(now, need, limit, want_explore, want_recheck, explore, recheck)
+            return ix.scan(now, need, limit, want_explore, want_recheck, explore, recheck, reach)
         finally:
             ix.lock.release()
 
@@ -536,10 +550,7 @@ class Router:
         lead = ranked[0]
         inf = math.inf
         lead_cost = inf if lead.cost_usd is None else lead.cost_usd
-        lat_lim = lead.predicted_ms * (1.0 + a.slack) + a.slack_ms
-        # Load is compared apart from latency (score = TTFT x load factor): a pin whose
-        # TTFT estimate peaked on one cache miss is not "overloaded".
-        load_lim = (lead.score / lead.predicted_ms if lead.predicted_ms > 0 else 1.0) * a.overload + 1.0
+        lat_lim, load_lim = self._affinity_limits(lead)
         cost_lim = lead_cost * (1.0 + a.cost_slack) + 1e-12
         window: list[tuple[float, float, Endpoint]] = []
         for item in zip(scores, preds, eps, strict=True):
@@ -572,6 +583,21 @@ class Router:
             "the strategy's choice, which it is)" if same else f"{lead.endpoint.id}: {lead.note})"
         )
         return out, source
+
+    def _affinity_limits(self, lead: Candidate) -> tuple[float, float]:
+        """The predicted TTFT and the load factor up to which an endpoint is in the
+        affinity window around the strategy's first choice ``lead``."""
+        a = self.policy.affinity
+        # Load is compared apart from latency (score = TTFT x load factor): a pin whose
+        # TTFT estimate peaked on one cache miss is not "overloaded".
+        load_lim = (lead.score / lead.predicted_ms if lead.predicted_ms > 0 else 1.0) * a.overload + 1.0
+        return lead.predicted_ms * (1.0 + a.slack) + a.slack_ms, load_lim
+
+    def _affinity_reach(self, lead: Candidate) -> float:
+        """A score above which no endpoint is in the affinity window (score = TTFT x
+        load factor; a hair over, against rounding): how far the index walks."""
+        lat_lim, load_lim = self._affinity_limits(lead)
+        return lat_lim * max(load_lim, 1.0) * (1.0 + 1e-9)
 
     def _rank(
         self,
@@ -930,7 +956,10 @@ class _Index:
         want_recheck: bool,
         explore: float,
         recheck: float,
+        reach: Callable[[list[float], list[float], list[Endpoint], int], float] | None = None,
     ) -> _Scan:
+        """``reach``: given the subset (and the number usable), a score up to which
+        endpoints matter as well (affinity's window around the strategy's choice)."""
         p = self.policy
         rows = self.rows
         kinds = self.kinds
@@ -985,14 +1014,15 @@ class _Index:
                 i += 1
             if i == start or i >= len(order) or order[i][0] > thr:
                 break
-        scores: list[float] = []
-        preds: list[float] = []
-        ueps: list[Endpoint] = []
-        for j in sorted(seen):
-            sc, pr = seen[j]
-            scores.append(sc)
-            preds.append(pr)
-            ueps.append(rows[j][0])
+        scores, preds, ueps = self.subset(seen)
+        if reach is not None and i < len(order):
+            far = reach(scores, preds, ueps, n_usable)
+            if order[i][0] <= far:
+                while i < len(order) and order[i][0] <= far:
+                    j = order[i][1]
+                    seen[j] = self.exact(j, now)
+                    i += 1
+                scores, preds, ueps = self.subset(seen)
 
         def pick(cands: list[int], draw: float, share: float) -> tuple[float, float, Endpoint] | None:
             if not cands:
@@ -1036,6 +1066,19 @@ class _Index:
                 assert b is not None
                 limited.append((ep, b))
         return scores, preds, ueps, n_usable, explore_pick, recheck_pick, dropped, full, ejected, cooling, limited
+
+    def subset(self, seen: dict[int, tuple[float, float]]) -> tuple[list[float], list[float], list[Endpoint]]:
+        """Scores, predictions and endpoints of the rows seen, in scan order."""
+        rows = self.rows
+        scores: list[float] = []
+        preds: list[float] = []
+        ueps: list[Endpoint] = []
+        for j in sorted(seen):
+            sc, pr = seen[j]
+            scores.append(sc)
+            preds.append(pr)
+            ueps.append(rows[j][0])
+        return scores, preds, ueps
 
     def threshold(self, scores: list[float], k: int) -> float:
         """The score at or under which an endpoint can still matter to the first ``k``

@@ -42,8 +42,9 @@ def _positive(x: Any) -> bool:
 
 def _check_b1(r: dict[str, Any]) -> None:
     rows = r["results"]["rows"]
-    assert len(rows) == 12  # --quick: 10,000 endpoints are left out (seconds to build)
+    assert len(rows) == 18  # --quick: 10,000 endpoints are left out (seconds to build)
     assert {x["endpoints"] for x in rows} == {10, 100, 1000}
+    assert sum(1 for x in rows if x["changes_between_plans"]) == 6  # the index's incremental rows
     for x in rows:
         assert x["calls"] > 0 and x["candidates"] > 0
         assert _positive(x["median_us"]) and _positive(x["p99_us"]) and _positive(x["p99_over_median"])

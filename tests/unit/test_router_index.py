@@ -6,7 +6,7 @@ compliant endpoint and a lower bound of its score, updated from the change log
 only the bounds that can still reach its first places. ``indexed = False`` is the
 reference: every endpoint's health read on every plan. Here one indexed router lives
 through random sequences of health changes — made through Health's and the states'
-own methods and by plain writes, quota-domain cooldowns, credentials going away,
+own methods and by plain writes, affinity keys, quota-domain cooldowns, credentials going away,
 drains, model listings, capacity buckets, load, and time moving on past timers and
 staleness — and after every change its plan must be the reference plan computed from
 scratch, and never contain an endpoint outside the request's residency."""
@@ -144,6 +144,7 @@ def test_indexed_plans_equal_the_reference_through_random_health_changes(
         "explore": rng.choice([0.0, 0.5, 1.0]),
         "recheck": rng.choice([0.0, 0.5, 1.0]),
         "limits": {"headroom": 1.0},
+        "affinity": {"slack": rng.choice([0.0, 1.0]), "slack_ms": rng.choice([0.0, 30.0, 250.0])},
     }
     if slo:
         pol["slo_ms"] = rng.choice([5.0, 50.0])
@@ -162,6 +163,7 @@ def test_indexed_plans_equal_the_reference_through_random_health_changes(
             "input_tokens": rng.randrange(1000),
             "max_tokens": rng.choice([None, 10, 100]),
             "limit": limit,
+            "affinity": (rng.getrandbits(64), rng.choice(["session", "prefix"])) if rng.random() < 0.4 else None,
         }
         try:
             want = reference.plan("m", c, health.states, clock.t, **kw)
