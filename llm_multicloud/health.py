@@ -493,6 +493,12 @@ class EndpointState:
             if len(_ENTRIES) > changes.LIMIT:
                 changes.everything_changed()
 
+    def _logged(self) -> None:
+        """Log this state as changed (what __setattr__ does for one routed field)."""
+        _ENTRIES.append(self)
+        if len(_ENTRIES) > changes.LIMIT:
+            changes.everything_changed()
+
     def inherit(self, old: EndpointState) -> None:
         """Take over the health history of ``old`` (same endpoint id, redefined by a
         catalog update): estimates, breaker, counters, drain. In-flight attempts stay
@@ -512,43 +518,49 @@ class EndpointState:
     def observe_ttft(self, ms: float, now: float, *, censored: bool = False) -> None:
         """Record a time to first token. ``censored``: a lower bound (the attempt was
         cancelled before its first token); it can raise the estimate, never lower it."""
+        # (the hot writers set their fields with ``put`` and log the change once: see
+        # __setattr__, ~0.3-0.6 µs per hooked write)
+        put = _setattr
         with self._lock:
             cur = self.ttft_ms
             before = self.ttft_before_jump
             if censored:
                 if cur is None or ms > cur:
                     if before is None and cur is not None and ms > cur * _JUMP:
-                        self.ttft_before_jump = cur
-                    self.ttft_ms, self.ttft_at = ms, now
+                        put(self, "ttft_before_jump", cur)
+                    put(self, "ttft_ms", ms)
+                    put(self, "ttft_at", now)
+                    self._logged()
                 return
             if before is not None:
                 # The sample after a one-sample jump decides: judged against the
                 # estimate from before the jump, as if the outlier had not happened.
                 # A region that really got slow raises it again right here.
-                self.ttft_before_jump = None
+                put(self, "ttft_before_jump", None)
                 cur = before
             elif cur is not None and ms > cur * _JUMP:
-                self.ttft_before_jump = cur  # provisional: the next sample decides
+                put(self, "ttft_before_jump", cur)  # provisional: the next sample decides
             if cur is None or ms >= cur:
-                self.ttft_ms = ms  # the peak: a slowdown shows at once
+                put(self, "ttft_ms", ms)  # the peak: a slowdown shows at once
             else:
                 w = math.exp(-max(now - self.ttft_at, 0.0) / self._policy.decay_s)
-                self.ttft_ms = cur * w + ms * (1.0 - w)
-            self.ttft_at = now
-            self.ttft_samples += 1
+                put(self, "ttft_ms", cur * w + ms * (1.0 - w))
+            put(self, "ttft_at", now)
+            put(self, "ttft_samples", self.ttft_samples + 1)
             if len(self._ring) < _RING:
                 self._ring.append(ms)
             else:
                 self._ring[self._ring_n % _RING] = ms
-            self._ring_n += 1
+            put(self, "_ring_n", self._ring_n + 1)
+            self._logged()
 
     def observe_stream(self, total_ms: float, output_tokens: int, ttft_ms: float | None) -> None:
         """Record a finished answer: total time and time per output token."""
-        with self._lock:
-            self.total_ms = total_ms if self.total_ms is None else 0.8 * self.total_ms + 0.2 * total_ms
+        with self._lock:  # (fields the router does not read: no log entry)
+            _setattr(self, "total_ms", total_ms if self.total_ms is None else 0.8 * self.total_ms + 0.2 * total_ms)
             if ttft_ms is not None and output_tokens > 1:
                 tpot = max(total_ms - ttft_ms, 0.0) / (output_tokens - 1)
-                self.tpot_ms = tpot if self.tpot_ms is None else 0.8 * self.tpot_ms + 0.2 * tpot
+                _setattr(self, "tpot_ms", tpot if self.tpot_ms is None else 0.8 * self.tpot_ms + 0.2 * tpot)
 
     def observe_rtt(self, ms: float) -> None:
         self.rtt_ms = ms if self.rtt_ms is None else 0.7 * self.rtt_ms + 0.3 * ms
@@ -574,8 +586,9 @@ class EndpointState:
             t = self._change(self._breaker_rules.ready(self, now), now)
             if self._admission.allows(self, self._policy.breaker):
                 if self.breaker == BreakerState.HALF_OPEN:
-                    self.half_open_inflight += 1
-                self.inflight += 1
+                    _setattr(self, "half_open_inflight", self.half_open_inflight + 1)
+                _setattr(self, "inflight", self.inflight + 1)
+                self._logged()
                 self.counters.requests += 1
                 admitted: str | None = self.breaker
             else:
@@ -588,9 +601,10 @@ class EndpointState:
     def release(self, permit: bool) -> None:
         """Give the slot back (``permit``: it held a half-open trial permit)."""
         with self._lock:
-            self.inflight = max(0, self.inflight - 1)
+            _setattr(self, "inflight", max(0, self.inflight - 1))
             if permit:
-                self.half_open_inflight = max(0, self.half_open_inflight - 1)
+                _setattr(self, "half_open_inflight", max(0, self.half_open_inflight - 1))
+            self._logged()
 
     def record_success(self, now: float, *, trial: bool) -> Transition | None:
         """A success (see :meth:`Breaker.success`)."""

@@ -198,8 +198,8 @@ def test_the_index_serves_the_executors_plans(monkeypatch: pytest.MonkeyPatch) -
         real(self, j, now, update)
 
     monkeypatch.setattr(_Index, "classify", counting)
-    router.plan("m", UNCONSTRAINED, health.states, 1000.5, limit=4)
+    router.plan("m", UNCONSTRAINED, health.states, 1000.1, limit=4)  # (bounds are tightened each decay_s / 64)
     assert calls == 0
     health.states[0].inflight += 1
-    router.plan("m", UNCONSTRAINED, health.states, 1000.5, limit=4)
+    router.plan("m", UNCONSTRAINED, health.states, 1000.1, limit=4)
     assert calls == (1 if ix.where.get(health.states[0]) is not None else 0)
