@@ -40,18 +40,20 @@ Cost: the executor's plans (``latency`` and ``balanced`` with a ``limit``) come
 from a **health index** per (model, constraints, near) and ``states`` tuple
 (:class:`_Index`): the kind of every compliant endpoint (usable,
 full, ejected, cooling, out) and, for the usable ones, a lower bound of its score
-that stays valid as time passes, kept sorted. It is updated from the change log
-(:mod:`.changes`: every write of a field the router reads appends the state), from
-the cooldown and breaker timers it waits for (``next_event``), and rebuilt every
-``decay_s`` to tighten the bounds. A plan computes exact scores (the one prediction,
-:func:`~.usable.predict_ttft_ms`) only while a bound can still reach the first
+that holds until the row's horizon (``decay_s / HORIZON_PER_DECAY``, staggered),
+kept sorted. It is updated from the change log (:mod:`.changes`: every write of a
+field the router reads appends the state), from the cooldown and breaker timers it
+waits for (``next_event``), and when a row's horizon passes (a heap of expiries).
+A plan computes exact scores (the one prediction, :func:`~.usable.predict_ttft_ms`)
+only while a bound can still reach the first
 ``limit`` places, the near-equal group or the balanced window, then orders that
 subset with the reference ordering; exploration and rechecks draw from maintained
 lists; exclusions cost what is excluded. Endpoints with a capacity bucket
 (``limits:``) are read on every plan (their room depends on the request's size).
 An affinity key walks on to the score that bounds its window around the strategy's
 choice. Everything else — ``explain`` (no limit), the ``cost``, ``weighted``
-and ``ordered`` strategies, states that are not change-tracked, a plan racing
+and ``ordered`` strategies, fewer than ``INDEX_FROM`` (32) compliant endpoints
+(there one scan is cheaper), states that are not change-tracked, a plan racing
 another thread on the same key — takes the reference scan (:meth:`Router._scan`):
 one loop over the compliant endpoints that allocates nothing per endpoint, then
 ``_order_sorted`` (a full stable sort) or, for large limited sets, ``_order_top``
@@ -765,6 +767,10 @@ _Scan = tuple[
 #: below it one scan of every endpoint costs less than the index's fixed work (B1: at
 #: 10 endpoints the index was 0.55-0.7x the scan's speed, at 23 even, at 100 2.3x).
 INDEX_FROM = 32
+#: A usable row's score bound holds for ``decay_s / HORIZON_PER_DECAY`` (to twice
+#: that, staggered); then the index reads the row again. Shorter: tighter bounds (a
+#: shorter walk) for more re-reads (n x HORIZON_PER_DECAY / decay_s per second).
+HORIZON_PER_DECAY = 4
 
 #: From this many usable endpoints on, a limited plan orders only what can reach its
 #: first places (below it, one sort of everything is cheaper than the selections).
@@ -780,12 +786,12 @@ class _Index:
 
     Per compliant endpoint (row ``j``, scan order) it keeps what the reference scan
     would find: its kind (usable, full, ejected, cooling, out for good), and for the
-    usable ones a **lower bound** of their score that stays valid as time passes (the
-    prediction decays monotonically from its value at classification toward its
-    baseline: ``score(now) >= min(baseline, pred(t)) × load`` for every ``now >= t``),
-    in a sorted list. A row is classified again only when its state changed (the
-    change log, :mod:`.changes`), when a cooldown or breaker timer it waits for runs
-    out (``next_event``), or every ``decay_s`` to tighten the bounds. Endpoints with a
+    usable ones a **lower bound** of their score until a horizon ``h`` (the prediction
+    moves monotonically from its value at classification toward its baseline, by at
+    most ``exp(-h / decay_s)`` of the gap when above it), in a sorted list. A row is
+    classified again only when its state changed (the change log, :mod:`.changes`),
+    when a cooldown or breaker timer it waits for runs out (``next_event``), or when
+    its horizon passes (``expiry``). Endpoints with a
     capacity bucket (``limits:``) depend on the request's size and on time: they are
     "volatile" and read on every plan, as the reference does.
 
@@ -798,10 +804,9 @@ class _Index:
 
     __slots__ = (
         "ats",
-        "built",
-        "cursor",
         "epoch",
         "excluded",
+        "expiry",
         "jumpers",
         "kinds",
         "lbs",
@@ -814,6 +819,7 @@ class _Index:
         "pos",
         "rows",
         "states",
+        "until",
         "volatile",
         "waiting",
         "where",
@@ -827,8 +833,6 @@ class _Index:
         self.policy = policy
         self.lock = threading.Lock()
         self.where: dict[object, int] = {st: j for j, (_, st, _, _) in enumerate(rows)}
-        self.built = -math.inf
-        self.cursor = 0
         self.now = -math.inf
         self.epoch = -1
         self.pos = 0
@@ -841,13 +845,15 @@ class _Index:
         self.volatile: set[int] = set()
         self.waiting: set[int] = set()  # cooling or ejected: a timer can make them usable
         self.excluded: set[int] = set()  # full, ejected, cooling or out (not volatile)
+        #: per usable row, until when its bound holds; a heap of (until, row) to expire
+        self.until: list[float] = []
+        self.expiry: list[tuple[float, int]] = []
         self.next_event = math.inf
 
     def rebuild(self, now: float) -> None:
         n = len(self.rows)
         self.epoch = changes.EPOCH[0]
         self.pos = len(changes.ENTRIES)
-        self.built = now
         self.kinds = [_OUT] * n
         self.whys = {}
         self.lbs = [None] * n
@@ -858,6 +864,8 @@ class _Index:
         self.waiting = set()
         self.excluded = set()
         self.next_event = math.inf
+        self.until = [math.inf] * n
+        self.expiry = []
         order = self.order
         for j in range(n):
             self.classify(j, now, False)
@@ -873,16 +881,13 @@ class _Index:
             self.rebuild(now)
             return
         self.now = now
-        if now - self.built > self.policy.decay_s / 64:
-            # Tighten the bounds a slice at a time (a prediction drifts toward its
-            # baseline; a bound from long ago is valid but loose): 1/64 of the rows per
-            # step, every rows once per decay_s, so that no plan pays for a rebuild.
-            self.built = now
-            n = len(self.rows)
-            step = max(1, n >> 6)
-            for row in range(self.cursor, min(n, self.cursor + step)):
+        expiry = self.expiry
+        until = self.until
+        while expiry and expiry[0][0] < now:
+            # a usable row's bound holds until its horizon: read it again
+            t, row = heapq.heappop(expiry)
+            if until[row] == t:
                 self.classify(row, now, True)
-            self.cursor = self.cursor + step if self.cursor + step < n else 0
         new = changes.ENTRIES[self.pos :]
         self.pos += len(new)
         if self.epoch != changes.EPOCH[0]:
@@ -912,6 +917,7 @@ class _Index:
             self.excluded.discard(j)
             self.whys.pop(j, None)
             self.ats[j] = math.inf
+            self.until[j] = math.inf
         _, st, geo_ms, cap = self.rows[j]
         if st.bucket is not None:
             self.kinds[j] = _VOLATILE
@@ -939,10 +945,19 @@ class _Index:
         p = self.policy
         rtt = st.rtt_ms
         base = geo_ms if rtt is None else rtt + p.default_ttft_ms * 0.25
-        pred = predict_ttft_ms(st, base, now, p.decay_s)
-        # the score's floor from now on (a hair under, against rounding)
-        lb = (min(base, pred) * (1.0 + busy + st.queue_waiting) * (1.0 - 1e-9), j)
+        tau = p.decay_s
+        pred = predict_ttft_ms(st, base, now, tau)
+        # The score's floor until the row's horizon (a hair under, against rounding):
+        # the prediction moves monotonically toward the baseline, by at most the
+        # factor exp(-horizon / decay_s) of its gap to it when above it. Horizons are
+        # staggered per row (1-2 x decay_s / HORIZON_PER_DECAY) so that rows read
+        # together (a rebuild) do not all expire together.
+        horizon = tau / HORIZON_PER_DECAY * (1.0 + (j & 15) / 16.0)
+        floor = pred if pred <= base else base + (pred - base) * math.exp(-horizon / tau)
+        lb = (floor * (1.0 + busy + st.queue_waiting) * (1.0 - 1e-9), j)
         self.lbs[j] = lb
+        self.until[j] = t = now + horizon
+        heapq.heappush(self.expiry, (t, j))
         if update:
             bisect.insort(self.order, lb)
         if st.ttft_ms is not None:
@@ -1017,19 +1032,37 @@ class _Index:
         # window's limit; each only falls as more is seen, so a stale one is safe).
         k = max(1, min(limit, n_usable))
         no = len(order)
-        i = min(max(k, 2), no)
         exact = self.exact
-        for _, j in order[:i]:
-            seen[j] = exact(j, now)
+        # the k smallest scores seen (negated: a max-heap) and the best one
+        top = [-sc for sc, _ in seen.values()]
+        heapq.heapify(top)
+        while len(top) > k:
+            heapq.heappop(top)
+        best = -max(top) if top else math.inf
+        slope = 1.0 + (p.slack if p.strategy == "balanced" else p.near_equal)
+        shift = p.slack_ms if p.strategy == "balanced" else 0.0
+        slo = p.slo_ms if p.strategy == "balanced" else None
+        i = 0
+        least = min(max(k, 2), no)  # two at least: "only usable endpoint" is a different note
         while i < no:
-            thr = self.threshold(seen, k)
-            if order[i][0] > thr:
-                break
-            stop = i + 64  # then a tighter threshold from what was seen
-            while i < no and i < stop and order[i][0] <= thr:
-                j = order[i][1]
-                seen[j] = exact(j, now)
-                i += 1
+            if i >= least:
+                # the score at or under which a row can still matter: the k-th place,
+                # the near-equal group's or the balanced window's limit (each only
+                # falls as more is seen, so the current one is safe)
+                kth = -top[0] if len(top) >= k else math.inf
+                near = slo if slo is not None else best * slope + shift
+                if order[i][0] > (kth if kth > near else near):
+                    break
+            j = order[i][1]
+            seen[j] = got = exact(j, now)
+            sc = got[0]
+            if len(top) < k:
+                heapq.heappush(top, -sc)
+            elif sc < -top[0]:
+                heapq.heapreplace(top, -sc)
+            if sc < best:
+                best = sc
+            i += 1
         scores, preds, ueps = self.subset(seen)
         if reach is not None and i < no:
             far = reach(scores, preds, ueps, n_usable)
@@ -1093,20 +1126,6 @@ class _Index:
         js = sorted(seen)
         vals = [seen[j] for j in js]
         return [v[0] for v in vals], [v[1] for v in vals], [rows[j][0] for j in js]
-
-    def threshold(self, seen: dict[int, tuple[float, float]], k: int) -> float:
-        """The score at or under which an endpoint can still matter to the first ``k``
-        places, given the exact scores ``seen`` so far (an upper bound of the true one)."""
-        if not seen:
-            return math.inf
-        p = self.policy
-        scores = sorted([v[0] for v in seen.values()])
-        best = scores[0]
-        kth = scores[k - 1] if len(scores) >= k else math.inf
-        if p.strategy == "balanced":
-            lim = p.slo_ms if p.slo_ms is not None else best * (1.0 + p.slack) + p.slack_ms
-            return max(lim, kth)
-        return max(kth, best * (1.0 + p.near_equal))
 
 
 def _two_choices(order: list[int], g: int, scores: list[float], seed: float) -> str:
