@@ -72,6 +72,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import compress
+from typing import NamedTuple
 
 from cachetools import LRUCache
 
@@ -305,8 +306,7 @@ class Router:
         explore = (seed * 104729.0) % 1.0
         recheck = (seed * 7727.0) % 1.0
         steerable = p.strategy in ("latency", "balanced")
-        want_explore = steerable and explore < p.explore
-        want_recheck = steerable and recheck < p.recheck
+        draws = _Draws(steerable and explore < p.explore, steerable and recheck < p.recheck, explore, recheck)
         scan: _Scan | None = None
         if self.indexed and steerable and limit is not None and type(states) is tuple and len(rows) >= self.index_from:
             reach = None
@@ -317,11 +317,9 @@ class Router:
                     ranked = self._rank(scores, preds, eps, seed, input_tokens, out_tok, limit, n_usable)
                     return self._affinity_reach(ranked[0]) if ranked else -math.inf
 
-            scan = self._scan_indexed(
-                model, constraints, states, rows, now, need, limit, want_explore, want_recheck, explore, recheck, reach
-            )
+            scan = self._scan_indexed(model, constraints, states, rows, now, need, limit, draws, reach)
         if scan is None:
-            scan = self._scan(model, rows, now, need, want_explore, want_recheck, explore, recheck)
+            scan = self._scan(model, rows, now, need, draws)
         scores, preds, ueps, n_usable, explore_pick, recheck_pick, dropped, full, ejected, cooling, limited = scan
         excluded += dropped
         notes: list[str] = []
@@ -425,10 +423,7 @@ class Router:
         rows: list[_Row],
         now: float,
         need: int,
-        want_explore: bool,
-        want_recheck: bool,
-        explore: float,
-        recheck: float,
+        draws: _Draws,
     ) -> _Scan:
         """The reference scan: every compliant endpoint's health, read now."""
         p = self.policy
@@ -452,6 +447,7 @@ class Router:
         ejected: list[tuple[Endpoint, EndpointView]] = []
         cooling: list[tuple[Endpoint, EndpointView]] = []
         limited: list[tuple[Endpoint, Bucket]] = []
+        want_explore, want_recheck, explore, recheck = draws
         collect = want_explore or want_recheck
         for ep, st, geo_ms, cap in rows:
             why = unusable_now(st, model, now)  # the one "usable now" rule (health.py)
@@ -510,10 +506,7 @@ class Router:
         now: float,
         need: int,
         limit: int,
-        want_explore: bool,
-        want_recheck: bool,
-        explore: float,
-        recheck: float,
+        draws: _Draws,
         reach: Callable[[list[float], list[float], list[Endpoint], int], float] | None,
     ) -> _Scan | None:
         """What :meth:`_scan` returns, from the key's health index: the usable endpoints
@@ -532,7 +525,7 @@ class Router:
             return None
         try:
             ix.sync(now)
-            return ix.scan(now, need, limit, want_explore, want_recheck, explore, recheck, reach)
+            return ix.scan(now, need, limit, draws, reach)
         finally:
             ix.lock.release()
 
@@ -745,6 +738,17 @@ ROWS_CACHE_SIZE = 1024
 _RowsKey = tuple[str, frozenset[str] | None, tuple[tuple[str, str], ...], str, tuple[float, float] | None]
 #: (endpoint, its health, its geographic prior TTFT for the request's ``near``, max_concurrency)
 _Row = tuple[Endpoint, EndpointView, float, int | None]
+
+
+class _Draws(NamedTuple):
+    """This request's two seeded draws, and whether each can explore / recheck."""
+
+    want_explore: bool
+    want_recheck: bool
+    explore: float
+    recheck: float
+
+
 #: What a scan hands to the rest of ``plan``: the usable endpoints' scores,
 #: predictions and endpoints (parallel, scan order; the index gives the subset that
 #: can matter), how many are usable, the exploration and recheck picks (score,
@@ -982,14 +986,12 @@ class _Index:
         now: float,
         need: int,
         limit: int,
-        want_explore: bool,
-        want_recheck: bool,
-        explore: float,
-        recheck: float,
+        draws: _Draws,
         reach: Callable[[list[float], list[float], list[Endpoint], int], float] | None = None,
     ) -> _Scan:
         """``reach``: given the subset (and the number usable), a score up to which
         endpoints matter as well (affinity's window around the strategy's choice)."""
+        want_explore, want_recheck, explore, recheck = draws
         p = self.policy
         rows = self.rows
         kinds = self.kinds

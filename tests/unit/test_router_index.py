@@ -23,7 +23,9 @@ from hypothesis import strategies as st
 from llm_multicloud.catalog import Catalog
 from llm_multicloud.context import UNCONSTRAINED
 from llm_multicloud.health import Health
-from llm_multicloud.router import Plan, Router, _Index, complies
+from llm_multicloud.router import Router, _Index, complies
+
+from .test_router_topk import _summary
 
 REGIONS = ["us-east-1", "eu-west-1", "eu-central-1", "ap-northeast-1"]
 
@@ -60,17 +62,6 @@ def _catalog(n: int, rng: random.Random) -> Catalog:
         if e.get("quota_domain") in seen and "limits" not in e:
             e.pop("quota_domain")
     return Catalog.load({"endpoints": eps})
-
-
-def _summary(plan: Plan) -> tuple[Any, ...]:
-    return (
-        [(c.endpoint.id, c.predicted_ms, c.score, c.cost_usd, c.note, c.readmitted) for c in plan.candidates],
-        [(x.endpoint.id, x.reason, x.kind) for x in plan.excluded],
-        plan.notes,
-        plan.panic,
-        plan.wait_until,
-        plan.affinity,
-    )
 
 
 class Clock:
