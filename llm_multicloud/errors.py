@@ -147,7 +147,13 @@ def local_fault_message(exc: BaseException) -> str:
     """What the caller reads when a request failed in this process, not at an endpoint."""
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     hint = ""
-    if isinstance(exc, RuntimeError) and "event loop" in str(exc).lower():
+    if type(exc).__name__ == "PoolTimeout":
+        hint = (
+            " Every connection of this process's pool toward the endpoint stayed busy until the "
+            "attempt's deadline: raise http_options['limits'] (max_connections, per endpoint) "
+            "or send fewer requests at once."
+        )
+    elif isinstance(exc, RuntimeError) and "event loop" in str(exc).lower():
         hint = (
             " An async client's connections belong to the event loop that opened them; "
             "a loop that is closed or stopped cannot run them."

@@ -216,7 +216,9 @@ def translate(lib: ModuleType, exc: BaseException) -> UpstreamError:
         return exc
     name = type(exc).__name__
     detail = str(exc) or name
-    if isinstance(exc, lib.LocalProtocolError):
+    if isinstance(exc, lib.LocalProtocolError | lib.PoolTimeout):
+        # PoolTimeout: every connection of our own pool toward that origin stayed busy
+        # (``http_options["limits"]``); the endpoint did nothing wrong.
         kind = "local"
     elif isinstance(exc, lib.ConnectTimeout | lib.ConnectError):
         kind = "connect"
@@ -334,9 +336,20 @@ class Upstream(_Pools):
         *,
         connect_s: float,
         read_s: float,
+        pool_s: float | None = None,
     ) -> UpstreamResponse:
+        """Send one request. ``connect_s`` bounds the TCP (and TLS) connect, ``read_s``
+        each read and write; ``pool_s`` (default ``connect_s``) the wait for a free
+        connection of this process's own pool toward the origin, which is a separate
+        bound: a full pool is our queue, not the endpoint's slowness (a pool timeout is
+        "local" in :func:`translate`, never blamed on the endpoint)."""
         lib = self.lib
-        timeout = {"connect": connect_s, "read": read_s, "write": read_s, "pool": connect_s}
+        timeout = {
+            "connect": connect_s,
+            "read": read_s,
+            "write": read_s,
+            "pool": connect_s if pool_s is None else pool_s,
+        }
         try:
             parsed, pool = self._pool(url)
             req = lib.Request(method, parsed, headers=headers, content=content, extensions={"timeout": timeout})
@@ -390,10 +403,12 @@ class SyncUpstream(Upstream):
         *,
         connect_s: float,
         read_s: float,
+        pool_s: float | None = None,
     ) -> UpstreamResponse:
         lib = self.lib
         _check_deadline()
-        timeout = {"connect": connect_s, "read": read_s, "write": read_s, "pool": connect_s}
+        pool = connect_s if pool_s is None else pool_s  # see Upstream.open
+        timeout = {"connect": connect_s, "read": read_s, "write": read_s, "pool": pool}
         try:
             parsed, pool = self._pool(url)
             req = lib.Request(method, parsed, headers=headers, content=content, extensions={"timeout": timeout})

@@ -261,6 +261,7 @@ async def send(
     *,
     connect_s: float,
     read_s: float,
+    pool_s: float | None = None,
 ) -> tuple[Any, bool]:
     """Authenticate and send one request; on a 401 from a credential that can refresh,
     refresh and send it once more (the same endpoint, re-signed). Returns the open
@@ -270,14 +271,18 @@ async def send(
     blocking = not io.concurrent  # a sync caller's thread: never suspend
     out = OutgoingRequest(method, url, list(headers), body, blocking, io.time_left())
     used = await cred.apply(out)
-    resp = await upstream.open(out.method, out.url, out.headers, out.body, connect_s=connect_s, read_s=read_s)
+    resp = await upstream.open(
+        out.method, out.url, out.headers, out.body, connect_s=connect_s, read_s=read_s, pool_s=pool_s
+    )
     if resp.status != 401 or not cred.refreshable:
         return resp, False
     await resp.aclose()
     cred.invalidate(used)
     out = OutgoingRequest(method, url, list(headers), body, blocking, io.time_left())
     await cred.apply(out)
-    resp = await upstream.open(out.method, out.url, out.headers, out.body, connect_s=connect_s, read_s=read_s)
+    resp = await upstream.open(
+        out.method, out.url, out.headers, out.body, connect_s=connect_s, read_s=read_s, pool_s=pool_s
+    )
     return resp, True
 
 

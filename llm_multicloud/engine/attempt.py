@@ -33,6 +33,10 @@ from ..errors import FaultKind, classify_status, local_fault_message, parse_retr
 from ..upstream import UpstreamError
 from ..vocabulary import AttemptKind, AttemptOutcome, BreakerState, ErrorType
 
+#: A wait for a free connection of our own pool ends this much before the attempt's
+#: deadline, so that it fails as a pool timeout (local) and not as the endpoint's.
+POOL_MARGIN_S = 0.05
+
 if TYPE_CHECKING:
     from ..catalog import Catalog, Endpoint
     from ..health import EndpointState
@@ -206,6 +210,9 @@ async def _exchange(
         body,
         connect_s=min(to.connect_s, budget),
         read_s=to.chunk_gap_s if intent.stream else budget,
+        # Waiting for a free connection of our own pool is bounded by the attempt, not
+        # by connect_s, and ends just before it (a pool timeout is local, never blamed).
+        pool_s=max(budget - POOL_MARGIN_S, budget / 2),
     )
     a.resp, a.status, a.headers = resp, resp.status, resp.headers
     if a.reserved and a.st.bucket is not None:

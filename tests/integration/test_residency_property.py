@@ -166,6 +166,7 @@ class FakeUpstream:
         *,
         connect_s: float,
         read_s: float,
+        pool_s: float | None = None,
     ) -> FakeResponse:
         host = urlsplit(url).hostname or ""
         rec = Opened(url, host, list(headers), content)

@@ -136,6 +136,7 @@ class FakeUpstream:
         *,
         connect_s: float,
         read_s: float,
+        pool_s: float | None = None,
     ) -> FakeResponse:
         host = urlsplit(url).hostname or ""
         rec = Opened(host.split(".")[0], self.clock())
