@@ -76,6 +76,7 @@ class Bucket:
 
     __slots__ = (
         "_lock",
+        "acks",
         "at",
         "borrowed_req",
         "borrowed_tok",
@@ -136,6 +137,9 @@ class Bucket:
         self.on_starved: Callable[[], None] | None = None
         #: refill frozen since (None: not frozen): see :meth:`ack`
         self.held_at: float | None = None
+        #: answers since the last shared-state round (the shared bucket's freeze ends
+        #: on one: see :mod:`llm_multicloud.shared_limits`)
+        self.acks = 0
 
     def _rates(self) -> None:
         lim = self.limits
@@ -249,6 +253,7 @@ class Bucket:
         longer than ``MAX_HOLD_S``: an endpoint that answers nothing must not hold
         its bucket empty for ever."""
         with self._lock:
+            self.acks += 1
             if self.held_at is not None:
                 self._refill(now)
                 self.held_at = None
@@ -332,6 +337,12 @@ class Bucket:
                 self.level_req += requests
             if self.limits.tpm is not None:
                 self.level_tok += tokens
+
+    def take_acks(self) -> int:
+        """Answers since the last call (shared mode: one ends the shared bucket's freeze)."""
+        with self._lock:
+            n, self.acks = self.acks, 0
+            return n
 
     def take_usage(self) -> tuple[float, float]:
         """What this replica consumed since the last call (requests, tokens): the

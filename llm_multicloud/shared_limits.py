@@ -10,7 +10,11 @@ key (so it is atomic, and on Redis Cluster it stays in one slot — the key carr
 the hash tag ``{...}``):
 
 * refills the shared bucket on the Redis server's clock (``TIME``: no clock skew
-  between replica hosts), capped at ``burst_s`` of the limit;
+  between replica hosts), capped at ``burst_s`` of the limit — except while frozen
+  after a cold start: capacity spent from a full bucket freezes the refill until a
+  replica reports an endpoint's answer (at most ``MAX_HOLD_S``), as the local bucket
+  does (:meth:`~llm_multicloud.limits.Bucket.ack`; the server counts a burst only
+  when it arrives);
 * returns what this replica holds beyond its target (a negative want), and grants
   what it asks for up to what the bucket has;
 * answers the grant and the bucket's level.
@@ -49,17 +53,30 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .limits import MAX_HOLD_S
+
 if TYPE_CHECKING:
     from .limits import Bucket
 
-#: KEYS[1]: the bucket, a hash: ``r``/``t`` (the shared level), ``at`` (ms, Redis clock)
-#: and ``h:<replica>`` = "requests,tokens,at" that each replica holds in leases. ARGV:
+#: KEYS[1]: the bucket, a hash: ``r``/``t`` (the shared level), ``at`` (ms, Redis clock),
+#: ``f`` ("1": the fleet's capacity — the level plus what live replicas hold — was
+#: (nearly) full at the last round), ``hold`` (ms: refill frozen since, see below) and
+#: ``h:<replica>`` = "requests,tokens,at" that each replica holds in leases. ARGV:
 #: rate_r, cap_r, rate_t, cap_t (per ms / absolute; 0 = no such limit), want_r,
 #: want_t (negative: give back), ttl ms, replica id, held_r, held_t (what this replica
-#: holds now), live ms (a replica silent longer holds nothing). The level refills
-#: only up to the capacity minus what the live replicas hold, so leases sitting in
-#: replicas never add to the burst. Returns {granted_r, granted_t, level_r, level_t}
-#: as strings (Lua numbers would be cut to integers).
+#: holds now), live ms (a replica silent longer holds nothing), full (the share of the
+#: capacity that counts as full), used ("1": this replica reserved since its last
+#: round), acked ("1": an endpoint answered one of its attempts since then), max hold
+#: ms. The level refills only up to the capacity minus what the live replicas hold, so
+#: leases sitting in replicas never add to the burst.
+#:
+#: The cold-start freeze (as the local bucket's, :meth:`~llm_multicloud.limits.Bucket.ack`):
+#: a replica that used capacity taken from a full fleet bucket starts a hold — the
+#: server's bucket was full too and counts those requests only when they arrive, up to
+#: seconds later on a cold start — and the level does not refill until a replica
+#: reports an answer (the server has counted by then), at most max hold ms.
+#: Returns {granted_r, granted_t, level_r, level_t} as strings (Lua numbers would be cut
+#: to integers).
 LEASE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
@@ -68,7 +85,11 @@ local rt, ct = tonumber(ARGV[3]), tonumber(ARGV[4])
 local wr, wt = tonumber(ARGV[5]), tonumber(ARGV[6])
 local me, mr, mt = 'h:' .. ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
 local live = tonumber(ARGV[11])
-local lr, lt, at
+local full_share = tonumber(ARGV[12])
+local used, acked = ARGV[13] == '1', ARGV[14] == '1'
+local max_hold = tonumber(ARGV[15])
+local lr, lt, at, hold
+local was_full = false
 local hr, ht = mr, mt
 local kv = redis.call('HGETALL', KEYS[1])
 for i = 1, #kv, 2 do
@@ -76,6 +97,8 @@ for i = 1, #kv, 2 do
   if k == 'r' then lr = tonumber(v)
   elseif k == 't' then lt = tonumber(v)
   elseif k == 'at' then at = tonumber(v)
+  elseif k == 'hold' then hold = tonumber(v)
+  elseif k == 'f' then was_full = v == '1'
   elseif k ~= me and string.sub(k, 1, 2) == 'h:' then
     local a, b, c = string.match(v, '^([^,]+),([^,]+),([^,]+)$')
     a, b, c = tonumber(a), tonumber(b), tonumber(c)
@@ -90,10 +113,30 @@ end
 if lr == nil then lr = 0 end
 if lt == nil then lt = 0 end
 at = at or now
-local dt = now - at
+local from = at
+if hold == nil and was_full and used then
+  if acked then
+    from = now
+  else
+    hold = now
+  end
+end
+if hold ~= nil then
+  if acked then
+    from = math.max(at, now)
+    hold = nil
+  elseif now - hold >= max_hold then
+    from = math.max(at, hold + max_hold)
+    hold = nil
+  else
+    from = now
+  end
+end
+local dt = now - from
 if dt < 0 then dt = 0 end
 lr = math.min(cr - hr, lr + dt * rr)
 lt = math.min(ct - ht, lt + dt * rt)
+local full = (rr > 0 and lr + hr >= cr * full_share - 0.01) or (rt > 0 and lt + ht >= ct * full_share - 0.01)
 local function grant(want, level)
   if want <= 0 then return want end
   return math.max(math.min(want, level), 0)
@@ -103,8 +146,13 @@ local gt = grant(wt, lt)
 lr = lr - gr
 lt = lt - gt
 redis.call('HSET', KEYS[1], 'r', string.format('%.6f', lr), 't', string.format('%.6f', lt),
-           'at', string.format('%.3f', now),
+           'at', string.format('%.3f', now), 'f', full and '1' or '0',
            me, string.format('%.6f,%.6f,%.3f', math.max(mr + gr, 0), math.max(mt + gt, 0), now))
+if hold ~= nil then
+  redis.call('HSET', KEYS[1], 'hold', string.format('%.3f', hold))
+else
+  redis.call('HDEL', KEYS[1], 'hold')
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[7])
 return {string.format('%.6f', gr), string.format('%.6f', gt), string.format('%.6f', lr), string.format('%.6f', lt)}
 """
@@ -132,6 +180,9 @@ class _Ask:
     #: refilled locally since the last lease: asked for on top, and kept by Redis
     owed_req: float = 0.0
     owed_tok: float = 0.0
+    #: reserved since the last round / an endpoint answered since (the cold-start freeze)
+    used: bool = False
+    acked: bool = False
 
 
 class SharedLimits:
@@ -209,7 +260,8 @@ class SharedLimits:
                 rate = lim.tpm / 60.0 * b.headroom
                 target = min(max(rate / self.replicas, 2.0 * used_t / dt) * horizon, rate * horizon)
                 wt = max(target, float(b.largest)) - b.level_tok + owed_t + WANT_SLACK
-            out.append(_Ask(b, self.key(name), wr, wt, owed_r, owed_t))
+            used = used_r > 0 or used_t > 0
+            out.append(_Ask(b, self.key(name), wr, wt, owed_r, owed_t, used, b.take_acks() > 0))
         return out
 
     def args(self, ask: _Ask) -> list[str]:
@@ -232,6 +284,10 @@ class SharedLimits:
             f"{max(b.level_req, 0.0) if lim.rpm is not None else 0.0:.3f}",
             f"{max(b.level_tok, 0.0) if lim.tpm is not None else 0.0:.3f}",
             str(self.live_ms),
+            f"{b.headroom:.4f}",
+            "1" if ask.used else "0",
+            "1" if ask.acked else "0",
+            str(int(MAX_HOLD_S * 1000)),
         ]
 
     def merge(self, asks: list[_Ask], results: list[Any], now: float) -> None:

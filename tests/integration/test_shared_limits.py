@@ -254,3 +254,71 @@ def test_a_request_larger_than_a_replicas_share_of_a_round_is_leased(redis_srv: 
                 )
             assert mc.snapshot()["limits"][0]["mode"] == "shared"
         assert [r.status for r in fleet.received("small") if r.path.endswith("/chat/completions")] == [200] * 3
+
+
+def _cold_start_burst(redis_srv: RedisServer, prefix: str) -> tuple[int, int]:
+    """Two replicas' leased buckets over one shared bucket in the real redis-server,
+    driven round by round on the real clock (Redis refills on its own), against the
+    fleet's server-side limiter. Phase 1: idle until the shared bucket is full.
+    Phase 2: both replicas reserve all they can; requests reserved in the first 0.3 s
+    reach the server 0.6 s late (a cold start: new connections, a busy machine), later
+    ones 5 ms late; each is answered 5 ms after it arrived. Returns (refused, sent)."""
+    import redis
+
+    from llm_multicloud.fleet.capacity import RateLimiterSim
+    from llm_multicloud.limits import Bucket, Limits
+    from llm_multicloud.shared_limits import LEASE, SharedLimits
+
+    clock = time.monotonic
+    lim = Limits(rpm=600, tpm=None, burst_s=1.0)  # 10 requests/s, a burst of 10
+    server = RateLimiterSim(RateLimits(rpm=600, burst_s=1.0), clock=clock)
+    buckets = [Bucket("d", lim, clock(), headroom=0.95) for _ in range(2)]
+    sides = [
+        SharedLimits(lambda b=b: {"d": b}, prefix, 0.1, clock(), replica=f"r{i}", live_s=5.0, on_starved=lambda: None)
+        for i, b in enumerate(buckets)
+    ]
+    r = redis.Redis(port=redis_srv.port)
+
+    def rounds() -> None:
+        for side in sides:
+            asks = side.asks(2, clock())
+            side.merge(asks, [r.eval(LEASE, 1, a.key, *side.args(a)) for a in asks], clock())
+
+    try:
+        end = clock() + 1.5
+        while clock() < end:  # idle: the shared bucket refills to its burst
+            rounds()
+            time.sleep(0.02)
+        arrivals: list[float] = []
+        answers: list[tuple[float, Bucket]] = []
+        refused = sent = 0
+        t0 = clock()
+        while (now := clock()) < t0 + 2.5:
+            for _ in range(sum(1 for x in arrivals if x <= now)):  # the server counts each on arrival
+                refused += server.take(1) is not None
+            arrivals = [x for x in arrivals if x > now]
+            for _, b in [x for x in answers if x[0] <= now]:
+                b.ack(now)
+            answers = [x for x in answers if x[0] > now]
+            for b in buckets:
+                while b.reserve(now, 1):
+                    lag = 0.6 if now - t0 < 0.3 else 0.005
+                    arrivals.append(now + lag)
+                    answers.append((now + lag + 0.005, b))
+                    sent += 1
+            rounds()
+            time.sleep(0.01)
+        return refused, sent
+    finally:
+        r.close()
+
+
+def test_a_shared_bucket_that_refilled_while_idle_freezes_until_the_server_answers(redis_srv: RedisServer) -> None:
+    """The cold-start freeze of the local bucket, in the shared one (Lua in Redis): a
+    long-lived shared bucket that refilled while idle hands out its burst; the server
+    counts those requests only when they arrive. Refilling Redis from the moment they
+    were reserved ran ahead of the server by that lag (about two of ~30 refused);
+    frozen until the first answer, none is."""
+    refused, sent = _cold_start_burst(redis_srv, f"lmc-test:cold:{time.monotonic_ns()}")
+    assert refused == 0, f"{refused} of {sent} refused by the server"
+    assert sent >= 9 + 10 * 1.2  # the burst, then the refill: the quota stays in use
