@@ -517,8 +517,13 @@ def _load_section(fleet: Any, mc1: Any, router: Any, runner: asyncio.Runner, qui
     mc_slow = lmc.MultiCloud(
         common.catalog_for(fleet, [SLOW_REGION]), {"hedge": {"enabled": False}, "timeouts": {"connect_s": 5.0}}
     )
+    router_slow = None
+    if router is not None:  # LiteLLM's Router over the same slow region, beside direct and ours
+        router_slow = common.load_litellm().Router(
+            model_list=common.litellm_deployments(fleet, [SLOW_REGION]), num_retries=0
+        )
     try:
-        ms, ma = _factories(fleet, SLOW_REGION, mc_slow, None)
+        ms, ma = _factories(fleet, SLOW_REGION, mc_slow, router_slow)
 
         def held() -> int:
             st = fleet.state(SLOW_REGION)
@@ -828,8 +833,8 @@ def markdown(res: dict[str, Any]) -> str:
         ]
     if r.get("load"):
         lines += ["", *load_markdown(r["load"])]
-    lines += ["", common.bars_table(res["bars"])]
-    return "\n".join(lines)
+    errors = common.load_errors(r["load"]["concurrency"]) if r.get("load") else {}
+    return "\n".join(lines + common.markdown_tail(res, errors))
 
 
 def _load_bars(ld: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -861,7 +866,13 @@ def _load_bars(ld: dict[str, Any] | None) -> list[dict[str, Any]]:
                 v,
                 None if v is None else v <= BAR_MEMORY,
                 f"{m['lmc']['bytes_per_request'] / 1024:.1f} KiB vs {m['direct']['bytes_per_request'] / 1024:.1f} KiB "
-                f"({m['lmc']['in_flight']} in flight, Python heap by tracemalloc)",
+                f"({m['lmc']['in_flight']} in flight, Python heap by tracemalloc)"
+                + (
+                    f"; LiteLLM {m['litellm']['bytes_per_request'] / 1024:.1f} KiB "
+                    f"({common.fmt(m['litellm']['vs_direct'])}×)"
+                    if "litellm" in m
+                    else ""
+                ),
             )
         )
     return bars

@@ -7,20 +7,36 @@ endpoint) read the whole stream, alternately (ABAB..., the order flipped every
 round), sync and async. Throughput = SDK chunks received / time from the call to
 the end of the stream. Also reported: client CPU per chunk (process time, all
 threads) and the time llm_multicloud adds per chunk.
+
+Under load (issue 14): streams at concurrency 1, 64 and 512 (``--quick``: 1 and 8),
+sync (threads) and async (tasks), for the direct client, llm_multicloud and LiteLLM's
+Router side by side (variants alternate in rounds, :mod:`benchmarks.load`):
+chunks/s over the whole run (answered streams × chunks per stream / wall time) and
+the p50/p99 of a whole stream's time. The bar: ≥ 95 % of the direct client's chunk
+throughput at every concurrency.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from . import common
+from . import common, load
 
 NAME = "b3_streaming"
 TITLE = "B3 — streaming pass-through (chunks/s through llm_multicloud vs. direct)"
-BAR_SHARE = 0.90
+BAR_SHARE = 0.95
+LEVELS = (1, 64, 512)
+QUICK_LEVELS = (1, 8)
+#: streams per (level, variant, client kind): full / --quick
+PER_LEVEL = {1: 40, 64: 384, 512: 1024}
+QUICK_PER_LEVEL = {1: 4, 8: 16}
+#: tokens per stream in the concurrency run (each one SDK chunk)
+LOAD_TOKENS = 50
+QUICK_LOAD_TOKENS = 40
 
 
 def _stats(runs: list[tuple[int, float, float]]) -> dict[str, Any]:
@@ -36,6 +52,122 @@ def _stats(runs: list[tuple[int, float, float]]) -> dict[str, Any]:
     }
 
 
+def _stream_factories(
+    fleet: Any, mc: Any, router: Any, max_tokens: int
+) -> tuple[dict[str, load.SyncFactory], dict[str, load.AsyncFactory]]:
+    """``make() -> (call, close)`` per variant; ``call`` reads one whole stream and
+    returns its number of chunks."""
+    import openai
+
+    kw: dict[str, Any] = {"messages": common.MESSAGES, "max_tokens": max_tokens, "stream": True}
+    url, key = fleet.url("r0"), fleet.api_key("r0")
+
+    def sync_openai(direct: bool) -> load.SyncFactory:
+        def make() -> tuple[Callable[[], Any], Callable[[], None]]:
+            if direct:
+                c, model = openai.OpenAI(base_url=url, api_key=key, max_retries=0), common.SERVED
+            else:
+                c, model = mc.wrap(openai.OpenAI(api_key=common.PLACEHOLDER_KEY, max_retries=0)), common.MODEL
+            return (lambda: sum(1 for _ in c.chat.completions.create(model=model, **kw))), c.close
+
+        return make
+
+    def async_openai(direct: bool) -> load.AsyncFactory:
+        async def make() -> tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[None]]]:
+            if direct:
+                c, model = openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=0), common.SERVED
+            else:
+                c, model = mc.wrap(openai.AsyncOpenAI(api_key=common.PLACEHOLDER_KEY, max_retries=0)), common.MODEL
+
+            async def call() -> int:
+                n = 0
+                async for _ in await c.chat.completions.create(model=model, **kw):
+                    n += 1
+                return n
+
+            return call, c.close
+
+        return make
+
+    sync_f: dict[str, load.SyncFactory] = {"direct": sync_openai(True), "lmc": sync_openai(False)}
+    async_f: dict[str, load.AsyncFactory] = {"direct": async_openai(True), "lmc": async_openai(False)}
+    if router is not None:
+        sync_f["litellm"] = lambda: (
+            (lambda: sum(1 for _ in router.completion(model=common.MODEL, **kw))),
+            lambda: None,
+        )
+
+        async def make_ll() -> tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[None]]]:
+            async def call() -> int:
+                n = 0
+                async for _ in await router.acompletion(model=common.MODEL, **kw):
+                    n += 1
+                return n
+
+            async def noop() -> None:
+                return None
+
+            return call, noop
+
+        async_f["litellm"] = make_ll
+    return sync_f, async_f
+
+
+def _load_section(fleet: Any, mc: Any, router: Any, runner: asyncio.Runner, quick: bool) -> dict[str, Any]:
+    """Chunks/s and stream-time percentiles at each concurrency, every variant."""
+    max_tokens = QUICK_LOAD_TOKENS if quick else LOAD_TOKENS
+    sync_f, async_f = _stream_factories(fleet, mc, router, max_tokens)
+    chunks: dict[str, dict[str, int]] = {"sync": {}, "async": {}}
+    for v, f in sync_f.items():  # chunks per stream, per variant (they differ by framing)
+        call, close = f()
+        try:
+            chunks["sync"][v] = int(call())
+        finally:
+            close()
+
+    async def count_async() -> None:
+        for v, af in async_f.items():
+            call, close = await af()
+            try:
+                chunks["async"][v] = int(await call())
+            finally:
+                await close()
+
+    runner.run(count_async())
+    out: dict[str, Any] = {"loadavg_start": common.loadavg(), "max_tokens": max_tokens, "chunks_per_stream": chunks}
+    levels = QUICK_LEVELS if quick else LEVELS
+    per_level = QUICK_PER_LEVEL if quick else PER_LEVEL
+    conc = load.concurrency(sync_f, async_f, runner, levels, per_level, 1 if quick else 2)
+    for kind in ("sync", "async"):
+        for vs in conc[kind].values():
+            for v, x in vs.items():
+                rps = x["throughput_rps"]
+                x["chunks_per_s"] = None if rps is None else rps * chunks[kind][v]
+            d = vs["direct"]["chunks_per_s"]
+            for x in vs.values():
+                x["chunks_vs_direct"] = common.ratio(x["chunks_per_s"], d)
+    out["concurrency"] = conc
+    out["loadavg_end"] = common.loadavg()
+    return out
+
+
+def _load_bars(ld: dict[str, Any]) -> list[dict[str, Any]]:
+    bars = []
+    for kind in ("sync", "async"):
+        vals = {c: vs["lmc"]["chunks_vs_direct"] for c, vs in ld["concurrency"][kind].items()}
+        worst = min((v for v in vals.values() if v is not None), default=None)
+        bars.append(
+            common.bar(
+                f"streaming chunks/s vs direct, {kind}, concurrency {'/'.join(vals)}",
+                f"≥ {BAR_SHARE}×",
+                worst,
+                None if worst is None else worst >= BAR_SHARE,
+                ", ".join(f"{c}: {common.fmt(v)}×" for c, v in vals.items()),
+            )
+        )
+    return bars
+
+
 def run(*, quick: bool = False, out_dir: str | Path | None = None, litellm: bool | None = None) -> dict[str, Any]:
     """B3: chunks/s of a long stream, direct vs llm_multicloud, sync and async."""
     t_start = time.monotonic()
@@ -44,8 +176,10 @@ def run(*, quick: bool = False, out_dir: str | Path | None = None, litellm: bool
     import llm_multicloud as lmc
     from llm_multicloud.fleet import Latency, start_fleet_process
 
+    use_litellm, why_not = common.want_litellm(litellm)
     max_tokens = 200 if quick else 2000
     reps = 2 if quick else 12
+    ld: dict[str, Any] = {}
     kw: dict[str, Any] = {"messages": common.MESSAGES, "max_tokens": max_tokens, "stream": True}
     fleet = start_fleet_process(common.region_specs(1, Latency(ttft_ms=0, ttft_jitter=0, itl_ms=0)))
     data: dict[str, dict[str, list[tuple[int, float, float]]]] = {
@@ -100,6 +234,11 @@ def run(*, quick: bool = False, out_dir: str | Path | None = None, litellm: bool
                     await c.close()
 
             runner.run(close())
+            router = None
+            if use_litellm:
+                ll = common.load_litellm()
+                router = ll.Router(model_list=common.litellm_deployments(fleet, ["r0"]), num_retries=0)
+            ld = _load_section(fleet, mc, router, runner, quick)
         for c, _ in sc.values():
             c.close()
         mc.close()
@@ -140,9 +279,10 @@ def run(*, quick: bool = False, out_dir: str | Path | None = None, litellm: bool
             "runs_per_variant_and_mode": reps,
             "fleet": "1 region in a separate process, ttft 0 / jitter 0 / itl 0",
             "policy": "llm_multicloud defaults",
+            "litellm": "used" if use_litellm else why_not,
         },
-        "results": results,
-        "bars": bars,
+        "results": {**results, "load": ld},
+        "bars": bars + _load_bars(ld),
         "plots": [],
     }
     return common.finish(result, t_start)
@@ -150,7 +290,8 @@ def run(*, quick: bool = False, out_dir: str | Path | None = None, litellm: bool
 
 def markdown(res: dict[str, Any]) -> str:
     rows = []
-    for kind, r in res["results"].items():
+    for kind in ("sync", "async"):
+        r = res["results"][kind]
         for v in ("direct", "lmc"):
             e = r[v]
             rows.append(
@@ -181,9 +322,38 @@ def markdown(res: dict[str, Any]) -> str:
                 rows,
             ),
             "",
-            common.bars_table(res["bars"]),
+            *_load_markdown(res["results"]["load"]),
+            *common.markdown_tail(res, common.load_errors(res["results"]["load"]["concurrency"])),
         ]
     )
+
+
+def _load_markdown(ld: dict[str, Any]) -> list[str]:
+    rows = [
+        (
+            kind,
+            c,
+            v,
+            x["requests"],
+            x["errors"],
+            x["chunks_per_s"],
+            x["chunks_vs_direct"],
+            x["latency_ms"]["p50"],
+            x["latency_ms"]["p99"],
+        )
+        for kind in ("sync", "async")
+        for c, vs in ld["concurrency"][kind].items()
+        for v, x in vs.items()
+    ]
+    return [
+        f"**Under load** ({ld['max_tokens']} tokens per stream, 1 endpoint; load average {ld['loadavg_start']} "
+        f"before, {ld['loadavg_end']} after; the fleet runs in one separate process on the same cores):",
+        "",
+        common.md_table(
+            ["client", "concurrency", "variant", "streams", "errors", "chunks/s", "vs direct", "p50 ms", "p99 ms"],
+            rows,
+        ),
+    ]
 
 
 if __name__ == "__main__":

@@ -386,15 +386,30 @@ def met_mark(met: bool | None) -> str:
     return "n/a" if met is None else ("**met**" if met else "**missed**")
 
 
-def markdown_tail(res: dict[str, Any]) -> list[str]:
+def markdown_tail(res: dict[str, Any], errors: dict[str, str | None] | None = None) -> list[str]:
     """What every benchmark's Markdown ends with: the first error of each variant that
     had one (a benchmark that hides its failures measures the wrong thing), then the
-    bars table."""
+    bars table. ``errors``: variant -> its first error, where the results are not one
+    entry per variant with an ``errors`` list (see :func:`load_errors`)."""
     lines: list[str] = []
-    errs = [(v, r["errors"][0]) for v, r in res["results"].items() if r["errors"]]
+    if errors is None:
+        errs = [(v, r["errors"][0]) for v, r in res["results"].items() if r["errors"]]
+    else:
+        errs = [(v, e) for v, e in errors.items() if e]
     if errs:
         lines += ["", "First error per variant: " + "; ".join(f"{v}: `{e}`" for v, e in errs)]
     return [*lines, "", bars_table(res["bars"])]
+
+
+def load_errors(concurrency: dict[str, Any]) -> dict[str, str | None]:
+    """The first error of each (client, concurrency, variant) of a
+    :func:`benchmarks.load.concurrency` run, for :func:`markdown_tail`."""
+    return {
+        f"{kind} ×{c} {v}": x.get("first_error")
+        for kind, levels in concurrency.items()
+        for c, vs in levels.items()
+        for v, x in vs.items()
+    }
 
 
 def bars_table(bars: Sequence[dict[str, Any]]) -> str:

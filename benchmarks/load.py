@@ -26,20 +26,31 @@ SyncFactory = Callable[[], tuple[Callable[[], Any], Callable[[], None]]]
 AsyncFactory = Callable[[], Awaitable[tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[None]]]]]
 
 
-def _figures(lat_ns: list[int], wall_s: float, errors: int) -> dict[str, Any]:
+#: per call: latencies (ns), wall seconds, errors, the first error (a benchmark that
+#: hides its failures measures the wrong thing)
+Drive = tuple[list[int], float, int, str | None]
+
+
+def _first(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def _figures(lat_ns: list[int], wall_s: float, errors: int, first_error: str | None) -> dict[str, Any]:
     """Throughput counts answered requests only (a fast failure is not throughput)."""
     return {
         "requests": len(lat_ns),
         "errors": errors,
+        "first_error": first_error,
         "throughput_rps": (len(lat_ns) - errors) / wall_s if wall_s > 0 else None,
         "latency_ms": common.summarize(lat_ns, scale=1e-6),
     }
 
 
-def drive_sync(call: Callable[[], Any], total: int, concurrency: int) -> tuple[list[int], float, int]:
-    """``total`` calls from ``concurrency`` threads; per-call ns, wall seconds, errors."""
+def drive_sync(call: Callable[[], Any], total: int, concurrency: int) -> Drive:
+    """``total`` calls from ``concurrency`` threads (see :data:`Drive`)."""
     lat: list[int] = []
     errors = [0]
+    first: list[str] = []
     counter = itertools.count()
     lock = threading.Lock()
     pc = time.perf_counter_ns
@@ -51,8 +62,10 @@ def drive_sync(call: Callable[[], Any], total: int, concurrency: int) -> tuple[l
             t0 = pc()
             try:
                 call()
-            except Exception:
+            except Exception as exc:
                 bad += 1
+                if not first:
+                    first.append(_first(exc))
             mine.append(pc() - t0)
         with lock:
             lat.extend(mine)
@@ -62,29 +75,31 @@ def drive_sync(call: Callable[[], Any], total: int, concurrency: int) -> tuple[l
     with ThreadPoolExecutor(concurrency) as pool:
         for f in [pool.submit(worker) for _ in range(concurrency)]:
             f.result()
-    return lat, time.perf_counter() - t0, errors[0]
+    return lat, time.perf_counter() - t0, errors[0], first[0] if first else None
 
 
-async def drive_async(call: Callable[[], Awaitable[Any]], total: int, concurrency: int) -> tuple[list[int], float, int]:
-    """``total`` calls from ``concurrency`` tasks; per-call ns, wall seconds, errors."""
+async def drive_async(call: Callable[[], Awaitable[Any]], total: int, concurrency: int) -> Drive:
+    """``total`` calls from ``concurrency`` tasks (see :data:`Drive`)."""
     lat: list[int] = []
     errors = 0
+    first: str | None = None
     counter = itertools.count()
     pc = time.perf_counter_ns
 
     async def worker() -> None:
-        nonlocal errors
+        nonlocal errors, first
         while next(counter) < total:
             t0 = pc()
             try:
                 await call()
-            except Exception:
+            except Exception as exc:
                 errors += 1
+                first = first or _first(exc)
             lat.append(pc() - t0)
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return lat, time.perf_counter() - t0, errors
+    return lat, time.perf_counter() - t0, errors, first
 
 
 def concurrency(
@@ -106,7 +121,7 @@ def concurrency(
     try:
         for c in levels:
             for kind in ("sync", "async"):
-                acc: dict[str, tuple[list[int], float, int]] = {v: ([], 0.0, 0) for v in sync_f}
+                acc: dict[str, Drive] = {v: ([], 0.0, 0, None) for v in sync_f}
                 n = max(c, per_level[c] // rounds)
                 for _, order in common.rotations(list(sync_f), rounds):
                     for v in order:
@@ -114,8 +129,8 @@ def concurrency(
                             got = drive_sync(scalls[v][0], n, c)
                         else:
                             got = runner.run(drive_async(acalls[v][0], n, c))
-                        lat, wall, err = acc[v]
-                        acc[v] = (lat + got[0], wall + got[1], err + got[2])
+                        lat, wall, err, first = acc[v]
+                        acc[v] = (lat + got[0], wall + got[1], err + got[2], first or got[3])
                 out[kind][str(c)] = {v: _figures(*acc[v]) for v in acc}
     finally:
         for call_close in scalls.values():

@@ -79,6 +79,7 @@ def _check_b2(r: dict[str, Any]) -> None:
             for x in vs.values():
                 assert x["requests"] > 0 and x["errors"] == 0 and _positive(x["throughput_rps"])
                 assert _positive(x["latency_ms"]["p99"]) and _positive(x["throughput_vs_direct"])
+        assert set(ld["memory"][kind]) == variants  # LiteLLM's memory beside direct and ours
         for v in ("direct", "lmc"):
             m = ld["memory"][kind][v]
             assert m["all_held"] and m["errors"] == 0 and _positive(m["bytes_per_request"])
@@ -94,6 +95,19 @@ def _check_b3(r: dict[str, Any]) -> None:
             assert k[v]["runs"] > 0 and k[v]["chunks_per_run"] > 100
             assert _positive(k[v]["chunks_per_s_median"])
         assert _positive(k["share_of_direct_median_of_pairs"])
+    ld = r["results"]["load"]
+    variants = {"direct", "lmc"} | ({"litellm"} if WITH_LITELLM else set())
+    for kind in ("sync", "async"):
+        assert set(ld["concurrency"][kind]) == {"1", "8"}  # --quick levels (full: 1, 64, 512)
+        assert set(ld["chunks_per_stream"][kind]) == variants
+        for vs in ld["concurrency"][kind].values():
+            assert set(vs) == variants
+            for x in vs.values():
+                assert x["requests"] > 0 and x["errors"] == 0 and x["first_error"] is None
+                assert _positive(x["chunks_per_s"]) and _positive(x["chunks_vs_direct"])
+                assert _positive(x["latency_ms"]["p99"])
+    assert len(ld["loadavg_start"]) == 3 and len(ld["loadavg_end"]) == 3
+    assert [b["bar"].startswith("streaming chunks/s vs direct") for b in r["bars"]].count(True) == 2
 
 
 def _check_b4(r: dict[str, Any]) -> None:
@@ -176,7 +190,7 @@ def test_quick_run_is_well_formed(name: str, tmp_path: Path) -> None:
     for b in res["bars"]:
         assert b["value"] is None or _finite(b["value"]), b
         assert b["met"] in (True, False, None)
-    if not WITH_LITELLM and name in ("b2_overhead", "b4_hedging", "b5_outage", "b6_import"):
+    if not WITH_LITELLM and name in ("b2_overhead", "b3_streaming", "b4_hedging", "b5_outage", "b6_import"):
         text = str(res)
         assert "litellm not installed" in text or "disabled (--no-litellm)" in text
     CHECKS[name](res)
