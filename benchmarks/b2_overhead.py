@@ -457,44 +457,8 @@ def _factories(
     fleet: Any, region: str, mc: Any, router: Any
 ) -> tuple[dict[str, load.SyncFactory], dict[str, load.AsyncFactory]]:
     """``make() -> (call, close)`` per variant, non-streamed, for :mod:`benchmarks.load`."""
-    import openai
-
     kw: dict[str, Any] = {"messages": common.MESSAGES, "max_tokens": MAX_TOKENS}
-    url, key = fleet.url(region), fleet.api_key(region)
-
-    def sync_openai(direct: bool) -> load.SyncFactory:
-        def make() -> tuple[Callable[[], Any], Callable[[], None]]:
-            if direct:
-                c, model = openai.OpenAI(base_url=url, api_key=key, max_retries=0), common.SERVED
-            else:
-                c, model = mc.wrap(openai.OpenAI(api_key=common.PLACEHOLDER_KEY, max_retries=0)), common.MODEL
-            return (lambda: c.chat.completions.create(model=model, **kw)), c.close
-
-        return make
-
-    def async_openai(direct: bool) -> load.AsyncFactory:
-        async def make() -> tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[None]]]:
-            if direct:
-                c, model = openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=0), common.SERVED
-            else:
-                c, model = mc.wrap(openai.AsyncOpenAI(api_key=common.PLACEHOLDER_KEY, max_retries=0)), common.MODEL
-            return (lambda: c.chat.completions.create(model=model, **kw)), c.close
-
-        return make
-
-    sync_f: dict[str, load.SyncFactory] = {"direct": sync_openai(True), "lmc": sync_openai(False)}
-    async_f: dict[str, load.AsyncFactory] = {"direct": async_openai(True), "lmc": async_openai(False)}
-    if router is not None:
-        sync_f["litellm"] = lambda: ((lambda: router.completion(model=common.MODEL, **kw)), lambda: None)
-
-        async def make_ll() -> tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[None]]]:
-            async def noop() -> None:
-                return None
-
-            return (lambda: router.acompletion(model=common.MODEL, **kw)), noop
-
-        async_f["litellm"] = make_ll
-    return sync_f, async_f
+    return load.chat_factories(fleet.url(region), fleet.api_key(region), mc, router, kw)
 
 
 def _load_section(fleet: Any, mc1: Any, router: Any, runner: asyncio.Runner, quick: bool) -> dict[str, Any]:
@@ -841,21 +805,7 @@ def _load_bars(ld: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Throughput at 64 and 512 (≥ 0.9× direct) and memory per in-flight request (≤ 1.5×)."""
     if not ld:
         return []
-    bars = []
-    conc = ld["concurrency"]
-    for kind in ("sync", "async"):
-        shown = [c for c in conc[kind] if int(c) > 1]
-        vals = {c: conc[kind][c]["lmc"]["throughput_vs_direct"] for c in shown}
-        worst = min((v for v in vals.values() if v is not None), default=None)
-        bars.append(
-            common.bar(
-                f"throughput vs direct, {kind}, concurrency {'/'.join(shown)}",
-                f"≥ {BAR_THROUGHPUT}×",
-                worst,
-                None if worst is None else worst >= BAR_THROUGHPUT,
-                ", ".join(f"{c}: {common.fmt(v)}×" for c, v in vals.items()),
-            )
-        )
+    bars = load.ratio_bars(ld["concurrency"], "throughput_vs_direct", "throughput vs direct", BAR_THROUGHPUT, above=1)
     for kind in ("sync", "async"):
         m = ld["memory"][kind]
         v = m["lmc"]["vs_direct"]

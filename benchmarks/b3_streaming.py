@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,71 +51,11 @@ def _stats(runs: list[tuple[int, float, float]]) -> dict[str, Any]:
     }
 
 
-def _stream_factories(
-    fleet: Any, mc: Any, router: Any, max_tokens: int
-) -> tuple[dict[str, load.SyncFactory], dict[str, load.AsyncFactory]]:
-    """``make() -> (call, close)`` per variant; ``call`` reads one whole stream and
-    returns its number of chunks."""
-    import openai
-
-    kw: dict[str, Any] = {"messages": common.MESSAGES, "max_tokens": max_tokens, "stream": True}
-    url, key = fleet.url("r0"), fleet.api_key("r0")
-
-    def sync_openai(direct: bool) -> load.SyncFactory:
-        def make() -> tuple[Callable[[], Any], Callable[[], None]]:
-            if direct:
-                c, model = openai.OpenAI(base_url=url, api_key=key, max_retries=0), common.SERVED
-            else:
-                c, model = mc.wrap(openai.OpenAI(api_key=common.PLACEHOLDER_KEY, max_retries=0)), common.MODEL
-            return (lambda: sum(1 for _ in c.chat.completions.create(model=model, **kw))), c.close
-
-        return make
-
-    def async_openai(direct: bool) -> load.AsyncFactory:
-        async def make() -> tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[None]]]:
-            if direct:
-                c, model = openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=0), common.SERVED
-            else:
-                c, model = mc.wrap(openai.AsyncOpenAI(api_key=common.PLACEHOLDER_KEY, max_retries=0)), common.MODEL
-
-            async def call() -> int:
-                n = 0
-                async for _ in await c.chat.completions.create(model=model, **kw):
-                    n += 1
-                return n
-
-            return call, c.close
-
-        return make
-
-    sync_f: dict[str, load.SyncFactory] = {"direct": sync_openai(True), "lmc": sync_openai(False)}
-    async_f: dict[str, load.AsyncFactory] = {"direct": async_openai(True), "lmc": async_openai(False)}
-    if router is not None:
-        sync_f["litellm"] = lambda: (
-            (lambda: sum(1 for _ in router.completion(model=common.MODEL, **kw))),
-            lambda: None,
-        )
-
-        async def make_ll() -> tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[None]]]:
-            async def call() -> int:
-                n = 0
-                async for _ in await router.acompletion(model=common.MODEL, **kw):
-                    n += 1
-                return n
-
-            async def noop() -> None:
-                return None
-
-            return call, noop
-
-        async_f["litellm"] = make_ll
-    return sync_f, async_f
-
-
 def _load_section(fleet: Any, mc: Any, router: Any, runner: asyncio.Runner, quick: bool) -> dict[str, Any]:
     """Chunks/s and stream-time percentiles at each concurrency, every variant."""
     max_tokens = QUICK_LOAD_TOKENS if quick else LOAD_TOKENS
-    sync_f, async_f = _stream_factories(fleet, mc, router, max_tokens)
+    kw: dict[str, Any] = {"messages": common.MESSAGES, "max_tokens": max_tokens, "stream": True}
+    sync_f, async_f = load.chat_factories(fleet.url("r0"), fleet.api_key("r0"), mc, router, kw)
     chunks: dict[str, dict[str, int]] = {"sync": {}, "async": {}}
     for v, f in sync_f.items():  # chunks per stream, per variant (they differ by framing)
         call, close = f()
@@ -152,20 +91,7 @@ def _load_section(fleet: Any, mc: Any, router: Any, runner: asyncio.Runner, quic
 
 
 def _load_bars(ld: dict[str, Any]) -> list[dict[str, Any]]:
-    bars = []
-    for kind in ("sync", "async"):
-        vals = {c: vs["lmc"]["chunks_vs_direct"] for c, vs in ld["concurrency"][kind].items()}
-        worst = min((v for v in vals.values() if v is not None), default=None)
-        bars.append(
-            common.bar(
-                f"streaming chunks/s vs direct, {kind}, concurrency {'/'.join(vals)}",
-                f"≥ {BAR_SHARE}×",
-                worst,
-                None if worst is None else worst >= BAR_SHARE,
-                ", ".join(f"{c}: {common.fmt(v)}×" for c, v in vals.items()),
-            )
-        )
-    return bars
+    return load.ratio_bars(ld["concurrency"], "chunks_vs_direct", "streaming chunks/s vs direct", BAR_SHARE)
 
 
 def run(*, quick: bool = False, out_dir: str | Path | None = None, litellm: bool | None = None) -> dict[str, Any]:

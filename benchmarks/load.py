@@ -26,6 +26,70 @@ SyncFactory = Callable[[], tuple[Callable[[], Any], Callable[[], None]]]
 AsyncFactory = Callable[[], Awaitable[tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[None]]]]]
 
 
+def chat_factories(
+    url: str, key: str, mc: Any, router: Any, kw: dict[str, Any]
+) -> tuple[dict[str, SyncFactory], dict[str, AsyncFactory]]:
+    """Factories of one chat completion per call (``kw``: messages, max_tokens, stream)
+    for each variant: ``direct`` (the openai client straight to ``url``), ``lmc`` (the
+    same client wrapped by ``mc``) and, with a LiteLLM ``router``, ``litellm``. A
+    streamed call reads the whole stream and returns its number of chunks."""
+    import openai
+
+    stream = bool(kw.get("stream"))
+
+    def read_sync(resp: Any) -> Any:
+        return sum(1 for _ in resp) if stream else resp
+
+    async def read_async(resp: Any) -> Any:
+        if not stream:
+            return resp
+        n = 0
+        async for _ in resp:
+            n += 1
+        return n
+
+    def sync_openai(direct: bool) -> SyncFactory:
+        def make() -> tuple[Callable[[], Any], Callable[[], None]]:
+            if direct:
+                c, model = openai.OpenAI(base_url=url, api_key=key, max_retries=0), common.SERVED
+            else:
+                c, model = mc.wrap(openai.OpenAI(api_key=common.PLACEHOLDER_KEY, max_retries=0)), common.MODEL
+            return (lambda: read_sync(c.chat.completions.create(model=model, **kw))), c.close
+
+        return make
+
+    def async_openai(direct: bool) -> AsyncFactory:
+        async def make() -> tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[None]]]:
+            if direct:
+                c, model = openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=0), common.SERVED
+            else:
+                c, model = mc.wrap(openai.AsyncOpenAI(api_key=common.PLACEHOLDER_KEY, max_retries=0)), common.MODEL
+
+            async def call() -> Any:
+                return await read_async(await c.chat.completions.create(model=model, **kw))
+
+            return call, c.close
+
+        return make
+
+    sync_f: dict[str, SyncFactory] = {"direct": sync_openai(True), "lmc": sync_openai(False)}
+    async_f: dict[str, AsyncFactory] = {"direct": async_openai(True), "lmc": async_openai(False)}
+    if router is not None:
+        sync_f["litellm"] = lambda: ((lambda: read_sync(router.completion(model=common.MODEL, **kw))), lambda: None)
+
+        async def make_ll() -> tuple[Callable[[], Awaitable[Any]], Callable[[], Awaitable[None]]]:
+            async def call() -> Any:
+                return await read_async(await router.acompletion(model=common.MODEL, **kw))
+
+            async def noop() -> None:
+                return None
+
+            return call, noop
+
+        async_f["litellm"] = make_ll
+    return sync_f, async_f
+
+
 #: per call: latencies (ns), wall seconds, errors, the first error (a benchmark that
 #: hides its failures measures the wrong thing)
 Drive = tuple[list[int], float, int, str | None]
@@ -147,6 +211,25 @@ def concurrency(
             for x in vs.values():
                 x["throughput_vs_direct"] = common.ratio(x["throughput_rps"], d)
     return out
+
+
+def ratio_bars(conc: dict[str, Any], key: str, label: str, target: float, *, above: int = 0) -> list[dict[str, Any]]:
+    """One bar per client kind: llm_multicloud's worst ``key`` (a ratio to the direct
+    client) over the concurrency levels above ``above``, at least ``target``."""
+    bars = []
+    for kind in ("sync", "async"):
+        vals = {c: vs["lmc"][key] for c, vs in conc[kind].items() if int(c) > above}
+        worst = min((v for v in vals.values() if v is not None), default=None)
+        bars.append(
+            common.bar(
+                f"{label}, {kind}, concurrency {'/'.join(vals)}",
+                f"≥ {target}×",
+                worst,
+                None if worst is None else worst >= target,
+                ", ".join(f"{c}: {common.fmt(v)}×" for c, v in vals.items()),
+            )
+        )
+    return bars
 
 
 def memory(
