@@ -776,6 +776,9 @@ class Health:
         self._assign_buckets(self.states, policy)
         self._rand = random.Random()
         self._swap_lock = threading.Lock()
+        #: quota-domain cooldowns are shared by endpoints: extended under this lock
+        #: (sync requests run on many threads: forward-only must hold between them)
+        self._cool_lock = threading.Lock()
         #: every reason stored or logged here may echo upstream text: keys are masked
         #: (those of every catalog this Health has served: old attempts may still run)
         self._secrets: set[str] = set(catalog.secrets())
@@ -948,13 +951,15 @@ class Health:
         now = self.clock()
         dom = st.quota
         until = now + seconds
-        if until > dom.until:
-            was = dom.until > now
-            dom.until = until
-            dom.reason = reason
-            st.last_error = reason
-            if not was:
-                self.emit(Transition(st.endpoint.id, st.breaker, "cooling", reason, now, until))
+        with self._cool_lock:
+            extend = until > dom.until
+            if extend:
+                was = dom.until > now
+                dom.until = until
+                dom.reason = reason
+                st.last_error = reason
+        if extend and not was:
+            self.emit(Transition(st.endpoint.id, st.breaker, "cooling", reason, now, until))
 
     def apply_remote_ejection(self, st: EndpointState, until: float, reason: str, ejections: int) -> None:
         """Another replica ejected this endpoint until ``until`` (this process's monotonic

@@ -220,10 +220,12 @@ class Ledger:
         """An attempt was admitted and is about to send its first byte."""
         self.attempts.append(a)
         if a.kind is AttemptKind.HEDGE:
-            a.st.hedges += 1
+            with a.st._lock:  # endpoint counters: requests on many threads add to them
+                a.st.hedges += 1
             self.hedged = True
         elif a.kind is AttemptKind.RETRY:
-            a.st.retries += 1
+            with a.st._lock:
+                a.st.retries += 1
 
     def failed(self, a: Attempt) -> None:
         """An attempt failed before commit: blame its endpoint (or quota) for its own fault only."""
@@ -248,7 +250,8 @@ class Ledger:
         if a.ttft is not None:
             a.st.observe_ttft(a.ttft * 1000.0, self._clock())
         if a.kind is AttemptKind.HEDGE:
-            a.st.hedge_wins += 1
+            with a.st._lock:
+                a.st.hedge_wins += 1
 
     def succeeded(self, a: Attempt, fallback_tokens: int, *, stream_ttft: bool, delivered_tokens: int = 0) -> None:
         """The winner's answer was delivered in full: a success of its endpoint, and a
@@ -275,13 +278,14 @@ class Ledger:
             st.bucket.settle(a.reserved, used, refund_request=a.status is None or a.status == 429)
             a.reserved = 0
         cost, estimated = self._cost(a, usage, outcome, delivered_tokens)
-        st.cost_usd += cost
-        st.cost_estimated = st.cost_estimated or (estimated and cost > 0)
-        if outcome is AttemptOutcome.CANCELLED:
-            st.wasted += 1
-        if usage is not None:
-            st.input_tokens += usage.input_tokens or 0
-            st.output_tokens += usage.output_tokens or 0
+        with st._lock:  # exact totals: sync requests on many threads add to them at once
+            st.cost_usd += cost
+            st.cost_estimated = st.cost_estimated or (estimated and cost > 0)
+            if outcome is AttemptOutcome.CANCELLED:
+                st.wasted += 1
+            if usage is not None:
+                st.input_tokens += usage.input_tokens or 0
+                st.output_tokens += usage.output_tokens or 0
         rec = self._attempt_record(a, outcome, usage, cost, estimated)
         self.records.append(rec)
         notify(self._hooks, rec)
