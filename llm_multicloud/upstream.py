@@ -353,10 +353,12 @@ class Upstream(_Pools):
         try:
             parsed, pool = self._pool(url)
             req = lib.Request(method, parsed, headers=headers, content=content, extensions={"timeout": timeout})
-            resp = await pool.handle_async_request(req)
+            return await self._send(pool, req)
         except Exception as exc:
-            raise translate(lib, exc) from exc
-        return UpstreamResponse(lib, resp)
+            raise _expired_or(lib, exc) from exc
+
+    async def _send(self, pool: Any, req: Any) -> UpstreamResponse:
+        return UpstreamResponse(self.lib, await pool.handle_async_request(req))
 
     async def aclose(self) -> None:
         self._closed = True
@@ -394,28 +396,9 @@ class SyncUpstream(Upstream):
                     self._pid = os.getpid()
         return super()._pool(url)
 
-    async def open(
-        self,
-        method: str,
-        url: str,
-        headers: list[tuple[str, str]],
-        content: bytes | None,
-        *,
-        connect_s: float,
-        read_s: float,
-        pool_s: float | None = None,
-    ) -> UpstreamResponse:
-        lib = self.lib
+    async def _send(self, pool: Any, req: Any) -> UpstreamResponse:
         _check_deadline()
-        pool = connect_s if pool_s is None else pool_s  # see Upstream.open
-        timeout = {"connect": connect_s, "read": read_s, "write": read_s, "pool": pool}
-        try:
-            parsed, pool = self._pool(url)
-            req = lib.Request(method, parsed, headers=headers, content=content, extensions={"timeout": timeout})
-            resp = pool.handle_request(req)
-        except Exception as exc:
-            raise _expired_or(lib, exc) from exc
-        return SyncUpstreamResponse(lib, resp)
+        return SyncUpstreamResponse(self.lib, pool.handle_request(req))
 
     def close(self) -> None:
         """Close every pool (their idle connections); safe from any thread."""
@@ -555,8 +538,9 @@ def _check_deadline() -> None:
 
 
 def _expired_or(lib: ModuleType, exc: Exception) -> BaseException:
-    """A timeout when the innermost deadline has passed is that deadline; anything
-    else is sorted by :func:`translate` (still the one place)."""
+    """A timeout when the innermost SyncIO deadline has passed is that deadline;
+    anything else (and everything on the async path, which sets no SyncIO deadline)
+    is sorted by :func:`translate`, still the one place."""
     d = _DEADLINE.get()
     if d is not None and isinstance(exc, lib.TimeoutException) and time.monotonic() >= d[0] - 0.0005:
         return _Expired(d[1])
