@@ -64,17 +64,20 @@ def test_a_sync_request_runs_on_the_callers_thread_without_the_background_loop(c
         assert [r.outcome for r in audit.records] == ["won"] * 3
         # ... and from other threads: each request on its own caller's thread
         seen: dict[int, str] = {}
+        together = threading.Barrier(4, timeout=30)  # all alive at once: four distinct idents
 
         def worker() -> None:
+            together.wait()
             seen[threading.get_ident()] = _ask(client, stream=stream)[0]
+            together.wait()
 
         threads = [threading.Thread(target=worker) for _ in range(4)]
         for t in threads:
             t.start()
         for t in threads:
-            t.join(30)
+            t.join(60)
         assert len(seen) == 4 and all(seen.values())
-        assert set(audit.threads[3:]) == set(seen)
+        assert sorted(audit.threads[3:]) == sorted(seen)
         assert mc.background is None
 
 
