@@ -46,6 +46,7 @@ routed request: residency, health and hedging apply to it as to any other.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -66,6 +67,10 @@ if TYPE_CHECKING:
     from ..upstream import Upstream
     from .attempt import Attempt
     from .ledger import Ledger
+
+
+#: How long closing a stream that sent its end waits for the body's end (seconds).
+DRAIN_S = 0.05
 
 
 @dataclass(slots=True)
@@ -352,7 +357,22 @@ class Passthrough:
         if self._next is not None:
             await self._next.aclose()
         if not self._finished:
+            if self._done:
+                await self._drain()
             await self._finish(AttemptOutcome.WON if self._done else AttemptOutcome.CLOSED_BY_CALLER)
+
+    async def _drain(self) -> None:
+        """The SDK closes a stream as soon as it sees its end (``[DONE]``), before the
+        body's own end (the chunked terminator, in flight right behind it) was read:
+        closing then would close the connection — a new connection for every stream.
+        Read that end, briefly (shielded, bounded in time and chunks), so the
+        connection goes back to its pool; anything else is closed as before."""
+        it = self._a.iter
+        if it is None:
+            return
+        with self._io.shield(), self._io.move_on_after(DRAIN_S), contextlib.suppress(Exception):
+            for _ in range(4):
+                await it.__anext__()  # StopAsyncIteration (the end) leaves the loop
 
 
 def _finished_choice(obj: object) -> bool:
