@@ -345,7 +345,17 @@ class Endpoint:
 class Catalog:
     """A validated, resolved catalog. Build with :meth:`Catalog.load`."""
 
-    __slots__ = ("_by_id", "_owned_headers", "_owned_query", "_serving", "endpoints", "models", "policy_data", "spec")
+    __slots__ = (
+        "_by_id",
+        "_owned_headers",
+        "_owned_query",
+        "_serving",
+        "_urls",
+        "endpoints",
+        "models",
+        "policy_data",
+        "spec",
+    )
 
     def __init__(self, spec: CatalogSpec, endpoints: list[Endpoint]) -> None:
         self.spec = spec
@@ -364,6 +374,10 @@ class Catalog:
         # them go nowhere (an api-version meant for Azure must not reach Vertex).
         self._owned_query = OWNED_QUERY | {k for e in endpoints for k, _ in e.query}
         self._owned_headers = {k for e in endpoints for k, _ in e.headers}
+        #: request URLs built so far, per (endpoint, API path, caller's query): a path is
+        #: joined and a query filtered once, not per attempt (bounded: queries are the
+        #: caller's, and a catalog generation lives long)
+        self._urls: dict[tuple[str, str, str], str] = {}
 
     # -- loading ----------------------------------------------------------------
     @classmethod
@@ -473,13 +487,22 @@ class Catalog:
     ) -> tuple[str, list[tuple[str, str]]]:
         """URL and headers of a request to ``ep``: the caller's query parameters and
         headers minus those some endpoint owns (its ``query:``/``headers:`` names and
-        the clouds' own: api-version, key, x-amz-*...), plus this endpoint's own."""
-        url = f"{ep.base_url}/{path}"
-        if query or ep.query:
-            pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if not self._owns_query(k)]
-            pairs += list(ep.query)
-            if pairs:
-                url += "?" + urlencode(pairs)
+        the clouds' own: api-version, key, x-amz-*...), plus this endpoint's own. The
+        URL is built once per endpoint, path and query (memoised)."""
+        key = (ep.id, path, query)
+        # (only for this generation's own endpoint: an attempt of an earlier generation's
+        # may still be running after a reload, and its base_url may differ)
+        mine = self._by_id.get(ep.id) is ep
+        url = self._urls.get(key) if mine else None
+        if url is None:
+            url = f"{ep.base_url}/{path}"
+            if query or ep.query:
+                pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if not self._owns_query(k)]
+                pairs += list(ep.query)
+                if pairs:
+                    url += "?" + urlencode(pairs)
+            if mine and len(self._urls) < _MAX_URLS:
+                self._urls[key] = url
         owned = self._owned_headers
         out = [(k, v) for k, v in headers if k not in owned and not k.startswith(OWNED_HEADER_PREFIXES)]
         out += ep.headers
@@ -516,6 +539,9 @@ def _decode(raw: bytes, path: Path) -> str:
         )
     return text
 
+
+#: At most this many request URLs are memoised per catalog generation.
+_MAX_URLS = 4096
 
 #: Query parameters that belong to one cloud's endpoint, never forwarded from the caller.
 OWNED_QUERY = frozenset({"api-version", "api_version", "key", "access_token", "sig", "signature"})

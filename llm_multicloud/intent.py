@@ -83,6 +83,10 @@ class Intent:
     resume_prefix: str | None = None
     avoid: frozenset[str] = frozenset()
     resumes: int = 0
+    #: attempt bodies already built, per (served name, add_usage, resume style): every
+    #: attempt to an endpoint with the same served name sends the same bytes. Not an
+    #: init field, so a resume's ``dataclasses.replace`` starts with an empty memo.
+    _bodies: dict[tuple[str, bool, str], bytes] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def affinity_key(self, *, prefix: bool, min_tokens: int) -> tuple[int, str] | None:
         """The prompt-cache affinity key: (64-bit hash, source). An explicit session
@@ -103,9 +107,24 @@ class Intent:
     def body_for(self, served_model: str, *, add_usage: bool, resume_style: str = "vllm") -> bytes:
         """The body to send to an endpoint that serves the model as ``served_model``
         (and, when resuming a broken stream, continues ``resume_prefix`` in that
-        endpoint's style)."""
+        endpoint's style). Built once per served name (memoised); without a resume, the
+        caller's bytes with the model's value replaced in place (:func:`_splice_model`),
+        else re-serialised."""
         if self.body is None:
             return self.raw_body
+        key = (served_model, add_usage, resume_style if self.resume_prefix is not None else "")
+        out = self._bodies.get(key)
+        if out is None:
+            out = self._bodies[key] = self._build_body(served_model, add_usage, resume_style)
+        return out
+
+    def _build_body(self, served_model: str, add_usage: bool, resume_style: str) -> bytes:
+        assert self.body is not None
+        usage = add_usage and self.stream and not self.wants_usage and self.operation in ("chat", "text_completion")
+        if self.resume_prefix is None and isinstance(self.model, str):
+            spliced = _splice_model(self.raw_body, self.model, served_model, add_usage=usage)
+            if spliced is not None:
+                return spliced
         body = dict(self.body)
         body["model"] = served_model
         if self.resume_prefix is not None:
@@ -121,7 +140,7 @@ class Intent:
                 for k in ("max_completion_tokens", "max_tokens"):
                     if k in body:
                         body[k] = self.max_tokens
-        if add_usage and self.stream and not self.wants_usage and self.operation in ("chat", "text_completion"):
+        if usage:
             opts = dict(body.get("stream_options") or {})
             opts["include_usage"] = True
             body["stream_options"] = opts
@@ -229,6 +248,36 @@ def parse(
         max_tokens=mt,
         input_tokens=_estimate_input_tokens(obj, body),
     )
+
+
+_MODEL_KEY = re.compile(rb'"model"\s*:\s*')
+
+
+def _splice_model(raw: bytes, model: str, served: str, *, add_usage: bool) -> bytes | None:
+    """The caller's body with the top-level ``model`` value replaced by ``served`` (and
+    ``stream_options.include_usage`` added when asked), without re-serialising the rest
+    — a JSON string cannot hold an unescaped ``"``, so ``"model":`` in the bytes is
+    always a key. None (re-serialise instead) unless the body has exactly one such key
+    whose value is ``model`` as written by ``json.dumps``, and, with ``add_usage``, no
+    ``stream_options`` key at all."""
+    keys = list(_MODEL_KEY.finditer(raw))
+    if len(keys) != 1:
+        return None
+    at = keys[0].end()
+    for old in (json.dumps(model).encode(), json.dumps(model, ensure_ascii=False).encode()):
+        if raw.startswith(old, at):
+            break
+    else:
+        return None
+    out = raw[:at] + json.dumps(served, ensure_ascii=False).encode() + raw[at + len(old) :]
+    if add_usage:
+        if b'"stream_options"' in out:
+            return None
+        end = out.rstrip()
+        if not end.endswith(b"}"):
+            return None
+        out = end[:-1] + b',"stream_options":{"include_usage":true}}'
+    return out
 
 
 def _parse_tags(v: str) -> dict[str, str]:

@@ -153,6 +153,14 @@ def _first(usage: dict[str, Any], *names: str) -> int | None:
     return None
 
 
+def _listening(hook: Callable[[Any], None]) -> bool:
+    """Does a request hook want records now? A hook bound to an object with a boolean
+    ``recording`` (:class:`~llm_multicloud.telemetry.Telemetry`: an OpenTelemetry SDK is
+    configured) is asked; any other hook always listens."""
+    recording = getattr(getattr(hook, "__self__", None), "recording", True)
+    return recording if isinstance(recording, bool) else True
+
+
 def notify(hooks: list[Callable[[Any], None]], rec: Any) -> None:
     """Give a record to every hook; a broken hook must not break a request."""
     for hook in list(hooks):
@@ -168,9 +176,12 @@ class Ledger:
     __slots__ = (
         "_clock",
         "_cooldown_s",
+        "_cost",
+        "_cost_estimated",
         "_health",
         "_hooks",
         "_request_hooks",
+        "_wants_records",
         "attempts",
         "done",
         "hedged",
@@ -205,11 +216,18 @@ class Ledger:
         self._health = health
         self._clock = clock
         self._hooks = hooks
-        self._request_hooks = request_hooks
         self._cooldown_s = default_cooldown_s
+        # Records only when someone listens: request hooks that say they record nothing
+        # now (telemetry without an OpenTelemetry SDK) are left out for this request,
+        # and without any hook no record is built at all. The totals (cost, usage,
+        # capacity, the endpoints' counters) never depend on records.
+        self._request_hooks = [h for h in request_hooks if _listening(h)] if request_hooks else request_hooks
+        self._wants_records = bool(hooks) or bool(self._request_hooks)
+        self._cost = 0.0
+        self._cost_estimated = False
         # Created in the caller's context (async: its task; sync: the portal runs the
         # coroutine in a copy of the caller's context): the parent of its spans.
-        self.otel_context = _otel_current()
+        self.otel_context = _otel_current() if self._request_hooks else None
 
     def wall(self, t: float) -> int:
         """Wall-clock nanoseconds of a monotonic instant of this request."""
@@ -277,7 +295,7 @@ class Ledger:
             used = self._used_tokens(a, usage, outcome, delivered_tokens)
             st.bucket.settle(a.reserved, used, refund_request=a.status is None or a.status == 429)
             a.reserved = 0
-        cost, estimated = self._cost(a, usage, outcome, delivered_tokens)
+        cost, estimated = self._attempt_cost(a, usage, outcome, delivered_tokens)
         with st._lock:  # exact totals: sync requests on many threads add to them at once
             st.cost_usd += cost
             st.cost_estimated = st.cost_estimated or (estimated and cost > 0)
@@ -286,9 +304,14 @@ class Ledger:
             if usage is not None:
                 st.input_tokens += usage.input_tokens or 0
                 st.output_tokens += usage.output_tokens or 0
+        self._cost += cost
+        self._cost_estimated = self._cost_estimated or (estimated and cost > 0)
+        if not self._wants_records:
+            return
         rec = self._attempt_record(a, outcome, usage, cost, estimated)
         self.records.append(rec)
-        notify(self._hooks, rec)
+        if self._hooks:
+            notify(self._hooks, rec)
 
     def _attempt_record(
         self, a: Attempt, outcome: AttemptOutcome, usage: Usage | None, cost: float, estimated: bool
@@ -336,7 +359,7 @@ class Ledger:
             return a.reserved
         return self.intent.input_tokens + delivered_tokens
 
-    def _cost(
+    def _attempt_cost(
         self, a: Attempt, usage: Usage | None, outcome: AttemptOutcome, delivered_tokens: int
     ) -> tuple[float, bool]:
         """USD of one attempt and whether it is an estimate. Tokens are counted even
@@ -358,7 +381,8 @@ class Ledger:
 
     # -- the request ------------------------------------------------------------------
     def cost_usd(self) -> float:
-        return sum(r.cost_usd for r in self.records)
+        """USD of every attempt finished so far (kept as a total: records may not be built)."""
+        return self._cost
 
     def meta_headers(self, w: Attempt) -> list[tuple[str, str]]:
         """The ``x-llm-multicloud-*`` headers of the answer ``w`` gives."""
@@ -411,8 +435,8 @@ class Ledger:
             ttft_ms=None if w is None or w.ready_at is None or not intent.stream else (w.ready_at - self.t0) * 1000.0,
             input_tokens=None if usage is None else usage.input_tokens,
             output_tokens=None if usage is None else usage.output_tokens,
-            cost_usd=self.cost_usd(),
-            cost_estimated=any(r.cost_estimated and r.cost_usd > 0 for r in self.records),
+            cost_usd=self._cost,
+            cost_estimated=self._cost_estimated,
             otel_context=self.otel_context,
         )
         notify(self._request_hooks, rec)

@@ -102,6 +102,50 @@ def test_ledger_counts_hedge_losers_as_flagged_estimates(clean: Fleet) -> None:
     assert math.isclose(total, sum(r.cost_usd for r in audit.records), abs_tol=1e-8)
 
 
+@pytest.mark.parametrize("listening", [False, True])
+def test_records_are_built_only_for_listeners_and_totals_stay_exact(
+    clean: Fleet, listening: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No hook and telemetry without an OpenTelemetry SDK: no attempt or request record
+    is built, yet the cost header, the endpoints' cost and token counters are the same."""
+    from llm_multicloud.engine import ledger
+
+    built: list[str] = []
+    real_attempt, real_request = ledger.AttemptRecord, ledger.RequestRecord
+
+    def attempt_record(**kw: Any) -> Any:
+        built.append("attempt")
+        return real_attempt(**kw)
+
+    def request_record(**kw: Any) -> Any:
+        built.append("request")
+        return real_request(**kw)
+
+    monkeypatch.setattr(ledger, "AttemptRecord", attempt_record)
+    monkeypatch.setattr(ledger, "RequestRecord", request_record)
+    audit = Audit()
+    eu = {"x-llm-multicloud-residency": "EU"}
+    with make_mc(clean, **({"on_attempt": audit} if listening else {})) as mc:
+        assert mc.telemetry is not None
+        streamed = chat(mc, "async", stream=True, extra_headers=eu)
+        clean.set_fault("aws-euc1", mode="status", status=503)  # a failed attempt, then gcp-euw4
+        ans = chat(mc, "sync", stream=False, extra_headers=eu)
+        snap = {e["id"]: e for e in mc.snapshot()["endpoints"]}
+    assert streamed.headers["x-llm-multicloud-endpoint"] == "aws-euc1"
+    assert ans.headers["x-llm-multicloud-endpoint"] == "gcp-euw4" and ans.headers["x-llm-multicloud-attempts"] == "2"
+    first = next(r for r in chat_records(clean) if r.region_id == "aws-euc1")
+    [won] = [r for r in chat_records(clean) if r.region_id == "gcp-euw4"]
+    assert math.isclose(float(ans.headers["x-llm-multicloud-cost-usd"]), _usd(won.usage, "gcp-euw4"), abs_tol=1e-8)
+    for rid, rec in (("aws-euc1", first), ("gcp-euw4", won)):
+        assert math.isclose(snap[rid]["cost_usd"], round(_usd(rec.usage, rid), 8), abs_tol=1e-8)
+        assert snap[rid]["output_tokens"] == rec.usage["completion_tokens"]
+        assert snap[rid]["cost_estimated"] is False
+    if listening:
+        assert built.count("attempt") == len(audit.records) == 3
+    elif not mc.telemetry.recording:  # (another test may have installed an SDK provider)
+        assert built == []
+
+
 def test_unknown_price_is_unknown_not_zero(clean: Fleet) -> None:
     cat: dict[str, Any] = clean.catalog()
     for ep in cat["endpoints"]:

@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llm_multicloud import regions
 from llm_multicloud.context import routing
@@ -242,6 +244,42 @@ def test_body_for_keeps_unicode() -> None:
     it = _parse(body=json.dumps({"model": "m", "messages": [{"role": "user", "content": "größe ✓"}]}).encode())
     out = it.body_for("served", add_usage=False)
     assert json.loads(out)["messages"][0]["content"] == "größe ✓"
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["a", "model", "x"]), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@given(
+    st.dictionaries(st.sampled_from(["temperature", "tools", "metadata", "user"]), _json_values, max_size=4),
+    st.sampled_from(["llama", "größe-7b", 'odd"name']),
+    st.booleans(),
+    st.booleans(),
+    st.one_of(st.none(), st.just({"continuous_usage_stats": True}), st.just({"include_usage": True})),
+)
+@settings(max_examples=300, deadline=None)
+def test_body_for_is_the_parsed_body_with_the_served_name(
+    extra: dict[str, Any], model: str, ascii_only: bool, stream: bool, opts: dict[str, Any] | None
+) -> None:
+    """Spliced in place or re-serialised (nested "model" keys, other spellings), the body
+    sent is the caller's, with the served name and, for streams, include_usage."""
+    obj: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}
+    if stream:
+        obj["stream"] = True
+    if opts is not None:
+        obj["stream_options"] = opts
+    it = _parse(body=json.dumps(obj, ensure_ascii=ascii_only).encode())
+    out = json.loads(it.body_for("served/Model-8B", add_usage=True))
+    want = {**obj, "model": "served/Model-8B"}
+    if stream:
+        want["stream_options"] = {**(opts or {}), "include_usage": True}
+    assert out == want
+    assert it.body_for("served/Model-8B", add_usage=True) is it.body_for("served/Model-8B", add_usage=True)
 
 
 @pytest.mark.parametrize(
