@@ -9,7 +9,16 @@ scenario realistic: several equal EU endpoints under concurrent load, where a
 router without affinity spreads the load — and with it each conversation, whose
 cache then sits elsewhere. Cached input is billed at a tenth of the input price.
 Conversations start at random times within ``START_SPREAD_S`` (the same for every
-variant).
+variant), and a user reads each answer for ``THINK_MS`` before the next question
+(``--think-ms``). The conversations and the concurrency are shared by ``--processes``
+client processes (default ``PROCESSES``), as a deployment runs replicas.
+
+Why (profiled with py-spy, 2026-12-01): with no think time and one process, the 24
+conversations form a closed loop that keeps the client process at 100 % CPU — about
+15 ms of client CPU per request, 9 of them in the openai SDK's own request transform
+and chunk parsing — so its TTFT was its run queue (≈ 24 × 15 ms / cores), the same
+with or without affinity, not what the fleet did. ``--processes 1 --think-ms 0`` is
+that earlier setup.
 Every conversation has its own context document (~``CONTEXT_WORDS`` words, like a
 RAG or agent session) and runs ``TURNS`` turns, each resending the whole history
 (streamed, TTFT to the first content chunk), ``CONCURRENCY`` conversations at once,
@@ -34,8 +43,10 @@ residency compliance (share of requests served in the EU).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import inspect
+import multiprocessing
 import random
 import time
 from pathlib import Path
@@ -67,12 +78,162 @@ def _conversations(n: int, seed: int) -> list[str]:
     return [f"Context document {i}: " + _words(CONTEXT_WORDS, rng) for i in range(n)]
 
 
-def run(*, quick: bool = False, out_dir: str | Path | None = None, litellm: bool | None = None) -> dict[str, Any]:
-    """B7: cache-hit rate, p50/p99 TTFT and cost of multi-turn conversations, with and without affinity."""
-    t_start = time.monotonic()
+#: Client processes by default (see the module docs: one process driving every
+#: conversation measured its own CPU queue; deployments run replicas).
+PROCESSES = 4
+#: A user's pause between an answer and the next question (ms).
+THINK_MS = 1000.0
+#: Seconds a client waits after it is built (probes give every endpoint an RTT baseline).
+WARM_S = 1.0
+
+
+def _new_data() -> dict[str, Any]:
+    return {"ttft": [], "prompt": 0, "cached": 0, "ideal": 0, "cost": 0.0, "eu": 0, "n": 0, "failed": 0, "errors": []}
+
+
+async def _run_variant(job: dict[str, Any]) -> dict[str, Any]:
+    """One variant's share of the conversations in this process (the whole of them with
+    one process), from a client built here; returns its raw figures."""
     import openai
 
     import llm_multicloud as lmc
+
+    v, turns, d = job["variant"], job["turns"], _new_data()
+    mc: Any = None
+    router: Any = None
+    client: Any = None
+    if v == "litellm":
+        router = common.load_litellm().Router(
+            model_list=job["litellm_deployments"],
+            routing_strategy="simple-shuffle",
+            optional_pre_call_checks=["prompt_caching"],
+        )
+    else:
+        # Probes on (as in production): every endpoint has an RTT baseline, so the
+        # router sees them as near-equal rather than unknown.
+        policy: dict[str, Any] = {"probe": {"enabled": True, "interval_s": 0.5}, "hedge": {"enabled": False}}
+        if v == "no_affinity":
+            policy["affinity"] = {"enabled": False}
+        mc = lmc.MultiCloud(job["catalog"], policy)
+        client = mc.wrap(openai.AsyncOpenAI(api_key=common.PLACEHOLDER_KEY))
+    await asyncio.sleep(max(job["start_at"] - time.time(), WARM_S))
+
+    async def converse(ci: int, context: str) -> None:
+        history: list[dict[str, str]] = [{"role": "system", "content": context}]
+        headers = {"x-llm-multicloud-residency": "EU"}
+        if v == "session":
+            headers["x-llm-multicloud-session"] = f"conversation-{ci}"
+        for turn in range(turns):
+            history.append({"role": "user", "content": f"question {turn} about document {ci}"})
+            t0 = time.perf_counter()
+            first = None
+            usage = None
+            text: list[str] = []
+            served = None
+            try:
+                if router is not None:
+                    stream = await router.acompletion(
+                        model=common.MODEL,
+                        messages=list(history),
+                        max_tokens=8,
+                        stream=True,
+                        stream_options={"include_usage": True},
+                    )
+                    async for chunk in stream:
+                        if chunk.choices and chunk.choices[0].delta.content:
+                            first = first or time.perf_counter() - t0
+                            text.append(chunk.choices[0].delta.content)
+                        if getattr(chunk, "usage", None):
+                            usage = chunk.usage
+                    served = "eu"  # only EU deployments were given to it
+                else:
+                    assert client is not None
+                    raw = await client.chat.completions.with_raw_response.create(
+                        model=common.MODEL,
+                        messages=list(history),
+                        max_tokens=8,
+                        stream=True,
+                        stream_options={"include_usage": True},
+                        extra_headers=headers,
+                    )
+                    served = raw.headers.get("x-llm-multicloud-endpoint")
+                    parsed = raw.parse()
+                    stream = await parsed if inspect.isawaitable(parsed) else parsed
+                    async for chunk in stream:
+                        if chunk.choices and chunk.choices[0].delta.content:
+                            first = first or time.perf_counter() - t0
+                            text.append(chunk.choices[0].delta.content)
+                        if chunk.usage:
+                            usage = chunk.usage
+            except Exception as exc:
+                d["failed"] += 1
+                if len(d["errors"]) < 3:
+                    d["errors"].append(f"{type(exc).__name__}: {str(exc)[:160]}")
+                history.pop()
+                continue
+            d["n"] += 1
+            d["eu"] += served == "eu" or served in EU
+            if first is not None:
+                d["ttft"].append(first)
+            if usage is not None:
+                details = getattr(usage, "prompt_tokens_details", None)
+                cached = (getattr(details, "cached_tokens", 0) or 0) if details else 0
+                d["prompt"] += usage.prompt_tokens
+                d["cached"] += cached
+                d["cost"] += (
+                    (usage.prompt_tokens - cached) * PRICE_IN
+                    + cached * PRICE_CACHED
+                    + usage.completion_tokens * PRICE_OUT
+                ) / 1e6
+                if turn > 0:  # ideal: all but the last answer and the new question were seen
+                    d["ideal"] += usage.prompt_tokens - _last_two_words(history)
+            history.append({"role": "assistant", "content": "".join(text)})
+            if job["think_s"]:
+                await asyncio.sleep(job["think_s"])  # the user reads the answer and types the next question
+
+    sem = asyncio.Semaphore(job["concurrency"])
+    t_begin = time.perf_counter()
+
+    async def one(ci: int, ctx: str, start: float) -> None:
+        await asyncio.sleep(start - (time.perf_counter() - t_begin))  # users do not all start at once
+        async with sem:
+            await converse(ci, ctx)
+
+    try:
+        await asyncio.gather(*(one(ci, ctx, start) for ci, ctx, start in job["conversations"]))
+    finally:
+        if client is not None:
+            await client.close()
+        if mc is not None:
+            mc.close()
+    return d
+
+
+def _worker(job: dict[str, Any]) -> dict[str, Any]:
+    """A client process (spawned): runs its share of one variant."""
+    return asyncio.run(_run_variant(job))
+
+
+def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    out = _new_data()
+    for p in parts:
+        for k, v in p.items():
+            out[k] = out[k] + v if k != "errors" else (out[k] + v)[:3]
+    return out
+
+
+def run(
+    *,
+    quick: bool = False,
+    out_dir: str | Path | None = None,
+    litellm: bool | None = None,
+    processes: int | None = None,
+    think_ms: float | None = None,
+) -> dict[str, Any]:
+    """B7: cache-hit rate, p50/p99 TTFT and cost of multi-turn conversations, with and without affinity."""
+    t_start = time.monotonic()
+    from concurrent.futures import ProcessPoolExecutor
+
     from llm_multicloud.fleet import Latency, PrefixCache, RegionSpec, start_fleet_process
 
     out = common.out_dir_for(quick, out_dir)
@@ -80,6 +241,8 @@ def run(*, quick: bool = False, out_dir: str | Path | None = None, litellm: bool
     n_conv = 6 if quick else 48
     turns = 4 if quick else 10
     concurrency = 6 if quick else 24
+    procs = max(1, processes if processes is not None else (2 if quick else PROCESSES))
+    think_ms = think_ms if think_ms is not None else (100.0 if quick else THINK_MS)
     # A cache holds ~40 % of what the active conversations need (prefixes: two per
     # turn), as a GPU's KV cache holds a share of a busy fleet's sessions: with
     # affinity an endpoint needs about a third of them, scattered it needs them all.
@@ -106,122 +269,36 @@ def run(*, quick: bool = False, out_dir: str | Path | None = None, litellm: bool
     ]
     fleet = start_fleet_process(specs)
     variants = ["no_affinity", "affinity", "session"] + (["litellm"] if use_litellm else [])
-    data: dict[str, dict[str, Any]] = {
-        v: {"ttft": [], "prompt": 0, "cached": 0, "ideal": 0, "cost": 0.0, "eu": 0, "n": 0, "failed": 0, "errors": []}
-        for v in variants
-    }
+    data: dict[str, dict[str, Any]] = {}
     try:
-        # Probes on (as in production): every endpoint has an RTT baseline, so the
-        # router sees them as near-equal rather than unknown.
-        base = {"probe": {"enabled": True, "interval_s": 0.5}, "hedge": {"enabled": False}}
-        mcs = {
-            "no_affinity": lmc.MultiCloud(fleet.catalog(), {**base, "affinity": {"enabled": False}}),
-            "affinity": lmc.MultiCloud(fleet.catalog(), base),
-            "session": lmc.MultiCloud(fleet.catalog(), base),
-        }
-        router = None
-        if use_litellm:
-            ll = common.load_litellm()
-            router = ll.Router(
-                model_list=common.litellm_deployments(fleet, sorted(EU)),
-                routing_strategy="simple-shuffle",
-                optional_pre_call_checks=["prompt_caching"],
-            )
-
-        async def main() -> None:
-            clients = {v: mc.wrap(openai.AsyncOpenAI(api_key=common.PLACEHOLDER_KEY)) for v, mc in mcs.items()}
-
-            async def converse(v: str, ci: int, context: str) -> None:
-                d = data[v]
-                history: list[dict[str, str]] = [{"role": "system", "content": context}]
-                headers = {"x-llm-multicloud-residency": "EU"}
-                if v == "session":
-                    headers["x-llm-multicloud-session"] = f"conversation-{ci}"
-                for turn in range(turns):
-                    history.append({"role": "user", "content": f"question {turn} about document {ci}"})
-                    t0 = time.perf_counter()
-                    first = None
-                    usage = None
-                    text: list[str] = []
-                    served = None
-                    try:
-                        if v == "litellm":
-                            assert router is not None
-                            stream = await router.acompletion(
-                                model=common.MODEL,
-                                messages=list(history),
-                                max_tokens=8,
-                                stream=True,
-                                stream_options={"include_usage": True},
-                            )
-                            async for chunk in stream:
-                                if chunk.choices and chunk.choices[0].delta.content:
-                                    first = first or time.perf_counter() - t0
-                                    text.append(chunk.choices[0].delta.content)
-                                if getattr(chunk, "usage", None):
-                                    usage = chunk.usage
-                            served = "eu"  # only EU deployments were given to it
-                        else:
-                            raw = await clients[v].chat.completions.with_raw_response.create(
-                                model=common.MODEL,
-                                messages=list(history),  # type: ignore[arg-type]
-                                max_tokens=8,
-                                stream=True,
-                                stream_options={"include_usage": True},
-                                extra_headers=headers,
-                            )
-                            served = raw.headers.get("x-llm-multicloud-endpoint")
-                            parsed = raw.parse()
-                            stream = await parsed if inspect.isawaitable(parsed) else parsed
-                            async for chunk in stream:
-                                if chunk.choices and chunk.choices[0].delta.content:
-                                    first = first or time.perf_counter() - t0
-                                    text.append(chunk.choices[0].delta.content)
-                                if chunk.usage:
-                                    usage = chunk.usage
-                    except Exception as exc:
-                        d["failed"] += 1
-                        if len(d["errors"]) < 3:
-                            d["errors"].append(f"{type(exc).__name__}: {str(exc)[:160]}")
-                        history.pop()
-                        continue
-                    d["n"] += 1
-                    d["eu"] += served == "eu" or served in EU
-                    if first is not None:
-                        d["ttft"].append(first)
-                    if usage is not None:
-                        details = getattr(usage, "prompt_tokens_details", None)
-                        cached = (getattr(details, "cached_tokens", 0) or 0) if details else 0
-                        d["prompt"] += usage.prompt_tokens
-                        d["cached"] += cached
-                        d["cost"] += (
-                            (usage.prompt_tokens - cached) * PRICE_IN
-                            + cached * PRICE_CACHED
-                            + usage.completion_tokens * PRICE_OUT
-                        ) / 1e6
-                        if turn > 0:  # ideal: all but the last answer and the new question were seen
-                            d["ideal"] += usage.prompt_tokens - _last_two_words(history)
-                    history.append({"role": "assistant", "content": "".join(text)})
-
-            contexts = _conversations(n_conv, seed=7)
-            rng = random.Random(11)
-            starts = [rng.uniform(0.0, START_SPREAD_S) for _ in contexts]
+        contexts = _conversations(n_conv, seed=7)
+        rng = random.Random(11)
+        starts = [rng.uniform(0.0, START_SPREAD_S) for _ in contexts]
+        pool = ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn")) if procs > 1 else None
+        try:
             for v in variants:  # each variant its own conversations (fresh caches): contexts per variant
-                sem = asyncio.Semaphore(concurrency)
                 salt = f"[{v}] "
-
-                async def one(ci: int, ctx: str, v: str = v, sem: asyncio.Semaphore = sem, salt: str = salt) -> None:
-                    await asyncio.sleep(starts[ci])  # users do not all start in the same millisecond
-                    async with sem:
-                        await converse(v, ci, salt + ctx)
-
-                await asyncio.gather(*(one(ci, ctx) for ci, ctx in enumerate(contexts)))
-            for c in clients.values():
-                await c.close()
-
-        asyncio.run(main())
-        for mc in mcs.values():
-            mc.close()
+                convs = [(ci, salt + ctx, starts[ci]) for ci, ctx in enumerate(contexts)]
+                base_job = {
+                    "variant": v,
+                    "turns": turns,
+                    "think_s": think_ms / 1e3,
+                    "catalog": fleet.catalog(),
+                    "litellm_deployments": common.litellm_deployments(fleet, sorted(EU)) if v == "litellm" else None,
+                    # spawned processes import openai first: every share starts together
+                    "start_at": time.time() + (WARM_S + 4.0 if pool is not None else WARM_S),
+                }
+                jobs = [
+                    {**base_job, "conversations": convs[k::procs], "concurrency": max(1, concurrency // procs)}
+                    for k in range(procs)
+                ]
+                if pool is None:
+                    data[v] = asyncio.run(_run_variant({**jobs[0], "concurrency": concurrency}))
+                else:
+                    data[v] = _merge(list(pool.map(_worker, jobs)))
+        finally:
+            if pool is not None:
+                pool.shutdown()
         # The fleet's own TTFT of each answer (base TTFT + the prefill, queued behind
         # the region's other prefills): what the caches and the routing did, without
         # the client's CPU time on a loaded machine.
@@ -292,6 +369,8 @@ def run(*, quick: bool = False, out_dir: str | Path | None = None, litellm: bool
             "turns": turns,
             "context_words": CONTEXT_WORDS,
             "concurrency": concurrency,
+            "client_processes": procs,
+            "think_ms": think_ms,
             "prefix_cache_entries": max_entries,
             "residency": "EU",
             "litellm": "simple-shuffle over the 3 EU deployments, optional_pre_call_checks=['prompt_caching']"
@@ -349,8 +428,13 @@ def markdown(res: dict[str, Any]) -> str:
                 "n/a" if r["residency_compliance"] is None else f"{r['residency_compliance'] * 100:.0f} %",
             )
         )
+    procs = res["params"].get("client_processes", 1)
     lines = [
         f"### {res['title']}",
+        "",
+        f"{res['params']['concurrency']} conversations at once from {procs} client process"
+        f"{'es' if procs > 1 else ''}, {res['params'].get('think_ms', 0):g} ms between an answer and the next "
+        "question.",
         "",
         common.md_table(
             [
@@ -371,8 +455,21 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines + common.markdown_tail(res))
 
 
-def main() -> int:
-    return common.main_for(NAME, run, markdown)
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--processes", type=int, default=None)
+    p.add_argument("--think-ms", type=float, default=None)
+    args, rest = p.parse_known_args(argv)
+
+    def run_b7(**kw: Any) -> dict[str, Any]:
+        return run(processes=args.processes, think_ms=args.think_ms, **kw)
+
+    run_b7.__doc__ = (
+        f"{run.__doc__} --processes N: client processes sharing the conversations and the "
+        f"concurrency (default {PROCESSES}); --think-ms T: a user's pause between turns (default "
+        f"{THINK_MS:g}); --processes 1 --think-ms 0 is the earlier setup."
+    )
+    return common.main_for(NAME, run_b7, markdown, rest)
 
 
 if __name__ == "__main__":
