@@ -257,13 +257,16 @@ def _splice_model(raw: bytes, model: str, served: str, *, add_usage: bool) -> by
     """The caller's body with the top-level ``model`` value replaced by ``served`` (and
     ``stream_options.include_usage`` added when asked), without re-serialising the rest
     — a JSON string cannot hold an unescaped ``"``, so ``"model":`` in the bytes is
-    always a key. None (re-serialise instead) unless the body has exactly one such key
-    whose value is ``model`` as written by ``json.dumps``, and, with ``add_usage``, no
-    ``stream_options`` key at all."""
-    keys = list(_MODEL_KEY.finditer(raw))
-    if len(keys) != 1:
+    always a key. None (re-serialise instead) unless ``"model"`` occurs exactly once in
+    the bytes, as a key whose value is ``model`` as written by ``json.dumps``, and, with
+    ``add_usage``, no ``stream_options`` key at all."""
+    first = raw.find(b'"model"')
+    if first < 0 or raw.find(b'"model"', first + 7) >= 0:
+        return None  # no such key, or nested ones too (or in a string value): re-serialise
+    key = _MODEL_KEY.match(raw, first)
+    if key is None:
         return None
-    at = keys[0].end()
+    at = key.end()
     for old in (json.dumps(model).encode(), json.dumps(model, ensure_ascii=False).encode()):
         if raw.startswith(old, at):
             break

@@ -279,7 +279,7 @@ class Ledger:
         out = usage.output_tokens if usage is not None and usage.output_tokens else fallback_tokens
         ttft = a.ttft * 1000.0 if stream_ttft and a.ttft is not None else None
         a.st.observe_stream((self._clock() - a.t0) * 1000.0, out, ttft)
-        self.finish(a, AttemptOutcome.WON, delivered_tokens=delivered_tokens)
+        self._finish(a, AttemptOutcome.WON, delivered_tokens, usage)
 
     def broke(self, a: Attempt, reason: str) -> None:
         """The committed stream broke by the endpoint's fault."""
@@ -288,9 +288,11 @@ class Ledger:
     def finish(self, a: Attempt, outcome: AttemptOutcome, *, delivered_tokens: int = 0) -> None:
         """Release the attempt's slot, settle its capacity, account its cost, tell the
         audit hooks. Called once per attempt."""
+        self._finish(a, outcome, delivered_tokens, Usage.of(a.usage))
+
+    def _finish(self, a: Attempt, outcome: AttemptOutcome, delivered_tokens: int, usage: Usage | None) -> None:
         st = a.st
         st.release(a.permit)
-        usage = Usage.of(a.usage)
         if a.reserved and st.bucket is not None:
             used = self._used_tokens(a, usage, outcome, delivered_tokens)
             st.bucket.settle(a.reserved, used, refund_request=a.status is None or a.status == 429)
