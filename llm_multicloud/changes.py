@@ -2,10 +2,10 @@
 index follows, so that a plan re-reads only the endpoints whose health moved.
 
 Writers append the changed object to :data:`ENTRIES` (an ``EndpointState`` does it
-for every write of a field the router reads, see ``health.EndpointState.__setattr__``).
-A change that touches many endpoints at once (a quota domain cooling down, a
-credential becoming unavailable) or a log that grew past :data:`LIMIT` bumps
-:data:`EPOCH` instead: every reader then rebuilds from scratch. Readers remember
+for every write of a field the router reads, see ``health.EndpointState.__setattr__``;
+a ``QuotaDomain`` when it cools down: its endpoints changed). A credential becoming
+unavailable (shared by endpoints the log does not know) or a log that grew past
+:data:`LIMIT` bumps :data:`EPOCH` instead: every reader then rebuilds from scratch. Readers remember
 ``(epoch, position)``; both only grow within an epoch. No imports: the auth, health
 and router layers all write or read it.
 """

@@ -84,10 +84,13 @@ class QuotaDomain:
         self.reason = ""
 
     def __setattr__(self, name: str, value: object) -> None:
-        # a cooldown changes every endpoint of the domain: the router's index starts over
+        # a cooldown changes every endpoint of the domain: logged as the domain (the
+        # router's index re-reads the domain's endpoints)
         _setattr(self, name, value)
         if name == "until":
-            changes.everything_changed()
+            _ENTRIES.append(self)
+            if len(_ENTRIES) > changes.LIMIT:
+                changes.everything_changed()
 
 
 @dataclass(frozen=True, slots=True)

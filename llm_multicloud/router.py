@@ -808,6 +808,8 @@ class _Index:
 
     __slots__ = (
         "ats",
+        "dom_of",
+        "domains",
         "epoch",
         "excluded",
         "expiry",
@@ -837,6 +839,11 @@ class _Index:
         self.policy = policy
         self.lock = threading.Lock()
         self.where: dict[object, int] = {st: j for j, (_, st, _, _) in enumerate(rows)}
+        #: the rows of each quota domain (a cooldown logs the domain: its rows change)
+        self.domains: dict[object, list[int]] = {}
+        self.dom_of: list[object] = [st.quota for _, st, _, _ in rows]
+        for j, dom in enumerate(self.dom_of):
+            self.domains.setdefault(dom, []).append(j)
         self.now = -math.inf
         self.epoch = -1
         self.pos = 0
@@ -898,10 +905,13 @@ class _Index:
             self.rebuild(now)
             return
         where = self.where
-        for st in set(new) if len(new) > 1 else new:
-            j = where.get(st)
+        for obj in set(new) if len(new) > 1 else new:
+            j = where.get(obj)
             if j is not None:
                 self.classify(j, now, True)
+            else:
+                for j in self.domains.get(obj, ()):
+                    self.classify(j, now, True)
         if now >= self.next_event:
             self.next_event = math.inf
             for j in list(self.waiting):
@@ -923,6 +933,11 @@ class _Index:
             self.ats[j] = math.inf
             self.until[j] = math.inf
         _, st, geo_ms, cap = self.rows[j]
+        dom = st.quota
+        if dom is not self.dom_of[j]:  # moved to another quota domain
+            self.domains[self.dom_of[j]].remove(j)
+            self.domains.setdefault(dom, []).append(j)
+            self.dom_of[j] = dom
         if st.bucket is not None:
             self.kinds[j] = _VOLATILE
             self.volatile.add(j)

@@ -194,3 +194,31 @@ def test_the_index_serves_the_executors_plans(monkeypatch: pytest.MonkeyPatch) -
     health.states[0].inflight += 1
     router.plan("m", UNCONSTRAINED, health.states, 1000.1, limit=4)
     assert calls == (1 if ix.where.get(health.states[0]) is not None else 0)
+
+
+def test_a_cooldown_takes_out_every_endpoint_of_its_quota_domain_at_once() -> None:
+    """A 429 cools the whole quota domain down: the index re-reads the domain's
+    endpoints (the domain is logged, not each state), on the very next plan."""
+    eps = [
+        {
+            "id": f"e{i}",
+            "provider": "aws",
+            "region": "us-east-1",
+            "base_url": f"https://e{i}.example.invalid/v1",
+            "models": ["m"],
+            "quota_domain": "acct" if i < 4 else f"own{i}",
+        }
+        for i in range(6)
+    ]
+    cat = Catalog.load({"endpoints": eps})
+    policy = cat.policy({"strategy": "latency"})
+    clock = Clock()
+    health = Health(cat, policy, clock=clock)
+    indexed, reference = Router(cat, policy), Router(cat, policy)
+    indexed.index_from, reference.indexed = 1, False
+    indexed.plan("m", UNCONSTRAINED, health.states, clock.t, limit=3)  # builds the index
+    health.cooldown(health.states[0], 5.0, "HTTP 429")
+    got = indexed.plan("m", UNCONSTRAINED, health.states, clock.t, limit=3)
+    assert _summary(got) == _summary(reference.plan("m", UNCONSTRAINED, health.states, clock.t, limit=3))
+    assert {x.endpoint.id for x in got.excluded if x.kind == "cooling"} == {"e0", "e1", "e2", "e3"}
+    assert {c.endpoint.id for c in got.candidates} == {"e4", "e5"}
