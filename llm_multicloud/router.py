@@ -187,6 +187,10 @@ class Router:
             tuple[tuple[Endpoint, ...], tuple[Exclusion, ...]],
         ] = LRUCache(maxsize=4096)
         self._geo_cache: LRUCache[tuple[float, float] | None, list[float]] = LRUCache(maxsize=1024)
+        #: the two LRU memos above are read and written under this lock: sync requests
+        #: plan on their callers' threads, and an LRU's ``get`` reorders (an eviction by
+        #: another thread between its check and its read raised KeyError from plan())
+        self._memo_lock = threading.Lock()
         #: from this many usable endpoints on, a limited plan takes the top-k path
         self.top_k_from = TOP_K_FROM
         #: per (static key, near): the states it was built over, the static exclusions and
@@ -202,7 +206,8 @@ class Router:
 
     def _compliant(self, model: str, c: Constraints) -> tuple[tuple[Endpoint, ...], tuple[Exclusion, ...]]:
         key = (model, c.residency, c.tags, c.residency_label)
-        hit = self._static.get(key)
+        with self._memo_lock:
+            hit = self._static.get(key)
         if hit is not None:
             return hit
         serving = self.catalog.serving(model)
@@ -224,7 +229,8 @@ class Router:
                 continue
             ok.append(ep)
         res = (tuple(ok), tuple(out))
-        self._static[key] = res
+        with self._memo_lock:
+            self._static[key] = res
         return res
 
     def _rows(
@@ -259,7 +265,8 @@ class Router:
         100 km of great-circle distance from the user (fibre at 2/3 c, indirect
         routes) plus a fixed processing guess; the default without a location.
         Memoised per location: distances are static."""
-        hit = self._geo_cache.get(near)
+        with self._memo_lock:
+            hit = self._geo_cache.get(near)
         if hit is not None:
             return hit
         d = self.policy.default_ttft_ms
@@ -267,7 +274,8 @@ class Router:
             distance_km(near, ep.location) / 100.0 + d * 0.25 if near is not None and ep.location is not None else d
             for ep in self.catalog.endpoints
         ]
-        self._geo_cache[near] = out
+        with self._memo_lock:
+            self._geo_cache[near] = out
         return out
 
     def plan(

@@ -638,3 +638,42 @@ def test_exploration_sends_a_share_to_endpoints_without_recent_samples() -> None
             assert 0.15 * 400 <= len(explored) <= 0.35 * 400
         else:
             assert len(explored) == expect
+
+
+def test_planning_from_many_threads_while_the_memos_evict_raises_nothing() -> None:
+    """Sync requests plan on their callers' threads. The router's LRU memos reorder on
+    every read; with evictions racing between threads an unlocked memo raised KeyError
+    out of plan(). Tiny memos force an eviction on almost every plan."""
+    import sys
+    import threading
+
+    from cachetools import LRUCache
+
+    s = Setup([_ep("virginia", "us-east-1"), _ep("frankfurt", "eu-central-1"), _ep("oregon", "us-west-2")])
+    s.router._static = LRUCache(maxsize=1)
+    s.router._geo_cache = LRUCache(maxsize=1)
+    nears = ["eu-central-1", "us-west-2", "us-east-1", "ap-south-1"]
+    errors: list[BaseException] = []
+    plans: list[int] = []
+
+    def worker(k: int) -> None:
+        try:
+            for i in range(400):
+                c = where(near=nears[(i + k) % len(nears)])
+                s.router._rows_cache.clear()  # every plan reaches the LRU memos
+                plans.append(len(s.plan(c=c, seed=0.5).candidates))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        sys.setswitchinterval(switch)
+    assert not errors, errors[:1]
+    assert len(plans) == 6 * 400 and set(plans) == {3}
