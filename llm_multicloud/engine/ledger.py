@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from opentelemetry.context import get_current as _otel_current
 
 from ..errors import FaultKind
-from ..vocabulary import AttemptKind, AttemptOutcome, RequestOutcome
+from ..vocabulary import AttemptKind, AttemptOutcome, ErrorType, RequestOutcome
 
 if TYPE_CHECKING:
     from ..health import Health
@@ -295,7 +295,7 @@ class Ledger:
         st.release(a.permit)
         if a.reserved and st.bucket is not None:
             used = self._used_tokens(a, usage, outcome, delivered_tokens)
-            st.bucket.settle(a.reserved, used, refund_request=a.status is None or a.status == 429)
+            st.bucket.settle(a.reserved, used, refund_request=a.status == 429 or not _maybe_counted(a))
             a.reserved = 0
         cost, estimated = self._attempt_cost(a, usage, outcome, delivered_tokens)
         with st._lock:  # exact totals: sync requests on many threads add to them at once
@@ -348,14 +348,20 @@ class Ledger:
 
     def _used_tokens(self, a: Attempt, usage: Usage | None, outcome: AttemptOutcome, delivered_tokens: int) -> int:
         """What an attempt consumed of its endpoint's token quota: the reported usage;
-        else nothing if it was refused or never answered; else the prompt estimate
-        plus the tokens delivered (a stream that ended early, broke or was
-        cancelled); for a complete answer without usage, the whole reservation."""
+        else nothing if it was refused or never reached the server; the prompt
+        estimate if it was sent but never answered (a timeout before the status line,
+        a hedge loser cancelled while waiting: the server may have counted it, and
+        over-counting only costs a little room while under-counting costs a 429);
+        else the prompt estimate plus the tokens delivered (a stream that ended early,
+        broke or was cancelled); for a complete answer without usage, the whole
+        reservation."""
         if usage is not None:
             if usage.total_tokens is not None:
                 return usage.total_tokens
             return (usage.input_tokens or 0) + (usage.output_tokens or 0)
-        if a.status is None or outcome is AttemptOutcome.REQUEST_ERROR or a.status >= 300:
+        if a.status is None:
+            return self.intent.input_tokens if _maybe_counted(a) else 0
+        if outcome is AttemptOutcome.REQUEST_ERROR or a.status >= 300:
             return 0
         if outcome is AttemptOutcome.WON and not self.intent.stream:
             return a.reserved
@@ -442,3 +448,14 @@ class Ledger:
             otel_context=self.otel_context,
         )
         notify(self._request_hooks, rec)
+
+
+#: failures that happen before a request reaches the server: it cannot have counted them
+_NEVER_SENT = frozenset({ErrorType.CONNECT, ErrorType.CREDENTIAL, ErrorType.LOCAL})
+
+
+def _maybe_counted(a: Attempt) -> bool:
+    """May the endpoint's quota have counted this attempt? Yes once it answered, and
+    whenever it may have been sent: only a failure to connect, to get a credential, or
+    a local one (our own pool full, a bug of ours) is known to precede the request."""
+    return a.status is not None or a.error_kind not in _NEVER_SENT

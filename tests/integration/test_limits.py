@@ -177,3 +177,41 @@ def test_reservations_settle_exactly_for_complete_early_broken_and_cancelled_str
             assert got == 3
 
         anyio.run(run)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_an_attempt_sent_but_never_answered_keeps_its_prompt_one_never_sent_gives_all_back(
+    fleet: Fleet, kind: str
+) -> None:
+    """A request that reached the server but got no status line (here: the server
+    hangs until the attempt's deadline) may have been counted by its quota: it keeps
+    the prompt's estimate, never the whole reservation back (that under-count would
+    be paid in 429s). One refused at connect never reached it: everything goes back."""
+    policy = {"retry": {"max_attempts": 1}, "timeouts": {"response_s": 0.4, "total_s": 5.0}}
+    with _mc(fleet, {"tpm": 1_000_000}, only="a", policy=policy) as mc:
+        est = 4 + len("one two three four") // 4  # 4 per message + chars / 4
+
+        def call() -> None:
+            if kind == "sync":
+                client = mc.wrap(openai.OpenAI(api_key=PLACEHOLDER_KEY, max_retries=0))
+                client.chat.completions.create(model=MODEL, messages=MSG, max_tokens=50)
+                return
+
+            async def run() -> None:
+                async with mc.wrap(openai.AsyncOpenAI(api_key=PLACEHOLDER_KEY, max_retries=0)) as client:
+                    await client.chat.completions.create(model=MODEL, messages=MSG, max_tokens=50)
+
+            anyio.run(run)
+
+        fleet.set_fault("a", mode="hang")
+        with pytest.raises(openai.APIStatusError):
+            call()
+        assert [r.fault for r in fleet.received("a")] == ["hang"]  # it did reach the server
+        b = _bucket(mc)
+        assert b["reserved_tokens"] == 0 and b["settled_tokens"] == est
+
+        fleet.set_fault("a", mode="down")
+        with pytest.raises(openai.APIStatusError):
+            call()
+        b = _bucket(mc)
+        assert b["reserved_tokens"] == 0 and b["settled_tokens"] == est  # nothing more
