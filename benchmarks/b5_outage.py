@@ -347,8 +347,7 @@ def run(*, quick: bool = False, out_dir: str | Path | None = None, litellm: bool
             how,
         ),
     ]
-    if not use_litellm:
-        bars.append(common.bar("LiteLLM alongside", "—", None, None, why_not or ""))
+    bars += common.litellm_absent(use_litellm, why_not)
     result: dict[str, Any] = {
         "name": NAME,
         "title": TITLE,

@@ -355,8 +355,7 @@ def run(
                 f"{common.fmt(r['residency_compliance'])}",
             ),
         ]
-    if not use_litellm:
-        bars.append(common.bar("LiteLLM alongside", "—", None, None, why_not or ""))
+    bars += common.litellm_absent(use_litellm, why_not)
     result: dict[str, Any] = {
         "name": NAME,
         "title": TITLE,

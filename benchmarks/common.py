@@ -284,6 +284,11 @@ def bar(name: str, target: str, value: float | None, met: bool | None, note: str
     return {"bar": name, "target": target, "value": value, "met": met, "note": note}
 
 
+def litellm_absent(use_litellm: bool, why_not: str | None) -> list[dict[str, Any]]:
+    """The row that says why LiteLLM did not run alongside (none when it did)."""
+    return [] if use_litellm else [bar("LiteLLM alongside", "—", None, None, why_not or "")]
+
+
 def problems(obj: Any, path: str = "$") -> list[str]:
     """Every non-finite number (NaN, inf) in a result: results must be JSON-clean.
     ``None`` is allowed and means "not measured / undefined" (always explained)."""
