@@ -229,11 +229,11 @@ class ReplicaProc:
 Spawn = Callable[..., list[ReplicaProc]]
 
 
-@pytest.fixture(scope="module")
-def processes() -> Iterator[list[ReplicaProc]]:
-    """Two replica processes for the whole module, started in parallel (importing openai
-    is what costs); each test configures the ones it needs."""
-    procs = [ReplicaProc() for _ in range(2)]
+@contextlib.contextmanager
+def replica_processes(n: int) -> Iterator[list[ReplicaProc]]:
+    """``n`` replica processes, started in parallel (importing openai is what costs)
+    and closed whatever happens."""
+    procs = [ReplicaProc() for _ in range(n)]
     try:
         for p in procs:
             p.wait_ready()
@@ -241,6 +241,13 @@ def processes() -> Iterator[list[ReplicaProc]]:
     finally:
         for p in procs:
             p.close()
+
+
+@pytest.fixture(scope="module")
+def processes() -> Iterator[list[ReplicaProc]]:
+    """Two replica processes for the whole module; each test configures the ones it needs."""
+    with replica_processes(2) as procs:
+        yield procs
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 import llm_multicloud as lmc
 from llm_multicloud.fleet import Fleet, Latency, RateLimits, RegionSpec
 
-from .test_shared import REFRESH, RedisServer, ReplicaProc, _policy
+from .test_shared import REFRESH, RedisServer, ReplicaProc, _policy, replica_processes
 
 pytestmark = pytest.mark.integration
 MODEL = "llama-3.1-8b"
@@ -37,14 +37,8 @@ def redis_srv() -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="module")
 def four() -> Iterator[list[ReplicaProc]]:
-    procs = [ReplicaProc() for _ in range(4)]
-    try:
-        for p in procs:
-            p.wait_ready()
+    with replica_processes(4) as procs:
         yield procs
-    finally:
-        for p in procs:
-            p.close()
 
 
 def _fleet() -> Fleet:
