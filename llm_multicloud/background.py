@@ -1,8 +1,8 @@
 """The background event loop of a :class:`~llm_multicloud.MultiCloud`, and why a
 process that uses the library always exits.
 
-Sync requests that need concurrency (a hedge could happen) run on this loop —
-every other sync request runs on its caller's thread — and the probes, credential
+Sync requests whose credentials may suspend run on this loop — every other sync
+request, hedges included, runs on its caller's thread — and the probes, credential
 refresh and the shared-state task run on it. It is a plain asyncio loop on a **daemon** thread,
 not anyio's ``start_blocking_portal()``: the portal's thread is a non-daemon
 ``ThreadPoolExecutor`` worker, which the interpreter joins at exit *before* any

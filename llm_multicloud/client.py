@@ -3,9 +3,10 @@
 A :class:`MultiCloud` owns everything that outlives one request: the catalog, the
 policy, the router, endpoint health, budgets, hooks, the prober, and (lazily) one
 background event-loop thread (:mod:`llm_multicloud.background`) that runs the probes,
-the shared state, credential refresh, and those sync requests that need concurrency
-(a hedge could happen); every other sync request runs on its caller's thread
-(:mod:`llm_multicloud.transport`). Several wrapped clients — sync and
+the shared state, credential refresh, and those sync requests whose credentials may
+suspend (a user's own ``Credential``); every other sync request, hedges included,
+runs on its caller's thread (:mod:`llm_multicloud.transport`,
+:mod:`llm_multicloud.engine.threads`). Several wrapped clients — sync and
 async, openai 3.x on httpx2 and openai 2.x on httpx — can share one MultiCloud and
 so one picture of the fleet.
 
@@ -395,7 +396,7 @@ class MultiCloud:
 
     def run_sync(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run ``fn(*args)`` in the background loop and wait for it: how sync clients
-        drive the engine when a request needs concurrency (a hedge could happen).
+        drive the engine when a request needs the loop (a credential that may suspend).
 
         ``asyncio.run_coroutine_threadsafe`` rather than anyio's ``portal.call``: the
         same hand-over at a quarter of the cost (~35 µs instead of ~140 µs here),

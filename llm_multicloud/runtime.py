@@ -132,8 +132,8 @@ class TransportRuntime(Runtime, Protocol):
         ...
 
     def needs_loop(self, intent: Intent) -> bool:
-        """Must this sync request run on the background loop (a hedge could happen)?
-        Otherwise it runs on the caller's thread."""
+        """Must this sync request run on the background loop (a credential of an
+        endpoint it may use may suspend)? Otherwise it runs on the caller's thread."""
         ...
 
     def started(self) -> None:

@@ -12,10 +12,11 @@ caller's HTTP library.
   the sync HTTP library (:class:`~llm_multicloud.upstream.SyncUpstream`, whose I/O
   blocks and never suspends: :func:`~llm_multicloud.upstream.drive` completes it in
   one step), and reads a committed stream chunk by chunk the same way. No thread
-  hop, no event loop. Only a request that needs concurrency — a hedge could
-  happen, or a credential of the caller's own may suspend
-  (``Executor.needs_loop``, decided before it starts) — is driven through the
-  MultiCloud's background event loop thread instead, its stream pumped from there.
+  hop, no event loop; a hedge that fires runs its attempt on a worker thread
+  (:mod:`~llm_multicloud.engine.threads`). Only a request whose endpoints have a
+  credential of the caller's own that may suspend (``Executor.needs_loop``,
+  decided before it starts) is driven through the MultiCloud's background event
+  loop thread instead, its stream pumped from there.
   There is no second, synchronous implementation to drift.
 
 The transports see the composition root only as a

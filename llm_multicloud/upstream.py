@@ -32,10 +32,12 @@ import contextlib
 import contextvars
 import math
 import os
+import socket
 import ssl
+import sys
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterator
 from types import ModuleType, TracebackType
 from typing import Any, TypeVar
 
@@ -555,28 +557,156 @@ def _bound(timeout: float | None) -> float | None:
     return left if timeout is None else min(timeout, left)
 
 
+class Interrupt:
+    """The hold another thread has on one attempt's blocking I/O (the thread race of
+    :mod:`llm_multicloud.engine.threads`), installed with :class:`Interruptible`.
+
+    * :meth:`cancel` (from any thread): the attempt lost. Its current socket is shut
+      down, so a read blocked on it returns at once, and every later operation of the
+      attempt raises :class:`Cancelled`. Only ``shutdown``: the owner thread closes
+      the connection itself (closing a descriptor another thread is blocked on does
+      not wake it, and could let a new connection reuse it).
+    * a timer (``at`` on ``time.monotonic``, ``on_timer``): reads wait at most until
+      ``at``; then ``on_timer`` runs on the owner thread, in the middle of the read
+      (it may start a hedge on another thread), and the read goes on for the rest of
+      its own timeout. A connect is split the same way (it restarts once the timer
+      ran); writes and the TLS handshake are not split (a partial write cannot be
+      resumed), the timer runs before them when due.
+    """
+
+    __slots__ = ("at", "cancelled", "on_timer", "stream")
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        #: the network stream the attempt used last (shut down by :meth:`cancel`)
+        self.stream: _BoundedStream | None = None
+        self.at = math.inf
+        self.on_timer: Callable[[], None] | None = None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        s = self.stream
+        if s is not None:
+            s.shutdown()
+
+    def _due(self) -> float:
+        """Seconds until the timer (runs it first when it is due; inf: no timer)."""
+        while self.on_timer is not None:
+            wait = self.at - time.monotonic()
+            if wait > 0:
+                return wait
+            self.at = math.inf
+            self.on_timer()
+        return math.inf
+
+
+class Cancelled(BaseException):
+    """The attempt was cancelled by another thread (:meth:`Interrupt.cancel`). A
+    BaseException, like anyio's cancellation: nothing on the way takes it for the
+    endpoint's failure (the race accounts the attempt as cancelled, never blamed)."""
+
+
+#: the Interrupt of the attempt running in this context (None: nobody can interrupt it)
+_HOOK: contextvars.ContextVar[Interrupt | None] = contextvars.ContextVar("llm_multicloud_interrupt", default=None)
+
+
+class Interruptible:
+    """Run an attempt's blocking I/O under ``hook`` (a context manager; ``fresh``: in a
+    new thread's context, without the deadlines of the thread that started it)."""
+
+    __slots__ = ("_fresh", "_hook", "_tokens")
+
+    def __init__(self, hook: Interrupt, *, fresh: bool = False) -> None:
+        self._hook = hook
+        self._fresh = fresh
+        self._tokens: tuple[Any, ...] = ()
+
+    def __enter__(self) -> Interrupt:
+        t = _HOOK.set(self._hook)
+        self._tokens = (t, _DEADLINE.set(None)) if self._fresh else (t,)
+        return self._hook
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        _HOOK.reset(self._tokens[0])
+        if self._fresh:
+            _DEADLINE.reset(self._tokens[1])
+
+
+def _remaining(end: float | None) -> float | None:
+    return None if end is None else max(end - time.monotonic(), 0.0)
+
+
 class _BoundedStream:
-    """A network stream whose every operation ends by the innermost SyncIO deadline."""
+    """A network stream whose every operation ends by the innermost SyncIO deadline
+    (and, under an :class:`Interrupt`, can be cancelled and reads split at its timer)."""
 
-    __slots__ = ("_inner",)
+    __slots__ = ("_inner", "_timeout")
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, timeout_exc: type[BaseException]) -> None:
         self._inner = inner
+        #: the network library's timeout exception (a read split at the timer raises it)
+        self._timeout = timeout_exc
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        data: bytes = self._inner.read(max_bytes, _bound(timeout))
-        return data
+        h = _HOOK.get()
+        if h is None:
+            data: bytes = self._inner.read(max_bytes, _bound(timeout))
+            return data
+        h.stream = self
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if h.cancelled:
+                raise Cancelled
+            wait = h._due()
+            t = _bound(_remaining(end))
+            split = wait < (math.inf if t is None else t)
+            try:
+                data = self._inner.read(max_bytes, wait if split else t)
+            except self._timeout:
+                if h.cancelled:
+                    raise Cancelled from None
+                if split:
+                    continue  # the timer's turn, not the read's own timeout
+                raise
+            except Exception:
+                if h.cancelled:
+                    raise Cancelled from None
+                raise
+            if h.cancelled:
+                raise Cancelled
+            return data
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        h = _HOOK.get()
+        if h is not None:
+            h.stream = self
+            h._due()
+            if h.cancelled:
+                raise Cancelled
         self._inner.write(buffer, _bound(timeout))
 
     def close(self) -> None:
         self._inner.close()
 
+    def shutdown(self) -> None:
+        """End the connection at once, from any thread (the owner's blocked read
+        returns); its owner still closes it."""
+        sock = self._inner.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                # socket.socket's own: an SSLSocket's would also drop its TLS object
+                # under the thread that is reading through it
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
     def start_tls(
         self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
     ) -> Any:
-        return _BoundedStream(self._inner.start_tls(ssl_context, server_hostname, _bound(timeout)))
+        h = _HOOK.get()
+        if h is not None:
+            h.stream = self
+            h._due()
+        inner = self._inner.start_tls(ssl_context, server_hostname, _bound(timeout))
+        return _BoundedStream(inner, self._timeout)
 
     def get_extra_info(self, info: str) -> Any:
         return self._inner.get_extra_info(info)
@@ -585,16 +715,40 @@ class _BoundedStream:
 class _BoundedBackend:
     """The sync pool's network backend, its streams bounded by SyncIO deadlines."""
 
-    __slots__ = ("_inner",)
+    __slots__ = ("_inner", "_timeout")
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
+        # httpcore / httpcore2: the package of the backend's class holds its exceptions
+        lib = sys.modules[type(inner).__module__.partition(".")[0]]
+        self._timeout: type[BaseException] = getattr(lib, "TimeoutException", TimeoutError)
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None, **kw: Any) -> _BoundedStream:
-        return _BoundedStream(self._inner.connect_tcp(host, port, _bound(timeout), **kw))
+        h = _HOOK.get()
+        if h is None:
+            return _BoundedStream(self._inner.connect_tcp(host, port, _bound(timeout), **kw), self._timeout)
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if h.cancelled:
+                raise Cancelled
+            wait = h._due()
+            t = _bound(_remaining(end))
+            split = wait < (math.inf if t is None else t)
+            try:
+                inner = self._inner.connect_tcp(host, port, wait if split else t, **kw)
+            except self._timeout:
+                if split and not h.cancelled:
+                    continue  # the timer ran out first: run it, then connect again
+                raise
+            s = _BoundedStream(inner, self._timeout)
+            h.stream = s
+            if h.cancelled:
+                s.close()
+                raise Cancelled
+            return s
 
     def connect_unix_socket(self, path: str, timeout: float | None = None, **kw: Any) -> _BoundedStream:
-        return _BoundedStream(self._inner.connect_unix_socket(path, _bound(timeout), **kw))
+        return _BoundedStream(self._inner.connect_unix_socket(path, _bound(timeout), **kw), self._timeout)
 
     def sleep(self, seconds: float) -> None:
         self._inner.sleep(seconds)

@@ -1,6 +1,7 @@
 """The drivers: carry out a :class:`~.race.Race`'s actions.
 
-Two drivers over the same decisions:
+Two drivers over the same decisions (and a third, :mod:`.threads`, for a sync
+request over blocking I/O that may hedge):
 
 * :func:`run_direct` — when no hedge can happen (one candidate, hedging off, no
   hedge budget left): each attempt is awaited in the caller's own task, one after

@@ -3,10 +3,12 @@
 For each request it builds the request's :class:`~.ledger.Ledger`, plans with the
 router, and runs *rounds*: each round is one race (:mod:`.race`) over one plan,
 driven by :mod:`.driver` — directly when no hedge can happen, in a task group when
-one can. Between rounds it re-plans: when everything compliant is cooling down or
-out of capacity but comes back before the deadline (it waits for it), when other
-requests took the planned capacity (starved), or when only quota refusals failed
-(their cooldowns may end in time). It stops at the attempt limit, the deadline or
+one can — or, for a sync request over blocking I/O that may hedge, by :mod:`.threads`
+(the primary on the caller's thread, a worker thread only for a hedge that fires).
+Between rounds it re-plans: when everything compliant is cooling down or out of
+capacity but comes back before the deadline (it waits for it), when other requests
+took the planned capacity (starved), or when only quota refusals failed (their
+cooldowns may end in time). It stops at the attempt limit, the deadline or
 the retry budget, with a 503 that says, per candidate, why.
 
 The winner becomes a :class:`Result`: a request fault handed back as it is, a
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from ..budget import Budget
 from ..errors import DeadlineExceeded, FaultKind, RoutingError, error_message, failover_statuses
+from ..router import complies
 from ..vocabulary import AttemptOutcome, RequestOutcome
 from .attempt import run as run_attempt
 from .driver import run_direct, run_racing
@@ -40,6 +43,7 @@ from .placement import Placement
 from .race import AllFailed, Race
 from .retry import RetryPolicy
 from .stream import Passthrough, Result
+from .threads import run_threads
 
 if TYPE_CHECKING:
     from ..catalog import Catalog, Endpoint
@@ -106,8 +110,8 @@ class Executor:
         #: the hedging policy (replaceable: any object with HedgePolicy's methods)
         self.hedge = HedgePolicy.build(policy.hedge, clock, default_ttft_ms=policy.default_ttft_ms)
         self._timeouts: dict[tuple[Endpoint, str | None], Timeouts] = {}
-        #: model -> (endpoints serving it, none of their credentials suspends), per catalog
-        self._served: dict[str, tuple[int, bool]] = {}
+        #: (model, residency, tags) -> no credential of a compliant endpoint suspends
+        self._safe: dict[tuple[str, frozenset[str] | None, tuple[tuple[str, str], ...]], bool] = {}
         self._rand = random.Random()
         #: (router, states) of one catalog generation, read together: a live catalog
         #: update (:meth:`reconfigure`) replaces both at once.
@@ -166,29 +170,32 @@ class Executor:
         self.view = (router, states)
         self.catalog, self.policy, self.router = catalog, policy, router
         self._timeouts = {}
-        self._served = {}
+        self._safe = {}
         self._failover = failover_statuses(policy.failover_on)
         self.retry.reconfigure(policy.retry)
         self.hedge.reconfigure(policy.hedge, default_ttft_ms=policy.default_ttft_ms)
 
     def needs_loop(self, intent: Intent) -> bool:
-        """Does this sync request need the background event loop? Decided before it
-        starts (nothing counted twice): yes when a hedge could happen — hedging on,
-        budget for one, two or more endpoints serve the model — or when a credential
-        of one of them may suspend (a user's own ``Credential``). Otherwise it runs on
-        the caller's thread over blocking I/O (``upstream.SyncIO``)."""
+        """Does this sync request need the background event loop? Only when a
+        credential of an endpoint that may serve it (the model's endpoints that
+        comply with its residency and tags) may suspend — a user's own
+        ``Credential`` (``never_suspends`` False). Everything else, hedges included
+        (:mod:`.threads`), runs on the caller's thread over blocking I/O
+        (``upstream.SyncIO``). Memoised per (model, residency, tags) and catalog
+        generation (:meth:`reconfigure` empties it)."""
         model = intent.model
         if model is None:
             return False
-        served = self._served.get(model)
-        if served is None:
-            eps = [e for e in self.catalog.endpoints if model in e.models]
-            served = self._served[model] = (len(eps), all(e.credential.never_suspends for e in eps))
-        n, safe = served
-        if not safe:
-            return True
-        h = self.hedge.settings
-        return n >= 2 and h.enabled and h.max_in_flight >= 2 and self.hedge.budget.balance() >= 1.0
+        c = intent.constraints
+        key = (model, c.residency, c.tags)
+        safe = self._safe.get(key)
+        if safe is None:
+            if len(self._safe) >= 4096:
+                self._safe.clear()  # bounded: tags come from request headers
+            safe = self._safe[key] = all(
+                e.credential.never_suspends for e in self.catalog.endpoints if model in e.models and complies(e, c)
+            )
+        return not safe
 
     # -- planning -----------------------------------------------------------------
     def plan(self, intent: Intent, now: float, seed: float, affinity: tuple[int, str] | None = None) -> Plan:
@@ -298,12 +305,13 @@ class Executor:
         return exc.note is None and bool(exc.failures) and all(a.fault is FaultKind.QUOTA for a in exc.failures)
 
     async def _race(self, ledger: Ledger, plan: Plan, upstream: Upstream, deadline: float, attempts: int) -> Result:
-        # A hedge needs two attempts at once; when none can happen, no race machinery.
-        # Over blocking I/O (a sync caller's thread) attempts are never concurrent:
-        # such requests were sent here only when no hedge looked possible
-        # (:meth:`needs_loop`); should a later round want one, it runs direct.
+        # A hedge needs two attempts at once; when none can happen (this plan's
+        # compliant candidates, the policy, the budget), no race machinery at all.
+        # When one can: a task group over async I/O, and over blocking I/O (a sync
+        # caller's thread) the thread driver, which starts a thread only for an
+        # attempt that really starts beside another one.
         io_ = upstream.io
-        hedging = io_.concurrent and self.hedge.possible(plan) and self.hedge.budget.balance() >= 1.0
+        hedging = self.hedge.possible(plan) and self.hedge.budget.balance() >= 1.0
         race = Race(
             plan,
             ledger,
@@ -318,7 +326,12 @@ class Executor:
             event_bytes=self.policy.read_limits.event_bytes,
         )
         io = functools.partial(self._attempt, intent=ledger.intent, upstream=upstream, deadline=deadline)
-        winner = await (run_racing(race, io, self.clock) if hedging else run_direct(race, io, io_.shield))
+        if not hedging:
+            winner = await run_direct(race, io, io_.shield)
+        elif io_.concurrent:
+            winner = await run_racing(race, io, self.clock)
+        else:
+            winner = await run_threads(race, io, self.clock)
         return self._result(winner, ledger)
 
     async def _attempt(self, a: Attempt, *, intent: Intent, upstream: Upstream, deadline: float) -> None:

@@ -27,6 +27,7 @@ from llm_multicloud.fleet import Fleet
 
 from .conftest import MODEL, make_mc
 from .drive import PLACEHOLDER_KEY
+from .test_sync_direct import Suspending
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,8 +134,9 @@ def test_run_sync_refuses_the_loop_thread(mc: lmc.MultiCloud) -> None:
 
 def test_a_hook_that_makes_a_sync_request_does_not_freeze_the_multicloud(clean: Fleet) -> None:
     """A sync request that needs no loop runs on its caller's thread, and so do its
-    hooks: a request made from one simply runs (nested, on the same thread). A
-    request that needed the loop runs its hooks on the loop's thread: a sync request
+    hooks: a request made from one simply runs (nested, on the same thread) — also
+    one that may hedge (the thread race). A request that needed the loop (a
+    credential that suspends) runs its hooks on the loop's thread: a sync request
     made from one is refused (the hook sees the error), and the outer one completes."""
     seen: list[BaseException | str] = []
     entered: list[bool] = []
@@ -149,14 +151,22 @@ def test_a_hook_that_makes_a_sync_request_does_not_freeze_the_multicloud(clean: 
         except Exception as exc:
             seen.append(exc)
 
-    with make_mc(clean, on_attempt=hook) as mc:
-        client = mc.wrap(openai.OpenAI(api_key=PLACEHOLDER_KEY))
-        r = _bounded(lambda: client.chat.completions.create(model=MODEL, messages=MSG))
-        assert r.choices[0].message.content
-        assert len(seen) == 1 and isinstance(seen[0], str) and seen[0]
+    def ask() -> Any:
+        return client.chat.completions.create(model=MODEL, messages=MSG)
+
+    for policy in ({}, {"hedge": {"enabled": True, "budget": 1.0}}):
+        seen.clear()
+        entered.clear()
+        with make_mc(clean, policy, on_attempt=hook) as mc:
+            client = mc.wrap(openai.OpenAI(api_key=PLACEHOLDER_KEY))
+            assert _bounded(ask).choices[0].message.content
+            assert len(seen) == 1 and isinstance(seen[0], str) and seen[0]
     seen.clear()
     entered.clear()
-    with make_mc(clean, {"hedge": {"enabled": True, "budget": 1.0}}, on_attempt=hook) as mc:
+    cat = clean.catalog()
+    for e in cat["endpoints"]:
+        e["auth"] = Suspending(e.pop("api_key"), lie=False)
+    with lmc.MultiCloud(cat, {"probe": {"enabled": False}}, on_attempt=hook) as mc:
         client = mc.wrap(openai.OpenAI(api_key=PLACEHOLDER_KEY))
         r = _bounded(lambda: client.chat.completions.create(model=MODEL, messages=MSG))
         assert r.choices[0].message.content

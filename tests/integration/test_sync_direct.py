@@ -1,6 +1,6 @@
 """Issue 14, point 1: a sync client's request runs on the caller's thread, over the
-sync HTTP library, without the background event loop — unless it needs concurrency
-(a hedge could happen), and then it still hedges.
+sync HTTP library, without the background event loop — unless a credential of the
+caller's own may suspend. (Sync requests that may hedge: test_sync_hedge.py.)
 
 Proof of "on the caller's thread": the audit hook (called by the engine when an
 attempt ends) records ``threading.get_ident()``; the MultiCloud's background loop is
@@ -19,7 +19,7 @@ import pytest
 
 import llm_multicloud as lmc
 from llm_multicloud.auth import Credential, OutgoingRequest
-from llm_multicloud.fleet import Fleet, Latency
+from llm_multicloud.fleet import Fleet
 from llm_multicloud.upstream import drive
 
 from .conftest import MODEL, Audit, chat_records, make_mc
@@ -93,24 +93,6 @@ def test_sync_direct_fails_over_on_the_callers_thread(clean: Fleet, stream: bool
         assert audit.threads == [threading.get_ident()] * 2 and mc.background is None
 
 
-@pytest.mark.parametrize("stream", [False, True])
-def test_a_sync_request_that_may_hedge_runs_on_the_loop_and_hedges(clean: Fleet, stream: bool) -> None:
-    audit = ThreadAudit()
-    clean.set_latency("aws-euc1", Latency(ttft_ms=1500, ttft_jitter=0.0, itl_ms=0.0))
-    policy = {"hedge": {"enabled": True, "delay_ms": 30, "budget": 1.0}}
-    with make_mc(clean, policy, on_attempt=audit) as mc:
-        client = mc.wrap(openai.OpenAI(api_key=PLACEHOLDER_KEY, max_retries=0))
-        text, headers = _ask(client, stream=stream, extra_headers=EU)
-        assert text and headers["x-llm-multicloud-hedged"] == "true"
-        assert headers["x-llm-multicloud-winner"] == "2:hedge"
-        assert {(r.kind, r.endpoint, r.outcome) for r in audit.records} == {
-            ("primary", "aws-euc1", "cancelled"),
-            ("hedge", "gcp-euw4", "won"),
-        }
-        bg = mc.background
-        assert bg is not None and set(audit.threads) == {bg.thread.ident}
-
-
 def test_a_sync_request_ignores_hedging_when_the_model_has_one_endpoint(clean: Fleet) -> None:
     audit = ThreadAudit()
     cat = clean.catalog()
@@ -173,7 +155,7 @@ def test_a_request_whose_io_suspends_is_refused_as_a_bug() -> None:
     assert drive(blocks()) == 7
 
 
-class _Suspending(Credential):
+class Suspending(Credential):
     """A credential of the caller's own whose apply() genuinely awaits the loop."""
 
     kind = "test"
@@ -197,7 +179,7 @@ def test_a_credential_that_suspends_runs_on_the_loop_and_one_that_lies_is_caught
     cat["endpoints"] = [e for e in cat["endpoints"] if e["id"] == "aws-euc1"]
     key = cat["endpoints"][0].pop("api_key")
     policy = {"probe": {"enabled": False}, "hedge": {"enabled": False}}
-    cat["endpoints"][0]["auth"] = _Suspending(key, lie=False)
+    cat["endpoints"][0]["auth"] = Suspending(key, lie=False)
     mc = lmc.MultiCloud(cat, policy)
     try:
         client = mc.wrap(openai.OpenAI(api_key=PLACEHOLDER_KEY, max_retries=0))
@@ -205,7 +187,7 @@ def test_a_credential_that_suspends_runs_on_the_loop_and_one_that_lies_is_caught
         assert mc.background is not None  # it needed the loop, and got it
     finally:
         mc.close()
-    cat["endpoints"][0]["auth"] = _Suspending(key, lie=True)
+    cat["endpoints"][0]["auth"] = Suspending(key, lie=True)
     before = len(chat_records(clean))
     mc = lmc.MultiCloud(cat, policy)
     try:
