@@ -387,7 +387,7 @@ class SyncUpstream(Upstream):
         backend = getattr(inner, "_network_backend", None)
         if backend is None:  # pragma: no cover - guarded by the tests on both libraries
             raise UpstreamError("local", f"{self.lib.__name__}'s sync pool has no network backend to bound reads")
-        inner._network_backend = _BoundedBackend(backend)
+        inner._network_backend = _BoundedBackend(backend, http2=bool(self._options.get("http2")))
         return transport
 
     def _pool(self, url: str) -> tuple[Any, Any]:
@@ -565,7 +565,11 @@ class Interrupt:
       down, so a read blocked on it returns at once, and every later operation of the
       attempt raises :class:`Cancelled`. Only ``shutdown``: the owner thread closes
       the connection itself (closing a descriptor another thread is blocked on does
-      not wake it, and could let a new connection reuse it).
+      not wake it, and could let a new connection reuse it). Only while the
+      connection is still the attempt's: the pool probes a released connection
+      (``is_readable``) before it hands it to anyone, and that ends the hold. Over
+      HTTP/2 (one connection carries other requests' streams) nothing is shut down:
+      the loser ends at its next read.
     * a timer (``at`` on ``time.monotonic``, ``on_timer``): reads wait at most until
       ``at``; then ``on_timer`` runs on the owner thread, in the middle of the read
       (it may start a hedge on another thread), and the read goes on for the rest of
@@ -587,7 +591,12 @@ class Interrupt:
         self.cancelled = True
         s = self.stream
         if s is not None:
-            s.shutdown()
+            with _OWNERS:
+                # Still this attempt's connection? Once released, the pool probes it
+                # ("is_readable") before anyone reuses it, which ends our hold on it:
+                # another request's connection is never shut down.
+                if s._owner is self:
+                    s.shutdown()
 
     def _due(self) -> float:
         """Seconds until the timer (runs it first when it is due; inf: no timer)."""
@@ -605,6 +614,9 @@ class Cancelled(BaseException):
     BaseException, like anyio's cancellation: nothing on the way takes it for the
     endpoint's failure (the race accounts the attempt as cancelled, never blamed)."""
 
+
+#: guards the hand-over of a connection between an attempt's Interrupt and the pool
+_OWNERS = threading.Lock()
 
 #: the Interrupt of the attempt running in this context (None: nobody can interrupt it)
 _HOOK: contextvars.ContextVar[Interrupt | None] = contextvars.ContextVar("llm_multicloud_interrupt", default=None)
@@ -640,19 +652,23 @@ class _BoundedStream:
     """A network stream whose every operation ends by the innermost SyncIO deadline
     (and, under an :class:`Interrupt`, can be cancelled and reads split at its timer)."""
 
-    __slots__ = ("_inner", "_timeout")
+    __slots__ = ("_inner", "_owner", "_shutdown", "_timeout")
 
-    def __init__(self, inner: Any, timeout_exc: type[BaseException]) -> None:
+    def __init__(self, inner: Any, timeout_exc: type[BaseException], shutdown: bool) -> None:
         self._inner = inner
         #: the network library's timeout exception (a read split at the timer raises it)
         self._timeout = timeout_exc
+        #: the Interrupt of the attempt that used it last, until the pool takes it back
+        self._owner: Interrupt | None = None
+        #: False over HTTP/2: one connection carries other requests' streams too
+        self._shutdown = shutdown
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         h = _HOOK.get()
         if h is None:
             data: bytes = self._inner.read(max_bytes, _bound(timeout))
             return data
-        h.stream = self
+        h.stream, self._owner = self, h
         end = None if timeout is None else time.monotonic() + timeout
         while True:
             if h.cancelled:
@@ -679,7 +695,7 @@ class _BoundedStream:
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         h = _HOOK.get()
         if h is not None:
-            h.stream = self
+            h.stream, self._owner = self, h
             h._due()
             if h.cancelled:
                 raise Cancelled
@@ -691,7 +707,7 @@ class _BoundedStream:
     def shutdown(self) -> None:
         """End the connection at once, from any thread (the owner's blocked read
         returns); its owner still closes it."""
-        sock = self._inner.get_extra_info("socket")
+        sock = self._inner.get_extra_info("socket") if self._shutdown else None
         if sock is not None:
             with contextlib.suppress(OSError):
                 # socket.socket's own: an SSLSocket's would also drop its TLS object
@@ -703,30 +719,35 @@ class _BoundedStream:
     ) -> Any:
         h = _HOOK.get()
         if h is not None:
-            h.stream = self
+            h.stream, self._owner = self, h
             h._due()
         inner = self._inner.start_tls(ssl_context, server_hostname, _bound(timeout))
-        return _BoundedStream(inner, self._timeout)
+        return _BoundedStream(inner, self._timeout, self._shutdown)
 
     def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable" and self._owner is not None:
+            with _OWNERS:  # the pool considers reusing it: no attempt may shut it down now
+                self._owner = None
         return self._inner.get_extra_info(info)
 
 
 class _BoundedBackend:
     """The sync pool's network backend, its streams bounded by SyncIO deadlines."""
 
-    __slots__ = ("_inner", "_timeout")
+    __slots__ = ("_inner", "_shutdown", "_timeout")
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, *, http2: bool = False) -> None:
         self._inner = inner
         # httpcore / httpcore2: the package of the backend's class holds its exceptions
         lib = sys.modules[type(inner).__module__.partition(".")[0]]
         self._timeout: type[BaseException] = getattr(lib, "TimeoutException", TimeoutError)
+        #: a cancelled attempt's socket may be shut down (not over HTTP/2: shared)
+        self._shutdown = not http2
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None, **kw: Any) -> _BoundedStream:
         h = _HOOK.get()
         if h is None:
-            return _BoundedStream(self._inner.connect_tcp(host, port, _bound(timeout), **kw), self._timeout)
+            return _BoundedStream(self._inner.connect_tcp(host, port, _bound(timeout), **kw), *self._kind)
         end = None if timeout is None else time.monotonic() + timeout
         while True:
             if h.cancelled:
@@ -740,15 +761,19 @@ class _BoundedBackend:
                 if split and not h.cancelled:
                     continue  # the timer ran out first: run it, then connect again
                 raise
-            s = _BoundedStream(inner, self._timeout)
-            h.stream = s
+            s = _BoundedStream(inner, *self._kind)
+            h.stream, s._owner = s, h
             if h.cancelled:
                 s.close()
                 raise Cancelled
             return s
 
     def connect_unix_socket(self, path: str, timeout: float | None = None, **kw: Any) -> _BoundedStream:
-        return _BoundedStream(self._inner.connect_unix_socket(path, _bound(timeout), **kw), self._timeout)
+        return _BoundedStream(self._inner.connect_unix_socket(path, _bound(timeout), **kw), *self._kind)
+
+    @property
+    def _kind(self) -> tuple[type[BaseException], bool]:
+        return self._timeout, self._shutdown
 
     def sleep(self, seconds: float) -> None:
         self._inner.sleep(seconds)
