@@ -16,7 +16,10 @@ request and a new one do — so that the incremental update is part of the figur
 Every call is timed alone with ``time.perf_counter_ns`` (the timer's own cost is
 reported); the configurations are interleaved in rounds. Garbage collections that ran
 inside timed calls are counted per configuration (the p99 at 10,000 endpoints used to be
-gen-2 collections). When a bar (≤ 20 µs median at 100 endpoints; ≤ 1 ms median at
+gen-2 collections), and the tail is attributed: the share of the calls at or over the
+p99 that had a collection inside (``gc.callbacks``), and the p99 of the calls that had
+none (what is left: the router's own slow plans, and the scheduler's preemption on a
+loaded machine). When a bar (≤ 20 µs median at 100 endpoints; ≤ 1 ms median at
 10,000 with p99 ≤ 2× the median) is missed, the plan is profiled with cProfile and the
 top costs are part of the result.
 """
@@ -109,10 +112,25 @@ def _gc_collections() -> list[int]:
     return [g["collections"] for g in gc.get_stats()]
 
 
+#: collections started so far (a gc.callbacks counter: which timed calls had one inside)
+_GC_STARTS = [0]
+
+
+def _count_gc(phase: str, info: dict[str, Any]) -> None:
+    if phase == "start":
+        _GC_STARTS[0] += 1
+
+
 def _time_calls(
-    mc: Any, constraints: Any, seeds: list[float], gcs: list[int] | None = None, churn: int = 0
+    mc: Any,
+    constraints: Any,
+    seeds: list[float],
+    gcs: list[int] | None = None,
+    churn: int = 0,
+    hit: list[bool] | None = None,
 ) -> list[int]:
-    """Per call, ns; ``gcs`` (per generation) gets the collections that ran meanwhile.
+    """Per call, ns; ``gcs`` (per generation) gets the collections that ran meanwhile,
+    ``hit`` per call whether a collection ran inside it (gc.callbacks).
     ``churn``: endpoints whose health changes before each call (not timed)."""
     plan = mc.router.plan
     states = mc.health.states
@@ -129,9 +147,12 @@ def _time_calls(
             st.observe_ttft(rng.uniform(20.0, 300.0), clock())
             st.inflight = rng.randrange(0, 4)
         now = clock()
+        g0 = _GC_STARTS[0]
         t0 = pc()
         plan(model, constraints, states, now, seed=s, **kw)
         out.append(pc() - t0)
+        if hit is not None:
+            hit.append(_GC_STARTS[0] != g0)
     if gcs is not None:
         for i, (a, b) in enumerate(zip(before, _gc_collections(), strict=True)):
             gcs[i] += b - a
@@ -220,21 +241,30 @@ def run(*, quick: bool = False, out_dir: str | Path | None = None, litellm: bool
         compliant[key] = len(mc.router.plan(common.MODEL, cons[r], mc.health.states, mc.clock()).candidates)
 
     samples: dict[str, list[int]] = {k: [] for k, *_ in configs}
+    hits: dict[str, list[bool]] = {k: [] for k, *_ in configs}
     gcs: dict[str, list[int]] = {k: [0, 0, 0] for k, *_ in configs}
     keys = [k for k, *_ in configs]
     by_key = {k: (n, s, r, ch) for k, n, s, r, ch in configs}
     gc.collect()
-    for _, order in common.rotations(keys, rounds):
-        for key in order:
-            n, s, r, ch = by_key[key]
-            per_round = max(1, iters[key] // rounds)
-            seeds = [rng.random() for _ in range(per_round)]
-            samples[key].extend(_time_calls(mcs[(n, s)], cons[r], seeds, gcs[key], ch))
+    gc.callbacks.append(_count_gc)
+    try:
+        for _, order in common.rotations(keys, rounds):
+            for key in order:
+                n, s, r, ch = by_key[key]
+                per_round = max(1, iters[key] // rounds)
+                seeds = [rng.random() for _ in range(per_round)]
+                samples[key].extend(_time_calls(mcs[(n, s)], cons[r], seeds, gcs[key], ch, hits[key]))
+    finally:
+        gc.callbacks.remove(_count_gc)
 
     overhead = timer_overhead_ns()
     rows = []
     for key, n, s, r, ch in configs:
         st = common.summarize(samples[key], scale=1e-3)  # ns -> µs
+        # what the tail is: the calls at or over the p99 that had a collection inside,
+        # and the p99 of the calls that had none (the router's own tail, and the machine's)
+        slow = [h for t, h in zip(samples[key], hits[key], strict=True) if t * 1e-3 >= st["p99"]]
+        calm = [t for t, h in zip(samples[key], hits[key], strict=True) if not h]
         rows.append(
             {
                 "endpoints": n,
@@ -249,6 +279,8 @@ def run(*, quick: bool = False, out_dir: str | Path | None = None, litellm: bool
                 "min_us": st["min"],
                 "p99_over_median": st["p99"] / st["p50"] if st["p50"] else None,
                 "gc_collections": gcs[key],
+                "p99_calls_with_gc": sum(slow) / len(slow) if slow else 0.0,
+                "p99_without_gc_us": common.percentile(calm, 0.99) * 1e-3 if calm else None,
             }
         )
 
@@ -372,6 +404,8 @@ def markdown(res: dict[str, Any]) -> str:
                 "p99 µs",
                 "p99/median",
                 "gc runs (gen 0/1/2)",
+                "calls ≥ p99 with a gc",
+                "p99 µs, calls without gc",
             ],
             [
                 (
@@ -385,6 +419,8 @@ def markdown(res: dict[str, Any]) -> str:
                     x["p99_us"],
                     x["p99_over_median"],
                     "/".join(str(g) for g in x["gc_collections"]),
+                    f"{x['p99_calls_with_gc'] * 100:.0f} %",
+                    x["p99_without_gc_us"],
                 )
                 for x in r["rows"]
             ],

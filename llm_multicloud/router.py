@@ -821,6 +821,8 @@ class _Index:
         "epoch",
         "excluded",
         "expiry",
+        "fresh",
+        "fresh_at",
         "jumpers",
         "kinds",
         "lbs",
@@ -832,6 +834,8 @@ class _Index:
         "policy",
         "pos",
         "rows",
+        "stale",
+        "stale_in",
         "states",
         "until",
         "volatile",
@@ -860,6 +864,14 @@ class _Index:
         self.lbs: list[tuple[float, int] | None] = []
         self.order: list[tuple[float, int]] = []
         self.ats: list[float] = []
+        #: usable rows without a recent TTFT sample (exploration's list), in row order,
+        #: kept as time passes: ``fresh`` is a heap of (sample time, row) of the usable
+        #: rows with a recent one (``fresh_at``: the time of a row's live heap entry);
+        #: ``stale_in`` marks the members of ``stale``
+        self.stale: list[int] = []
+        self.stale_in = bytearray()
+        self.fresh: list[tuple[float, int]] = []
+        self.fresh_at: list[float | None] = []
         self.jumpers: set[int] = set()
         self.volatile: set[int] = set()
         self.waiting: set[int] = set()  # cooling or ejected: a timer can make them usable
@@ -878,6 +890,10 @@ class _Index:
         self.lbs = [None] * n
         self.order = []
         self.ats = [math.inf] * n
+        self.stale = []
+        self.stale_in = bytearray(n)
+        self.fresh = []
+        self.fresh_at = [None] * n
         self.jumpers = set()
         self.volatile = set()
         self.waiting = set()
@@ -939,6 +955,10 @@ class _Index:
             self.excluded.discard(j)
             self.whys.pop(j, None)
             self.ats[j] = math.inf
+            if self.stale_in[j]:
+                stale = self.stale
+                del stale[bisect.bisect_left(stale, j)]
+                self.stale_in[j] = 0
             self.until[j] = math.inf
         _, st, geo_ms, cap = self.rows[j]
         dom = st.quota
@@ -979,7 +999,7 @@ class _Index:
         # factor exp(-horizon / decay_s) of its gap to it when above it. Horizons are
         # staggered per row (1-2 x decay_s / HORIZON_PER_DECAY) so that rows read
         # together (a rebuild) do not all expire together.
-        horizon = tau / HORIZON_PER_DECAY * (1.0 + (j & 15) / 16.0)
+        horizon = tau / HORIZON_PER_DECAY * (1.0 + ((j * 0x9E3779B1) & 0xFFFF) / 65536.0)
         floor = pred if pred <= base else base + (pred - base) * math.exp(-horizon / tau)
         lb = (floor * (1.0 + busy + st.queue_waiting) * (1.0 - 1e-9), j)
         self.lbs[j] = lb
@@ -988,11 +1008,40 @@ class _Index:
         if update:
             bisect.insort(self.order, lb)
         if st.ttft_ms is not None:
-            self.ats[j] = st.ttft_at
+            self.ats[j] = at = st.ttft_at
             if busy == 0 and st.ttft_before_jump is not None:
                 self.jumpers.add(j)
+            if now - at > 3.0 * tau:
+                self.add_stale(j, update)
+            elif self.fresh_at[j] != at:  # (else its heap entry is still there)
+                self.fresh_at[j] = at
+                heapq.heappush(self.fresh, (at, j))
         else:
             self.ats[j] = -math.inf
+            self.add_stale(j, update)
+
+    def add_stale(self, j: int, update: bool) -> None:
+        if update:
+            bisect.insort(self.stale, j)
+        else:  # (a rebuild classifies the rows in order)
+            self.stale.append(j)
+        self.stale_in[j] = 1
+
+    def explorable(self, now: float, stale_after: float) -> list[int]:
+        """The usable rows without a sample newer than ``stale_after`` s, in row order:
+        what the reference scan finds, kept up to date as samples age (each row moves
+        from ``fresh`` once, not every plan)."""
+        fresh = self.fresh
+        ats = self.ats
+        fresh_at = self.fresh_at
+        kinds = self.kinds
+        while fresh and now - fresh[0][0] > stale_after:
+            at, j = heapq.heappop(fresh)
+            if fresh_at[j] == at:
+                fresh_at[j] = None
+                if kinds[j] == _USABLE and ats[j] == at and not self.stale_in[j]:
+                    self.add_stale(j, True)
+        return self.stale
 
     def exact(self, j: int, now: float) -> tuple[float, float]:
         """(score, predicted TTFT) of row ``j`` now, computed as the reference scan does."""
@@ -1107,7 +1156,7 @@ class _Index:
 
         explore_pick = recheck_pick = None
         if want_explore:
-            stale = list(compress(range(len(rows)), map(stale_after.__lt__, map(now.__sub__, self.ats))))
+            stale = self.explorable(now, stale_after)
             if vstale:
                 stale = sorted(stale + vstale)
             explore_pick = pick(stale, explore, p.explore)

@@ -143,7 +143,7 @@ def test_indexed_plans_equal_the_reference_through_random_health_changes(
     clock = Clock()
     health = Health(cat, policy, clock=clock)
     indexed, reference = Router(cat, policy), Router(cat, policy)
-    reference.indexed = False
+    indexed.index_from, reference.indexed = 1, False  # (the index serves every size here)
     keys = [UNCONSTRAINED, UNCONSTRAINED.narrow("EU"), UNCONSTRAINED.narrow("DE", near="eu-west-1")]
     for _ in range(40):
         for _ in range(rng.randrange(1, 4)):
@@ -222,3 +222,27 @@ def test_a_cooldown_takes_out_every_endpoint_of_its_quota_domain_at_once() -> No
     assert _summary(got) == _summary(reference.plan("m", UNCONSTRAINED, health.states, clock.t, limit=3))
     assert {x.endpoint.id for x in got.excluded if x.kind == "cooling"} == {"e0", "e1", "e2", "e3"}
     assert {c.endpoint.id for c in got.candidates} == {"e4", "e5"}
+
+
+def test_samples_that_age_past_staleness_between_re_reads_become_explorable() -> None:
+    """Exploration's list (endpoints without a sample newer than 3 x decay_s) is kept
+    as time passes, not rebuilt per plan: a sample that ages out between two re-reads
+    of its row (its bound still holds) makes the row explorable on the next plan."""
+    rng = random.Random(5)
+    cat = _catalog(40, rng)
+    policy = cat.policy({"strategy": "latency", "explore": 1.0, "recheck": 0.0})
+    clock = Clock()
+    health = Health(cat, policy, clock=clock)
+    for i, s in enumerate(health.states):
+        s.observe_ttft(20.0 + i, clock.t - i * 0.04)
+    indexed, reference = Router(cat, policy), Router(cat, policy)
+    indexed.index_from, reference.indexed = 1, False
+    clock.t += 29.5  # every horizon has passed: every row is read again, all still fresh
+    explored = set()
+    while clock.t < 1031.7:
+        kw: dict[str, Any] = {"seed": rng.random(), "limit": 3}
+        got = indexed.plan("m", UNCONSTRAINED, health.states, clock.t, **kw)
+        assert _summary(got) == _summary(reference.plan("m", UNCONSTRAINED, health.states, clock.t, **kw))
+        explored |= {c.endpoint.id for c in got.candidates if c.note.startswith("exploration")}
+        clock.t += 0.05
+    assert len(explored) > 5  # rows aged into the list one by one, and were picked
