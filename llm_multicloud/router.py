@@ -47,8 +47,13 @@ waits for (``next_event``), and when a row's horizon passes (a heap of expiries)
 A plan computes exact scores (the one prediction, :func:`~.usable.predict_ttft_ms`)
 only while a bound can still reach the first
 ``limit`` places, the near-equal group or the balanced window, then orders that
-subset with the reference ordering; exploration and rechecks draw from maintained
-lists; exclusions cost what is excluded. Endpoints with a capacity bucket
+subset with the reference ordering. Predictions are made at ``now`` rounded down to
+``decay_s / 1024`` (:func:`predict_at`, reference and index alike): within that
+quantum a score is a constant, so the index keeps the exact scores it read in a
+sorted **front** (complete under a limit) that later plans bisect, re-reading only
+the endpoints that changed, and reuses its last walk when nothing did.
+Exploration and rechecks draw from maintained lists; exclusions cost what is
+excluded. Endpoints with a capacity bucket
 (``limits:``) are read on every plan (their room depends on the request's size).
 An affinity key walks on to the score that bounds its window around the strategy's
 choice. Everything else — ``explain`` (no limit), the ``cost``, ``weighted``
@@ -315,6 +320,7 @@ class Router:
         recheck = (seed * 7727.0) % 1.0
         steerable = p.strategy in ("latency", "balanced")
         draws = _Draws(steerable and explore < p.explore, steerable and recheck < p.recheck, explore, recheck)
+        tq = predict_at(now, p.decay_s)
         scan: _Scan | None = None
         if self.indexed and steerable and limit is not None and type(states) is tuple and len(rows) >= self.index_from:
             reach = None
@@ -325,9 +331,9 @@ class Router:
                     ranked = self._rank(scores, preds, eps, seed, input_tokens, out_tok, limit, n_usable)
                     return self._affinity_reach(ranked[0]) if ranked else -math.inf
 
-            scan = self._scan_indexed(model, constraints, states, rows, now, need, limit, draws, reach)
+            scan = self._scan_indexed(model, constraints, states, rows, now, tq, need, limit, draws, reach)
         if scan is None:
-            scan = self._scan(model, rows, now, need, draws)
+            scan = self._scan(model, rows, now, tq, need, draws)
         scores, preds, ueps, n_usable, explore_pick, recheck_pick, dropped, full, ejected, cooling, limited = scan
         excluded += dropped
         notes: list[str] = []
@@ -412,7 +418,7 @@ class Router:
         for ep, st in readmitted:
             rtt = st.rtt_ms
             base = geo[ep.index] if rtt is None else rtt + base_rtt
-            pred = predict_ttft_ms(st, base, now, p.decay_s)
+            pred = predict_ttft_ms(st, base, tq, p.decay_s)
             cands.append(
                 Candidate(
                     ep,
@@ -430,10 +436,12 @@ class Router:
         model: str,
         rows: list[_Row],
         now: float,
+        tq: float,
         need: int,
         draws: _Draws,
     ) -> _Scan:
-        """The reference scan: every compliant endpoint's health, read now."""
+        """The reference scan: every compliant endpoint's health, read now (predictions
+        at ``tq``, ``now`` rounded down to the prediction quantum: see predict_at)."""
         p = self.policy
         base_rtt = p.default_ttft_ms * 0.25
         tau = p.decay_s
@@ -473,7 +481,7 @@ class Router:
                 continue
             rtt = st.rtt_ms
             base = geo_ms if rtt is None else rtt + base_rtt
-            pred = predict_ttft_ms(st, base, now, tau)  # the one prediction (health.py)
+            pred = predict_ttft_ms(st, base, tq, tau)  # the one prediction (usable.py)
             busy = st.inflight + st.remote_inflight
             if st.ttft_ms is None:
                 if cap is not None and busy >= cap:
@@ -512,6 +520,7 @@ class Router:
         states: Sequence[EndpointView],
         rows: list[_Row],
         now: float,
+        tq: float,
         need: int,
         limit: int,
         draws: _Draws,
@@ -532,8 +541,8 @@ class Router:
         if not ix.lock.acquire(blocking=False):
             return None
         try:
-            ix.sync(now)
-            return ix.scan(now, need, limit, draws, reach)
+            ix.sync(now, tq)
+            return ix.scan(now, tq, need, limit, draws, reach)
         finally:
             ix.lock.release()
 
@@ -672,7 +681,10 @@ class Router:
                 m += 1
             m = max(m, 1)  # with an SLO nobody meets, the fastest is "near" itself
             near = order[:m]
-            wcost = {i: _cost_key(eps[i], input_tokens, out_tokens) for i in near}  # the window's only
+            # the window's only (_cost_key, inlined: a call per endpoint cost more than it)
+            wcost = {
+                i: math.inf if (pr := eps[i].price) is None else input_tokens * pr[0] + out_tokens * pr[1] for i in near
+            }
             near.sort(key=lambda i: (wcost[i], scores[i]))
             order[:m] = near
             note = self._balanced_note(lim)
@@ -757,6 +769,10 @@ class _Draws(NamedTuple):
     recheck: float
 
 
+#: The index's last walk: (version, prediction time, k, rows seen with their (score,
+#: prediction), then scores, predictions and endpoints in scan order, the threshold).
+_Walk = tuple[int, float, int, dict[int, tuple[float, float]], list[float], list[float], list[Endpoint], float]
+
 #: What a scan hands to the rest of ``plan``: the usable endpoints' scores,
 #: predictions and endpoints (parallel, scan order; the index gives the subset that
 #: can matter), how many are usable, the exploration and recheck picks (score,
@@ -783,6 +799,25 @@ INDEX_FROM = 32
 #: that, staggered); then the index reads the row again. Shorter: tighter bounds (a
 #: shorter walk) for more re-reads (n x HORIZON_PER_DECAY / decay_s per second).
 HORIZON_PER_DECAY = 4
+
+#: Predictions are made at ``now`` rounded down to ``decay_s / PREDICT_QUANTA`` (a
+#: power of two, so exact): see :func:`predict_at`.
+PREDICT_QUANTA = 1024
+
+
+def predict_at(now: float, decay_s: float) -> float:
+    """The time a plan at ``now`` predicts TTFTs at: ``now`` rounded down to a power
+    of two no larger than ``decay_s / PREDICT_QUANTA`` (7.8 ms with the default 10 s).
+
+    Within one such quantum an endpoint's prediction, and so its score, is a constant:
+    the health index reuses the exact scores it computed (and its last walk) until a
+    row changes or the quantum moves on, and the reference scan predicts at the same
+    time, so both plan alike. The price is bounded: over one quantum a prediction
+    moves by less than 1/1024 of its gap to its baseline (``1 - exp(-q / decay_s)``).
+    Power-of-two rounding of a float is exact, so the time is the same everywhere."""
+    q = math.ldexp(1.0, math.frexp(decay_s / PREDICT_QUANTA)[1] - 1)
+    return math.floor(now / q) * q
+
 
 #: From this many usable endpoints on, a limited plan orders only what can reach its
 #: first places (below it, one sort of everything is cheaper than the selections).
@@ -819,14 +854,22 @@ class _Index:
         "dom_of",
         "domains",
         "epoch",
+        "eps",
         "excluded",
         "expiry",
+        "flim",
         "fresh",
         "fresh_at",
+        "front",
+        "ftq",
+        "hf",
+        "hz",
+        "infront",
         "jumpers",
         "kinds",
         "lbs",
         "lock",
+        "memo",
         "model",
         "next_event",
         "now",
@@ -834,10 +877,14 @@ class _Index:
         "policy",
         "pos",
         "rows",
+        "sct",
+        "scv",
         "stale",
         "stale_in",
         "states",
+        "tq",
         "until",
+        "version",
         "volatile",
         "waiting",
         "where",
@@ -848,7 +895,12 @@ class _Index:
         self.model = model
         self.states = states
         self.rows = rows
+        self.eps = [ep for ep, _, _, _ in rows]
         self.policy = policy
+        #: per row, its horizon (staggered by a hash of the row) and exp(-horizon/decay_s)
+        tau = policy.decay_s
+        self.hz = [tau / HORIZON_PER_DECAY * (1.0 + ((j * 0x9E3779B1) & 0xFFFF) / 65536.0) for j in range(len(rows))]
+        self.hf = [math.exp(-h / tau) for h in self.hz]
         self.lock = threading.Lock()
         self.where: dict[object, int] = {st: j for j, (_, st, _, _) in enumerate(rows)}
         #: the rows of each quota domain (a cooldown logs the domain: its rows change)
@@ -857,6 +909,22 @@ class _Index:
         for j, dom in enumerate(self.dom_of):
             self.domains.setdefault(dom, []).append(j)
         self.now = -math.inf
+        self.tq = -math.inf
+        #: grows whenever a row is classified again (what the walk's memo is valid for)
+        self.version = 0
+        #: per row, its exact (score, prediction) at the prediction time ``sct[j]``
+        #: (nan: none); a row classified again drops it
+        self.sct: list[float] = []
+        self.scv: list[tuple[float, float]] = []
+        #: the last plan's walk: (version, tq, k, seen, scores, preds, endpoints, the
+        #: threshold it read the front to)
+        self.memo: _Walk | None = None
+        #: the front: (exact score at ``ftq``, row) of the usable rows read this
+        #: quantum, sorted, holding every row whose bound is under ``flim``
+        self.front: list[tuple[float, int]] = []
+        self.flim = -math.inf
+        self.ftq = -math.inf
+        self.infront = bytearray()
         self.epoch = -1
         self.pos = 0
         self.kinds: list[int] = []
@@ -886,6 +954,14 @@ class _Index:
         self.epoch = changes.EPOCH[0]
         self.pos = len(changes.ENTRIES)
         self.kinds = [_OUT] * n
+        self.front = []
+        self.flim = -math.inf
+        self.ftq = self.tq
+        self.infront = bytearray(n)
+        self.version += 1
+        self.sct = [math.nan] * n
+        self.scv = [(math.nan, math.nan)] * n
+        self.memo = None
         self.whys = {}
         self.lbs = [None] * n
         self.order = []
@@ -909,8 +985,12 @@ class _Index:
                 order.append(lb)
         order.sort()
 
-    def sync(self, now: float) -> None:
-        """Bring the rows up to date with the change log, the timers and the clock."""
+    def sync(self, now: float, tq: float) -> None:
+        """Bring the rows up to date with the change log, the timers and the clock
+        (``tq``: the prediction time, see :func:`predict_at`)."""
+        self.tq = tq
+        if tq != self.ftq:
+            self.reset_front(tq)
         if now < self.now or self.epoch != changes.EPOCH[0] or len(changes.ENTRIES) < self.pos:
             self.now = now
             self.rebuild(now)
@@ -954,6 +1034,12 @@ class _Index:
             self.waiting.discard(j)
             self.excluded.discard(j)
             self.whys.pop(j, None)
+            self.version += 1
+            if self.infront[j]:  # (its entry holds the score cached for this quantum)
+                front = self.front
+                del front[bisect.bisect_left(front, (self.scv[j][0], j))]
+                self.infront[j] = 0
+            self.sct[j] = math.nan
             self.ats[j] = math.inf
             if self.stale_in[j]:
                 stale = self.stale
@@ -993,20 +1079,24 @@ class _Index:
         rtt = st.rtt_ms
         base = geo_ms if rtt is None else rtt + p.default_ttft_ms * 0.25
         tau = p.decay_s
-        pred = predict_ttft_ms(st, base, now, tau)
+        tq = self.tq
+        pred = predict_ttft_ms(st, base, tq, tau)
         # The score's floor until the row's horizon (a hair under, against rounding):
         # the prediction moves monotonically toward the baseline, by at most the
         # factor exp(-horizon / decay_s) of its gap to it when above it. Horizons are
         # staggered per row (1-2 x decay_s / HORIZON_PER_DECAY) so that rows read
         # together (a rebuild) do not all expire together.
-        horizon = tau / HORIZON_PER_DECAY * (1.0 + ((j * 0x9E3779B1) & 0xFFFF) / 65536.0)
-        floor = pred if pred <= base else base + (pred - base) * math.exp(-horizon / tau)
+        horizon = self.hz[j]
+        floor = pred if pred <= base else base + (pred - base) * self.hf[j]
         lb = (floor * (1.0 + busy + st.queue_waiting) * (1.0 - 1e-9), j)
         self.lbs[j] = lb
-        self.until[j] = t = now + horizon
+        self.until[j] = t = tq + horizon  # (plans until then predict at tq + horizon at most)
         heapq.heappush(self.expiry, (t, j))
         if update:
             bisect.insort(self.order, lb)
+            if lb[0] < self.flim:  # the front holds every row under flim
+                bisect.insort(self.front, (self.exact(j, tq)[0], j))
+                self.infront[j] = 1
         if st.ttft_ms is not None:
             self.ats[j] = at = st.ttft_at
             if busy == 0 and st.ttft_before_jump is not None:
@@ -1043,19 +1133,25 @@ class _Index:
                     self.add_stale(j, True)
         return self.stale
 
-    def exact(self, j: int, now: float) -> tuple[float, float]:
-        """(score, predicted TTFT) of row ``j`` now, computed as the reference scan does."""
+    def exact(self, j: int, tq: float) -> tuple[float, float]:
+        """(score, predicted TTFT) of row ``j`` at the prediction time ``tq``, computed
+        as the reference scan does; kept until the row changes or ``tq`` moves on."""
+        if self.sct[j] == tq:
+            return self.scv[j]
         _, st, geo_ms, _ = self.rows[j]
         p = self.policy
         rtt = st.rtt_ms
         base = geo_ms if rtt is None else rtt + p.default_ttft_ms * 0.25
-        pred = predict_ttft_ms(st, base, now, p.decay_s)
+        pred = predict_ttft_ms(st, base, tq, p.decay_s)
         busy = st.inflight + st.remote_inflight
-        return pred * (1.0 + busy + st.queue_waiting), pred
+        self.sct[j] = tq
+        self.scv[j] = got = (pred * (1.0 + busy + st.queue_waiting), pred)
+        return got
 
     def scan(
         self,
         now: float,
+        tq: float,
         need: int,
         limit: int,
         draws: _Draws,
@@ -1094,7 +1190,7 @@ class _Index:
                 vkinds[j] = _FULL
                 continue
             vkinds[j] = _USABLE
-            seen[j] = self.exact(j, now)
+            seen[j] = self.exact(j, tq)
             if st.ttft_ms is None or now - st.ttft_at > stale_after:
                 vstale.append(j)
             elif busy == 0 and st.ttft_before_jump is not None:
@@ -1107,51 +1203,72 @@ class _Index:
         k = max(1, min(limit, n_usable))
         no = len(order)
         exact = self.exact
-        # the k smallest scores seen (negated: a max-heap) and the best one
-        top = [-sc for sc, _ in seen.values()]
-        heapq.heapify(top)
-        while len(top) > k:
-            heapq.heappop(top)
-        best = -max(top) if top else math.inf
+        sct, scv = self.sct, self.scv
         slope = 1.0 + (p.slack if p.strategy == "balanced" else p.near_equal)
         shift = p.slack_ms if p.strategy == "balanced" else 0.0
         slo = p.slo_ms if p.strategy == "balanced" else None
-        i = 0
         least = min(max(k, 2), no)  # two at least: "only usable endpoint" is a different note
-        while i < no:
-            if i >= least:
-                # the score at or under which a row can still matter: the k-th place,
-                # the near-equal group's or the balanced window's limit (each only
-                # falls as more is seen, so the current one is safe)
-                kth = -top[0] if len(top) >= k else math.inf
-                near = slo if slo is not None else best * slope + shift
-                if order[i][0] > (kth if kth > near else near):
-                    break
-            j = order[i][1]
-            seen[j] = got = exact(j, now)
-            sc = got[0]
-            if len(top) < k:
-                heapq.heappush(top, -sc)
-            elif sc < -top[0]:
-                heapq.heapreplace(top, -sc)
-            if sc < best:
-                best = sc
-            i += 1
-        scores, preds, ueps = self.subset(seen)
-        if reach is not None and i < no:
-            far = reach(scores, preds, ueps, n_usable)
-            if order[i][0] <= far:
-                while i < no and order[i][0] <= far:
-                    j = order[i][1]
-                    seen[j] = exact(j, now)
-                    i += 1
-                scores, preds, ueps = self.subset(seen)
+        if not seen:
+            # No volatile row is usable: the plan reads the front (exact scores in
+            # order, complete below ``flim``), grown in bound order only as far as
+            # what decides the plan needs; the same walk as below, kept for the quantum.
+            memo = self.memo
+            if memo is not None and memo[0] == self.version and memo[1] == tq and memo[2] == k:
+                seen, scores, preds, ueps, thr = memo[3], memo[4], memo[5], memo[6], memo[7]
+            else:
+                thr = self.grow(k, least, slope, shift, slo) if no else -math.inf
+                cut = max(bisect.bisect_right(self.front, (thr, math.inf)), least)
+                scores, preds, ueps = self.prefix(cut)
+                self.memo = (self.version, tq, k, seen, scores, preds, ueps, thr)
+            if reach is not None and no:
+                far = reach(scores, preds, ueps, n_usable)
+                if far > thr:
+                    self.grow_to(far)
+                    cut = bisect.bisect_right(self.front, (far, math.inf))
+                    if cut > len(scores):
+                        scores, preds, ueps = self.prefix(cut)
+        else:
+            # the k smallest scores seen (negated: a max-heap) and the best one
+            top = [-sc for sc, _ in seen.values()]
+            heapq.heapify(top)
+            while len(top) > k:
+                heapq.heappop(top)
+            best = -max(top) if top else math.inf
+            i = 0
+            while i < no:
+                if i >= least:
+                    # the score at or under which a row can still matter: the k-th place,
+                    # the near-equal group's or the balanced window's limit (each only
+                    # falls as more is seen, so the current one is safe)
+                    kth = -top[0] if len(top) >= k else math.inf
+                    near = slo if slo is not None else best * slope + shift
+                    if order[i][0] > (kth if kth > near else near):
+                        break
+                j = order[i][1]
+                seen[j] = got = scv[j] if sct[j] == tq else exact(j, tq)
+                sc = got[0]
+                if len(top) < k:
+                    heapq.heappush(top, -sc)
+                elif sc < -top[0]:
+                    heapq.heapreplace(top, -sc)
+                if sc < best:
+                    best = sc
+                i += 1
+            scores, preds, ueps = self.subset(seen)
+            if reach is not None and i < no:
+                far = reach(scores, preds, ueps, n_usable)
+                if order[i][0] <= far:
+                    while i < no and order[i][0] <= far:
+                        j = order[i][1]
+                        seen[j] = exact(j, tq)
+                        i += 1
+                    scores, preds, ueps = self.subset(seen)
 
         def pick(cands: list[int], draw: float, share: float) -> tuple[float, float, Endpoint] | None:
             if not cands:
                 return None
             j = cands[int(draw / share * len(cands)) % len(cands)]
-            sc, pr = seen[j] if j in seen else self.exact(j, now)
+            sc, pr = seen[j] if j in seen else self.exact(j, tq)
             return sc, pr, rows[j][0]
 
         explore_pick = recheck_pick = None
@@ -1182,7 +1299,7 @@ class _Index:
                 why = self.whys[j]
                 dropped.append(Exclusion(ep, unusable_reason(st, self.model, why, now), why))
             elif kind == _FULL:
-                sc, pr = self.exact(j, now)
+                sc, pr = self.exact(j, tq)
                 full.append((sc, pr, ep))
             elif kind == _EJECTED:
                 ejected.append((ep, st))
@@ -1193,6 +1310,72 @@ class _Index:
                 assert b is not None
                 limited.append((ep, b))
         return scores, preds, ueps, n_usable, explore_pick, recheck_pick, dropped, full, ejected, cooling, limited
+
+    def grow(self, k: int, least: int, slope: float, shift: float, slo: float | None) -> float:
+        """Grow the front in bound order until what decides the plan — the k-th score,
+        the near-equal group's or the balanced window's limit — lies under ``flim``
+        (then every row that can be at or under it is in the front); return it."""
+        front = self.front
+        order = self.order
+        no = len(order)
+        flim = self.flim
+        p = bisect.bisect_left(order, (flim, -1))
+        tq = self.tq
+        sct, scv, exact, infront = self.sct, self.scv, self.exact, self.infront
+        while True:
+            nf = len(front)
+            if nf >= least:
+                kth = front[k - 1][0] if nf >= k else math.inf
+                near = slo if slo is not None else front[0][0] * slope + shift
+                thr = kth if kth > near else near
+                if thr < flim:
+                    break
+            j = order[p][1]
+            if not infront[j]:
+                got = scv[j] if sct[j] == tq else exact(j, tq)
+                bisect.insort(front, (got[0], j))
+                infront[j] = 1
+            p += 1
+            flim = order[p][0] if p < no else math.inf
+        self.flim = flim
+        return thr
+
+    def grow_to(self, far: float) -> None:
+        """Grow the front until every row whose bound is at or under ``far`` is in it."""
+        front = self.front
+        order = self.order
+        no = len(order)
+        flim = self.flim
+        p = bisect.bisect_left(order, (flim, -1))
+        tq = self.tq
+        exact, infront = self.exact, self.infront
+        while flim <= far and p < no:
+            j = order[p][1]
+            if not infront[j]:
+                bisect.insort(front, (exact(j, tq)[0], j))
+                infront[j] = 1
+            p += 1
+            flim = order[p][0] if p < no else math.inf
+        self.flim = flim if p < no else math.inf
+
+    def reset_front(self, tq: float) -> None:
+        """A new prediction time: the front starts empty (its scores were for the last)."""
+        infront = self.infront
+        for _, j in self.front:
+            infront[j] = 0
+        self.front = []
+        self.flim = -math.inf
+        self.ftq = tq
+
+    def prefix(self, cut: int) -> tuple[list[float], list[float], list[Endpoint]]:
+        """Scores, predictions and endpoints of the front's first ``cut`` rows, in score
+        order (ties in row order): what a stable sort of the scan-order subset gives,
+        so every ordering downstream (stable sorts and selections, rendezvous) comes
+        out the same, without sorting again."""
+        head = self.front[:cut]
+        scv, eps = self.scv, self.eps
+        js = [j for _, j in head]
+        return [sc for sc, _ in head], [scv[j][1] for j in js], list(map(eps.__getitem__, js))
 
     def subset(self, seen: dict[int, tuple[float, float]]) -> tuple[list[float], list[float], list[Endpoint]]:
         """Scores, predictions and endpoints of the rows seen, in scan order."""

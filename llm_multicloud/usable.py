@@ -72,7 +72,10 @@ def predict_ttft_ms(st: EndpointView, baseline_ms: float, now: float, decay_s: f
     est = st.ttft_ms
     if est is None:
         return baseline_ms
-    return baseline_ms + (est - baseline_ms) * math.exp((st.ttft_at - now) / decay_s)
+    dt = st.ttft_at - now
+    if dt >= 0.0:  # a sample newer than ``now`` (the router predicts at a rounded time)
+        return est
+    return baseline_ms + (est - baseline_ms) * math.exp(dt / decay_s)
 
 
 #: Why an endpoint cannot take a new attempt now (the router's ``Exclusion.kind``).
