@@ -815,8 +815,14 @@ def predict_at(now: float, decay_s: float) -> float:
     time, so both plan alike. The price is bounded: over one quantum a prediction
     moves by less than 1/1024 of its gap to its baseline (``1 - exp(-q / decay_s)``).
     Power-of-two rounding of a float is exact, so the time is the same everywhere."""
-    q = math.ldexp(1.0, math.frexp(decay_s / PREDICT_QUANTA)[1] - 1)
+    q = _QUANTA.get(decay_s)
+    if q is None:
+        q = _QUANTA[decay_s] = math.ldexp(1.0, math.frexp(decay_s / PREDICT_QUANTA)[1] - 1)
     return math.floor(now / q) * q
+
+
+#: decay_s -> its prediction quantum (a few policies in a process's life)
+_QUANTA: dict[float, float] = {}
 
 
 #: From this many usable endpoints on, a limited plan orders only what can reach its
@@ -853,6 +859,7 @@ class _Index:
         "ats",
         "dom_of",
         "domains",
+        "due",
         "epoch",
         "eps",
         "excluded",
@@ -939,7 +946,7 @@ class _Index:
         self.stale: list[int] = []
         self.stale_in = bytearray()
         self.fresh: list[tuple[float, int]] = []
-        self.fresh_at: list[float | None] = []
+        self.fresh_at: list[float] = []
         self.jumpers: set[int] = set()
         self.volatile: set[int] = set()
         self.waiting: set[int] = set()  # cooling or ejected: a timer can make them usable
@@ -947,6 +954,8 @@ class _Index:
         #: per usable row, until when its bound holds; a heap of (until, row) to expire
         self.until: list[float] = []
         self.expiry: list[tuple[float, int]] = []
+        #: per row, the time of its live entry in ``expiry`` (inf: none)
+        self.due: list[float] = []
         self.next_event = math.inf
 
     def rebuild(self, now: float) -> None:
@@ -969,7 +978,7 @@ class _Index:
         self.stale = []
         self.stale_in = bytearray(n)
         self.fresh = []
-        self.fresh_at = [None] * n
+        self.fresh_at = [math.inf] * n
         self.jumpers = set()
         self.volatile = set()
         self.waiting = set()
@@ -977,6 +986,7 @@ class _Index:
         self.next_event = math.inf
         self.until = [math.inf] * n
         self.expiry = []
+        self.due = [math.inf] * n
         order = self.order
         for j in range(n):
             self.classify(j, now, False)
@@ -998,11 +1008,19 @@ class _Index:
         self.now = now
         expiry = self.expiry
         until = self.until
+        due = self.due
         while expiry and expiry[0][0] < now:
-            # a usable row's bound holds until its horizon: read it again
+            # a usable row's bound holds until its horizon: read it again (one live
+            # entry per row, at its earliest horizon; one that moved on goes back in)
             t, row = heapq.heappop(expiry)
-            if until[row] == t:
-                self.classify(row, now, True)
+            if due[row] == t:
+                due[row] = math.inf
+                u = until[row]
+                if u < now:
+                    self.classify(row, now, True)
+                elif u != math.inf:
+                    due[row] = u
+                    heapq.heappush(expiry, (u, row))
         new = changes.ENTRIES[self.pos :]
         self.pos += len(new)
         if self.epoch != changes.EPOCH[0]:
@@ -1091,7 +1109,9 @@ class _Index:
         lb = (floor * (1.0 + busy + st.queue_waiting) * (1.0 - 1e-9), j)
         self.lbs[j] = lb
         self.until[j] = t = tq + horizon  # (plans until then predict at tq + horizon at most)
-        heapq.heappush(self.expiry, (t, j))
+        if t < self.due[j]:
+            self.due[j] = t
+            heapq.heappush(self.expiry, (t, j))
         if update:
             bisect.insort(self.order, lb)
             if lb[0] < self.flim:  # the front holds every row under flim
@@ -1103,7 +1123,7 @@ class _Index:
                 self.jumpers.add(j)
             if now - at > 3.0 * tau:
                 self.add_stale(j, update)
-            elif self.fresh_at[j] != at:  # (else its heap entry is still there)
+            elif at < self.fresh_at[j]:  # (else its entry, as early or earlier, is there)
                 self.fresh_at[j] = at
                 heapq.heappush(self.fresh, (at, j))
         else:
@@ -1127,10 +1147,15 @@ class _Index:
         kinds = self.kinds
         while fresh and now - fresh[0][0] > stale_after:
             at, j = heapq.heappop(fresh)
-            if fresh_at[j] == at:
-                fresh_at[j] = None
-                if kinds[j] == _USABLE and ats[j] == at and not self.stale_in[j]:
-                    self.add_stale(j, True)
+            if fresh_at[j] == at:  # the row's live entry (one per row: no heap growth per sample)
+                fresh_at[j] = math.inf
+                if kinds[j] == _USABLE and not self.stale_in[j]:
+                    a = ats[j]  # (a newer sample since: the row goes back, at its time)
+                    if now - a > stale_after:
+                        self.add_stale(j, True)
+                    else:
+                        fresh_at[j] = a
+                        heapq.heappush(fresh, (a, j))
         return self.stale
 
     def exact(self, j: int, tq: float) -> tuple[float, float]:

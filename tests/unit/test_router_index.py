@@ -307,3 +307,57 @@ def test_plans_from_many_threads_while_health_changes_stay_exact() -> None:
             except Exception:
                 continue
             assert _summary(indexed.plan("m", c, health.states, clock.t, seed=seed, limit=4)) == _summary(want)
+
+
+def _twins(n: int, pol: dict[str, Any]) -> tuple[Health, Router, Router, Clock]:
+    rng = random.Random(n)
+    cat = _catalog(n, rng)
+    policy = cat.policy(pol)
+    clock = Clock()
+    health = Health(cat, policy, clock=clock)
+    indexed, reference = Router(cat, policy), Router(cat, policy)
+    indexed.index_from, reference.indexed = 1, False
+    return health, indexed, reference, clock
+
+
+def _same(health: Health, indexed: Router, reference: Router, t: float, seeds: int = 8) -> None:
+    for i in range(seeds):
+        kw: dict[str, Any] = {"seed": (i + 0.5) / seeds, "limit": 3}
+        want = reference.plan("m", UNCONSTRAINED, health.states, t, **kw)
+        assert _summary(indexed.plan("m", UNCONSTRAINED, health.states, t, **kw)) == _summary(want)
+
+
+def test_a_row_read_again_before_its_horizon_is_still_read_at_its_new_one() -> None:
+    """A row keeps one entry in the horizon heap, at its earliest horizon: when that
+    passes and the row was read again meanwhile (its bound now holds longer), the
+    entry goes back in at the new horizon; the row is read then, not never."""
+    health, indexed, reference, clock = _twins(40, {"strategy": "latency", "explore": 0.0, "recheck": 0.0})
+    for s in health.states:
+        s.observe_ttft(400.0, clock.t)  # far above the baseline: the prediction decays
+    _same(health, indexed, reference, clock.t)
+    clock.t += 0.5
+    for s in health.states:
+        s.inflight = 0  # read again: a later horizon, the earlier entry stays
+    _same(health, indexed, reference, clock.t)
+    clock.t += 4.6  # some first horizons passed, their rows' new ones not yet
+    _same(health, indexed, reference, clock.t)
+    clock.t += 60.0  # every prediction is at its baseline now: the bounds must say so
+    _same(health, indexed, reference, clock.t)
+
+
+def test_a_newer_sample_keeps_its_row_out_of_exploration_until_it_is_stale_too() -> None:
+    """One staleness entry per row, at its oldest sample time: when it ages out and the
+    row has a newer sample, the row goes back in at that sample's time and becomes
+    explorable when that one is stale."""
+    health, indexed, reference, clock = _twins(40, {"strategy": "latency", "explore": 1.0, "recheck": 0.0})
+    for s in health.states:
+        s.observe_ttft(100.0, clock.t)
+    _same(health, indexed, reference, clock.t)
+    clock.t += 1.0
+    for s in health.states:
+        s.observe_ttft(100.0, clock.t)  # newer samples: the oldest entries stay
+    _same(health, indexed, reference, clock.t)
+    clock.t += 29.5  # the first samples are stale, the newer ones not yet
+    _same(health, indexed, reference, clock.t)
+    clock.t += 1.0  # now they are (no horizon re-read in between)
+    _same(health, indexed, reference, clock.t)
