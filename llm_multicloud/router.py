@@ -1348,13 +1348,18 @@ class _Index:
         tq = self.tq
         sct, scv, exact, infront = self.sct, self.scv, self.exact, self.infront
         while True:
+            if p >= no:  # every row is in the front (flim may be a row's old bound)
+                flim = math.inf
             nf = len(front)
             if nf >= least:
                 kth = front[k - 1][0] if nf >= k else math.inf
                 near = slo if slo is not None else front[0][0] * slope + shift
                 thr = kth if kth > near else near
-                if thr < flim:
+                if thr < flim or p >= no:
                     break
+            elif p >= no:  # (cannot be: least <= the rows, all in the front)
+                thr = math.inf
+                break
             j = order[p][1]
             if not infront[j]:
                 got = scv[j] if sct[j] == tq else exact(j, tq)

@@ -361,3 +361,40 @@ def test_a_newer_sample_keeps_its_row_out_of_exploration_until_it_is_stale_too()
     _same(health, indexed, reference, clock.t)
     clock.t += 1.0  # now they are (no horizon re-read in between)
     _same(health, indexed, reference, clock.t)
+
+
+@pytest.mark.parametrize("strategy", ["latency", "balanced"])
+@pytest.mark.parametrize("n", [6, 12, 40])
+def test_the_front_through_a_sample_and_a_load_change_before_every_plan(strategy: str, n: int) -> None:
+    """What B1's churn rows do (a finished request's TTFT sample and a new in-flight
+    count on two random endpoints before each plan): bounds jump both ways, so the
+    front's limit is often an old bound of a row that moved; every plan stays exact."""
+    rng = random.Random(n)
+    eps = [
+        {
+            "id": f"e{i}",
+            "provider": "aws",
+            "region": rng.choice(REGIONS),
+            "base_url": f"https://e{i}.example.invalid/v1",
+            "models": ["m"],
+            "pricing": {"input_per_mtok": 0.1 + 0.01 * (i % 7), "output_per_mtok": 0.3 + 0.02 * (i % 5)},
+        }
+        for i in range(n)
+    ]
+    cat = Catalog.load({"endpoints": eps})
+    policy = cat.policy({"strategy": strategy})
+    clock = Clock()
+    health = Health(cat, policy, clock=clock)
+    indexed, reference = Router(cat, policy), Router(cat, policy)
+    indexed.index_from, reference.indexed = 1, False
+    for s in health.states:
+        s.observe_ttft(rng.uniform(20.0, 300.0), clock.t)
+    for _ in range(600):
+        for _ in range(2):
+            s = rng.choice(health.states)
+            s.observe_ttft(rng.uniform(20.0, 300.0), clock.t)
+            s.inflight = rng.randrange(4)
+        clock.t += rng.choice([0.00002, 0.00002, 0.00002, 0.003])  # mostly within one quantum
+        kw: dict[str, Any] = {"seed": rng.random(), "limit": rng.choice([1, 3, 7])}
+        want = reference.plan("m", UNCONSTRAINED, health.states, clock.t, **kw)
+        assert _summary(indexed.plan("m", UNCONSTRAINED, health.states, clock.t, **kw)) == _summary(want)
