@@ -103,6 +103,8 @@ class MultiCloud:
         #: ``verify`` (CA bundle path or ssl.SSLContext; TLS verification is on by
         #: default), ``cert``, ``proxy``, ``http2``, ``limits``...
         self.http_options: dict[str, Any] = dict(http_options or {})
+        #: HTTP/2 connections are multiplexed safely only by one event loop (needs_loop)
+        self._sync_via_loop = bool(self.http_options.get("http2"))
         self.policy = self.catalog.policy(policy)
         self.clock = clock
         self.router = Router(self.catalog, self.policy)
@@ -165,8 +167,15 @@ class MultiCloud:
         return self.executor.execute(intent, upstream)
 
     def needs_loop(self, intent: Intent) -> bool:
-        """Must this sync request run on the background loop? (See ``Executor.needs_loop``.)"""
-        return self.executor.needs_loop(intent)
+        """Must this sync request run on the background loop? (See ``Executor.needs_loop``.)
+
+        Always with ``http_options={"http2": True}``: the sync HTTP libraries' HTTP/2
+        connections are not safe for concurrent threads (httpcore and httpcore2 allocate
+        a stream id outside any lock, so two threads can open the same stream; seen as
+        ``StreamClosedError``/``KeyError`` in about one round of eight concurrent
+        requests in a hundred, tests/integration/test_http2.py), while one event loop
+        multiplexes a connection safely."""
+        return self._sync_via_loop or self.executor.needs_loop(intent)
 
     @property
     def streams(self) -> set[Any]:
