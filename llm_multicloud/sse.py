@@ -120,6 +120,11 @@ class EventSplitter:
             )
 
     @property
+    def has_pending(self) -> bool:
+        """Are bytes of an incomplete event waiting (without copying them)?"""
+        return bool(self._buf)
+
+    @property
     def pending(self) -> bytes:
         """Bytes of an incomplete event (non-empty at the end of a stream means truncation)."""
         return bytes(self._buf)
@@ -204,7 +209,7 @@ def looks_like_json_object(data: bytes) -> bool:
 #: after one), and the Responses API's terminal event types. A JSON string cannot hold
 #: an unescaped ``"``, so these bytes never match inside text the model wrote.
 _MARKERS = re.compile(
-    rb'"(?:usage|error|finish_reason)"\s*:\s*(?!null\b)'
+    rb'"(?:usage|error|finish_reason)"\s*+:\s*+(?!null\b)'  # possessive: "k": null never backtracks into a match
     rb'|"type"\s*:\s*"(?:error|response\.(?:completed|incomplete|failed))"'
 )
 
@@ -228,6 +233,23 @@ def needs_parse(data: bytes) -> bool:
     if data.count(b"{") != data.count(b"}") or data.count(b"[") != data.count(b"]"):
         return True
     return _MARKERS.search(data) is not None
+
+
+def plain_event(chunk: bytes) -> bool:
+    """Is ``chunk`` exactly one complete ``data: {...}`` event that needs no parse
+    (``not needs_parse(data_of(chunk))``)? The committed stream's fast path: the
+    common read — one content chunk — passes on these few C-level scans of the read
+    itself, with no split and no copy. The ``data: `` prefix and the blank line hold
+    no bracket and cannot start a marker (every marker starts with ``"``), so scanning
+    the whole read decides the same as scanning its data."""
+    return (
+        chunk[:7] == b"data: {"
+        and chunk[-3:] == b"}\n\n"
+        and chunk.count(b"\n") == 2
+        and chunk.count(b"{") == chunk.count(b"}")
+        and chunk.count(b"[") == chunk.count(b"]")
+        and _MARKERS.search(chunk) is None
+    )
 
 
 def text_of(events: list[bytes]) -> str:

@@ -82,10 +82,21 @@ class UpstreamResponse:
 
     def chunks(self) -> AsyncIterator[bytes]:
         """The decoded body, chunk by chunk. Closed by :meth:`aclose` (so that an
-        abandoned iterator is not left for the garbage collector to finalise)."""
-        gen = self._chunks()
+        abandoned iterator is not left for the garbage collector to finalise).
+
+        An identity-encoded body (what every event stream is) is read straight from
+        the transport's stream — the bytes as they leave the connection, one await per
+        chunk — instead of through the response's ``aiter_bytes`` → ``aiter_raw``
+        generators and their no-op decoder and chunker (issue 14: streams at the
+        speed of the wire). The connection goes back to its pool at :meth:`aclose`."""
+        gen: Any
+        if self.header("content-encoding") in (None, "identity"):
+            gen = _RawChunks(self._lib, self._resp.stream)
+        else:
+            gen = self._chunks()
         self._gens.append(gen)
-        return gen
+        it: AsyncIterator[bytes] = gen
+        return it
 
     async def _chunks(self) -> AsyncGenerator[bytes, None]:
         inner = self._resp.aiter_bytes()
@@ -146,6 +157,40 @@ class UpstreamResponse:
                     await gen.aclose()
             with contextlib.suppress(Exception):  # closing a broken connection may raise
                 await self._resp.aclose()
+
+
+class _RawChunks:
+    """The transport's response stream of an identity-encoded body, as an async
+    iterator: one ``__anext__`` per network chunk, exceptions sorted by
+    :func:`translate`, empty chunks skipped (an empty read means "nothing yet" to the
+    committed stream's bounded reads, never data)."""
+
+    __slots__ = ("_inner", "_lib")
+
+    def __init__(self, lib: ModuleType, stream: Any) -> None:
+        self._lib = lib
+        self._inner = stream.__aiter__()
+
+    def __aiter__(self) -> _RawChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        nxt = self._inner.__anext__
+        try:
+            while True:
+                chunk: bytes = await nxt()
+                if chunk:
+                    return chunk
+        except StopAsyncIteration:
+            raise
+        except Exception as exc:
+            raise translate(self._lib, exc) from exc
+
+    async def aclose(self) -> None:
+        aclose = getattr(self._inner, "aclose", None)
+        if aclose is not None:
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await aclose()
 
 
 class SyncUpstreamResponse(UpstreamResponse):

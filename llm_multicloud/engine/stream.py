@@ -146,17 +146,35 @@ class Passthrough:
             if self._pending:
                 events, self._pending = self._pending, []
             else:
-                got = await self._read()
-                if got is None:
+                chunk = await self._read()
+                if chunk is None:
                     continue  # ended, or broke and resumed elsewhere
+                if self._plain(chunk):
+                    # The common chunk: one complete content event with no marker
+                    # (issue 14: passed on after one scan, no split, no per-event work).
+                    self._quiet_since = None
+                    self._delivered.append(chunk)
+                    return chunk
+                got = await self._split(chunk)
+                if got is None:
+                    continue  # broke and resumed elsewhere
                 events = got
             out = await self._scan(events)
             if out:
                 return out
 
-    async def _read(self) -> list[bytes] | None:
-        """The events of the next upstream read; None when the stream ended (normally,
-        or by a break that was resumed elsewhere). A break that is not resumed raises."""
+    def _plain(self, chunk: bytes) -> bool:
+        """Is this read exactly one complete ``data: {...}`` event (nothing pending
+        before it) that :meth:`_scan` would pass on untouched — no marker the library
+        acts on, the shape of one JSON object (``sse.needs_parse`` is false), not
+        larger than the event cap? The same decision as the event-by-event path, made
+        on the read as a whole with a few C-level scans."""
+        splitter = self._a.splitter
+        return not splitter.has_pending and len(chunk) <= splitter.max_event_bytes and sse.plain_event(chunk)
+
+    async def _read(self) -> bytes | None:
+        """The next upstream read; None when the stream ended (normally, or by a break
+        that was resumed elsewhere). A break that is not resumed raises."""
         a = self._a
         assert a.iter is not None
         problem = None
@@ -190,11 +208,17 @@ class Passthrough:
                 problem = f"{exc.kind} error: {self._ex.redact(str(exc))}"
                 blame = exc.endpoint_fault
         if problem is None:
-            try:
-                return a.splitter.feed(chunk)
-            except sse.EventTooLarge as exc:
-                problem = str(exc)
+            return chunk
         await self._broken(problem, blame=blame)  # raises, or resumed on another endpoint
+        return None
+
+    async def _split(self, chunk: bytes) -> list[bytes] | None:
+        """The complete events a read finished; None after an oversized event broke
+        the stream and it was resumed elsewhere (not resumed: it raises)."""
+        try:
+            return self._a.splitter.feed(chunk)
+        except sse.EventTooLarge as exc:
+            await self._broken(str(exc))
         return None
 
     async def _scan(self, events: list[bytes]) -> bytes | None:

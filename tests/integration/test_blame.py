@@ -280,17 +280,25 @@ def test_a_local_fault_after_commit_penalises_nobody(clean: Fleet, kind: str, mo
 
                 resp._resp.iter_bytes = sbody
                 return resp
-            inner = resp._resp.aiter_bytes
+            # The transport's response stream: what the async path reads an event stream from.
+            inner = resp._resp.stream
 
-            async def body() -> Any:
-                contents = 0
-                async for chunk in inner():
-                    yield chunk
-                    contents += chunk.count(b'"delta":{"content":"')
-                    if contents >= 3:
-                        raise RuntimeError("Event loop is closed")
+            class Body(type(inner)):  # type: ignore[misc]
+                def __init__(self) -> None:
+                    pass
 
-            resp._resp.aiter_bytes = body
+                async def __aiter__(self) -> Any:
+                    contents = 0
+                    async for chunk in inner:
+                        yield chunk
+                        contents += chunk.count(b'"delta":{"content":"')
+                        if contents >= 3:
+                            raise RuntimeError("Event loop is closed")
+
+                async def aclose(self) -> None:
+                    await inner.aclose()
+
+            resp._resp.stream = Body()
             return resp
 
         monkeypatch.setattr(cls, "open", open_then_break)

@@ -18,6 +18,7 @@ from llm_multicloud.sse import (
     kind_of,
     looks_like_json_object,
     needs_parse,
+    plain_event,
     text_of,
 )
 
@@ -383,6 +384,7 @@ def test_a_truncated_event_is_always_parsed(obj: dict[str, Any], data: Any) -> N
     ("data", "needed"),
     [
         (b'{"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}],"usage":null}', False),
+        (b'{"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": null}], "usage": null}', False),
         (b'{"choices":[{"index":0,"delta":{"content":"the \\"usage\\": {} key"},"finish_reason":null}]}', False),
         (b'{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}', True),
         (b'{"choices":[],"usage":{"total_tokens":3}}', True),
@@ -398,3 +400,35 @@ def test_a_truncated_event_is_always_parsed(obj: dict[str, Any], data: Any) -> N
 )
 def test_needs_parse(data: bytes, needed: bool) -> None:
     assert needs_parse(data) is needed
+
+
+@given(
+    _chat_chunks(),
+    st.booleans(),
+    st.sampled_from([b"data: ", b"data:", b": ping\n\ndata: ", b"event: x\ndata: "]),
+    st.sampled_from([b"\n\n", b"\n", b"\r\n\r\n", b"\n\ndata: {}\n\n", b""]),
+    st.data(),
+)
+@settings(max_examples=400, deadline=None)
+def test_the_fast_path_decides_as_the_event_by_event_path(
+    obj: dict[str, Any], compact: bool, prefix: bytes, end: bytes, data: Any
+) -> None:
+    """``plain_event`` (the committed stream's fast path over a whole read) is true only for
+    a read that is exactly one data event the event-by-event path would pass on unparsed:
+    one event, ``data: {``, and ``needs_parse`` false for its data. Reads of other shapes
+    (two events, a comment first, a partial event, CRLF, a truncated event) take the
+    event-by-event path."""
+    sep = (",", ":") if compact else (", ", ": ")
+    raw = json.dumps(obj, separators=sep).encode()
+    if data.draw(st.booleans()):
+        raw = raw[: data.draw(st.integers(0, len(raw)))]  # truncated
+    read = prefix + raw + end
+    one_event = prefix == b"data: " and end == b"\n\n" and raw.startswith(b"{") and b"\n" not in raw
+    expected = one_event and data_of(read) == raw and not needs_parse(raw)
+    assert plain_event(read) is expected
+
+
+def test_plain_event_cases() -> None:
+    assert plain_event(HELLO)
+    for read in (ROLE + HELLO, STOP, USAGE, DONE, b": ping\n\n", HELLO[:-1], HELLO + b"data: {", b"data: {}\r\n\r\n"):
+        assert not plain_event(read), read
