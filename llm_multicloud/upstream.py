@@ -280,6 +280,25 @@ def translate(lib: ModuleType, exc: BaseException) -> UpstreamError:
     return UpstreamError(kind, f"{name}: {detail}")
 
 
+def _tls_context(lib: ModuleType, verify: Any, cert: Any, trust_env: bool) -> ssl.SSLContext:
+    """The TLS context for these settings, built once per process (see :class:`_Pools`)."""
+    try:
+        key = (lib.__name__, verify, cert, trust_env)
+        hash(key)
+    except TypeError:  # unhashable settings (a list as cert): built each time, as before
+        return lib.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)  # type: ignore[no-any-return]
+    with _TLS_LOCK:
+        ctx = _TLS.get(key)
+        if ctx is None:
+            ctx = _TLS[key] = lib.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
+    return ctx
+
+
+#: TLS contexts by (library, verify, cert, trust_env): a handful per process
+_TLS: dict[tuple[Any, ...], ssl.SSLContext] = {}
+_TLS_LOCK = threading.Lock()
+
+
 class _Pools:
     """Connection pools toward the endpoints, one per origin, created on first use.
 
@@ -293,8 +312,9 @@ class _Pools:
     It drives the library's transport directly, not a full client: requests are
     already complete (URL, headers, body, deadlines), so the client layer (cookies,
     auth flows, redirects, event hooks) would only add latency to every attempt.
-    Each URL is parsed once (memoised), and the TLS context is built once for every
-    pool. ``options`` reach each pool's transport: ``verify`` (a CA bundle path or an
+    Each URL is parsed once (memoised), and the TLS context is built once per
+    process for each set of TLS settings (:func:`_tls_context`), shared by every pool.
+    ``options`` reach each pool's transport: ``verify`` (a CA bundle path or an
     ``ssl.SSLContext``), ``cert``, ``proxy``, ``http2``, and ``limits`` (then per
     endpoint, replacing ``max_connections``/``max_keepalive``).
     """
@@ -316,8 +336,11 @@ class _Pools:
         verify = options.pop("verify", True)  # TLS verification is on unless told otherwise
         cert = options.pop("cert", None)
         if not isinstance(verify, ssl.SSLContext) or cert is not None:
-            # One context for every pool: building one reads the CA bundle (milliseconds).
-            verify = lib.create_ssl_context(verify=verify, cert=cert, trust_env=options["trust_env"])
+            # One context for every pool of every upstream with these settings: building
+            # one reads the CA bundle (20 ms on a quiet machine, hundreds under load), and
+            # a wrapped async client makes an upstream per event loop — its first request
+            # on each loop paid that before (issue 14).
+            verify = _tls_context(lib, verify, cert, options["trust_env"])
         options["verify"] = verify
         options.setdefault(
             "limits",
