@@ -61,13 +61,16 @@ def _api_path(raw_path: str) -> str:
 
 
 def _deadline(request: Any) -> float | None:
-    t = request.extensions.get("timeout") if hasattr(request, "extensions") else None
-    if isinstance(t, dict):
-        vals = [v for v in (t.get("read"), t.get("connect"), t.get("write"), t.get("pool")) if v is not None]
-        if t.get("read") is not None:
-            return float(t["read"])
-        return max(vals) if vals else None
-    return None
+    """The request's overall deadline: its read timeout, else the largest one it has."""
+    ext = getattr(request, "extensions", None)
+    t = ext.get("timeout") if ext is not None else None
+    if not isinstance(t, dict):
+        return None
+    read = t.get("read")
+    if read is not None:
+        return float(read)
+    vals = [v for v in (t.get("connect"), t.get("write"), t.get("pool")) if v is not None]
+    return max(vals) if vals else None
 
 
 class _Core:

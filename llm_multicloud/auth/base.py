@@ -78,8 +78,10 @@ class OutgoingRequest:
     def set_header(self, name: str, value: str) -> None:
         """Set one header, replacing any header of that name (case-insensitive)."""
         low = name.lower()
-        self.headers = [(k, v) for k, v in self.headers if k.lower() != low]
-        self.headers.append((low, value))
+        headers = self.headers
+        if any(k.lower() == low for k, _ in headers):
+            headers = self.headers = [(k, v) for k, v in headers if k.lower() != low]
+        headers.append((low, value))
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,8 +20,12 @@ from .base import Credential, CredentialUnavailable, OutgoingRequest, key_identi
 FILE_CHECK_S = 1.0
 
 
+def _rendered(header: str, key: str) -> str:
+    return f"Bearer {key}" if header == "authorization" else key
+
+
 def _render(req: OutgoingRequest, header: str, key: str) -> None:
-    req.set_header(header, f"Bearer {key}" if header == "authorization" else key)
+    req.set_header(header, _rendered(header, key))
 
 
 class StaticKey(Credential):
@@ -35,9 +39,11 @@ class StaticKey(Credential):
         super().__init__(key_identity("key", key))
         self._key = key
         self.header = header.lower()
+        #: the header's value, prepared once per endpoint (issue 14, point 4)
+        self._value = _rendered(self.header, key)
 
     async def apply(self, req: OutgoingRequest) -> object:
-        _render(req, self.header, self._key)
+        req.set_header(self.header, self._value)
         return self._key
 
     def secrets(self) -> Iterable[str]:

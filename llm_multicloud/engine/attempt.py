@@ -87,6 +87,7 @@ class Attempt:
         "st",
         "status",
         "t0",
+        "timeouts",
         "trial",
         "ttft",
         "usage",
@@ -130,6 +131,9 @@ class Attempt:
         self.usage: dict[str, Any] | None = None
         #: tokens reserved in the endpoint's capacity bucket, settled when it ends
         self.reserved = 0
+        #: the endpoint's deadlines for this request's model, looked up once per attempt
+        #: (:func:`run`; the committed stream reads them here)
+        self.timeouts: Timeouts | None = None
 
     def error_type(self, outcome: AttemptOutcome) -> str | None:
         """Low-cardinality ``error.type`` of this attempt ending with ``outcome``."""
@@ -153,7 +157,7 @@ async def run(env: AttemptEnv, a: Attempt, intent: Intent, upstream: Upstream, d
     """Send the attempt and read it up to its commit point or its failure (see the
     module docs). On return ``a`` is ready (``a.fault is None``) or failed; only a
     ready stream keeps its response open."""
-    to = env.timeouts_for(a.ep, intent.model)
+    to = a.timeouts = env.timeouts_for(a.ep, intent.model)
     # Streams: until the first content event. Non-streamed answers arrive whole
     # (servers send no headers before the body), so they get the longer response_s.
     limit = to.first_token_s if intent.stream else to.response_s

@@ -118,7 +118,7 @@ class Passthrough:
         self._needs_finish = intent.operation in ("chat", "text_completion")
         self._finish_seen = False
         self._delivered: list[bytes] = []
-        to = ex.timeouts_for(a.ep, intent.model)
+        to = a.timeouts if a.timeouts is not None else ex.timeouts_for(a.ep, intent.model)
         self._gap = to.chunk_gap_s
         self._total_s = to.stream_total_s
         #: the committed stream must end by then (monotonic clock of the executor)
