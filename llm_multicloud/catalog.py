@@ -504,7 +504,7 @@ class Catalog:
             if mine and len(self._urls) < _MAX_URLS:
                 self._urls[key] = url
         owned = self._owned_headers
-        out = [(k, v) for k, v in headers if k not in owned and not k.startswith(OWNED_HEADER_PREFIXES)]
+        out = [h for h in headers if h[0] not in owned and not h[0].startswith(OWNED_HEADER_PREFIXES)]
         out += ep.headers
         return url, out
 

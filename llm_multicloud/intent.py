@@ -158,8 +158,11 @@ def parse(
     """Parse one SDK request. Raises :class:`RoutingError` (400) on bad input."""
     fwd: list[tuple[str, str]] = []
     scopes: list[tuple[str, str]] = []  # routing headers, in order: each one narrows
-    for k, hv in headers:
-        lk, v = k.lower(), hv
+    for h in headers:
+        # (the HTTP libraries hand names over lowercased: keep those pairs as they are,
+        # a request in flight holds its headers twice already — the SDK's and ours)
+        k, v = h
+        lk = k if k.islower() else k.lower()
         if lk.startswith(HEADER_PREFIX):
             if len(v) > _MAX_HEADER or any(ord(ch) < 32 for ch in v):
                 raise RoutingError(
@@ -183,7 +186,7 @@ def parse(
             raise RoutingError(
                 400, "bad_request", f"header {lk}: the value has control characters (CR, LF...); remove them"
             )
-        fwd.append((lk, v))
+        fwd.append(h if lk is k else (lk, v))
     constraints = context.current()
     try:
         # A repeated header narrows again (intersection), never replaces: a second

@@ -493,7 +493,7 @@ class AsyncIO:
 
     @staticmethod
     def fail_after(seconds: float) -> contextlib.AbstractContextManager[Any]:
-        return anyio.fail_after(seconds)
+        return _FailAfter(seconds)
 
     @staticmethod
     def move_on_after(seconds: float) -> contextlib.AbstractContextManager[Any]:
@@ -511,6 +511,28 @@ class AsyncIO:
     def time_left() -> float | None:
         """Seconds left for blocking waits (None: waits are awaited, cancel scopes end them)."""
         return None
+
+
+class _FailAfter:
+    """``anyio.fail_after``, as one object around one cancel scope: the same deadline
+    (from when it is made) and the same ``TimeoutError`` when that deadline cancelled
+    the block, without the two generator-based context managers (``fail_after`` over
+    ``fail_at``) that every attempt otherwise builds and holds while it waits."""
+
+    __slots__ = ("_scope",)
+
+    def __init__(self, seconds: float) -> None:
+        self._scope = anyio.CancelScope(deadline=anyio.current_time() + seconds)
+
+    def __enter__(self) -> anyio.CancelScope:
+        return self._scope.__enter__()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> bool:
+        scope = self._scope
+        suppressed = bool(scope.__exit__(et, ev, tb))
+        if scope.cancelled_caught and anyio.current_time() >= scope.deadline:
+            raise TimeoutError from None
+        return suppressed
 
 
 class SyncIO:
