@@ -72,7 +72,8 @@ class UpstreamResponse:
         self._resp = resp
         self._gens: list[Any] = []
         self.status: int = resp.status_code
-        self.headers: list[tuple[str, str]] = [(k.lower(), v) for k, v in resp.headers.multi_items()]
+        #: lowercased names (``multi_items`` gives them so in httpx and httpx2 alike)
+        self.headers: list[tuple[str, str]] = resp.headers.multi_items()
 
     def header(self, name: str) -> str | None:
         for k, v in self.headers:
