@@ -18,43 +18,83 @@ from .spec import PrefixCache, RateLimits
 
 
 class PrefixCacheSim:
-    """Cumulative hashes of each request's leading messages, LRU with a TTL."""
+    """Cumulative hashes of each request's leading messages, LRU with a TTL.
+
+    An entry stands for the KV cache of one message given everything before it (the
+    hash of messages ``0..k``), so it costs that message's tokens: a GPU's prefix cache
+    (vLLM's automatic prefix caching) holds KV blocks, and an 800-token context
+    document fills it as much as 800 one-token questions. ``kv_tokens`` bounds the
+    tokens held (``max_entries`` the entries); the least recently used entries go
+    first. A request touches its entries from the last message back to the first, so
+    that of one prompt the deepest entries are the older ones: a prefix is evicted
+    from its tail, never from its head (vLLM's rule: among blocks last used together,
+    the end of the longest prefix goes first). Evicting a head first would keep its
+    tail's tokens in the cache although a lookup, which stops at the first miss,
+    could never reach them.
+    """
 
     def __init__(self, spec: PrefixCache, clock: Callable[[], float] = time.monotonic) -> None:
         self.spec = spec
         self._clock = clock
-        self._seen: OrderedDict[bytes, float] = OrderedDict()
+        #: digest -> (last use, tokens it holds), least recently used first
+        self._seen: OrderedDict[bytes, tuple[float, int]] = OrderedDict()
         #: when each prefill lane is free again (monotonic); None: unlimited
         self._lanes: list[float] | None = None if spec.prefill_lanes is None else [0.0] * spec.prefill_lanes
+        self.tokens = 0
         self.hits = 0
         self.misses = 0
+        self.evictions = 0
+        self.evicted_tokens = 0
 
     def admit(self, texts: Sequence[str], tokens: Sequence[int]) -> int:
         """Look the prompt up and remember it; returns the cached prompt tokens (the
-        longest run of leading messages seen within the TTL)."""
+        longest run of leading messages seen within the TTL and still held)."""
         now = self._clock()
         ttl = self.spec.ttl_s
         seen = self._seen
         h = hashlib.blake2b(digest_size=16)
         cached = 0
         hit = True
+        chain: list[tuple[bytes, int]] = []
         for text, n in zip(texts, tokens, strict=True):
             h.update(text.encode("utf-8", "replace") + b"\x1e")
             d = h.digest()
-            t = seen.get(d)
-            if hit and t is not None and now - t <= ttl:
-                cached += n
-            else:
-                hit = False
-            seen[d] = now
-            seen.move_to_end(d)
-        while len(seen) > self.spec.max_entries:
-            seen.popitem(last=False)
+            if hit:
+                entry = seen.get(d)
+                if entry is not None and now - entry[0] <= ttl:
+                    cached += n
+                else:
+                    hit = False
+            chain.append((d, n))
+        for d, n in reversed(chain):  # the head of the prompt ends most recently used
+            old = seen.pop(d, None)
+            if old is not None:
+                self.tokens -= old[1]
+            seen[d] = (now, n)
+            self.tokens += n
+        kv = self.spec.kv_tokens
+        while len(seen) > self.spec.max_entries or (kv is not None and self.tokens > kv):
+            _, (_, n) = seen.popitem(last=False)
+            self.tokens -= n
+            self.evictions += 1
+            self.evicted_tokens += n
         if cached:
             self.hits += 1
         else:
             self.misses += 1
         return cached
+
+    def state(self) -> dict[str, int | None]:
+        """Counters for the fleet's ``state()``: what is held and what was evicted."""
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "entries": len(self._seen),
+            "tokens": self.tokens,
+            "kv_tokens": self.spec.kv_tokens,
+            "evictions": self.evictions,
+            "evicted_tokens": self.evicted_tokens,
+        }
 
     def prefill_s(self, uncached_tokens: int) -> float:
         """Seconds from now until this request's prefill is done. With
@@ -74,7 +114,7 @@ class PrefixCacheSim:
         self._seen.clear()
         if self._lanes is not None:
             self._lanes = [0.0] * len(self._lanes)
-        self.hits = self.misses = 0
+        self.tokens = self.hits = self.misses = self.evictions = self.evicted_tokens = 0
 
 
 class _Bucket:

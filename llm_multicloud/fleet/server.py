@@ -591,9 +591,7 @@ class RegionRuntime:
             "in_flight": self.in_flight,
             "disconnects": self.disconnects,
             "records": len(self.records),
-            "prefix_cache": None
-            if self.prefix_cache is None
-            else {"hits": self.prefix_cache.hits, "misses": self.prefix_cache.misses},
+            "prefix_cache": None if self.prefix_cache is None else self.prefix_cache.state(),
             "limits": None if self.limiter is None else self.limiter.state(),
         }
 

@@ -128,13 +128,24 @@ class PrefixCache(BaseModel):
     providers' prompt caching: the leading messages of a prompt this region saw
     within ``ttl_s`` are not prefilled again. Each uncached prompt token adds
     ``prefill_ms_per_token`` to the time to first token, and the answer's usage
-    reports the cached ones in ``prompt_tokens_details.cached_tokens``."""
+    reports the cached ones in ``prompt_tokens_details.cached_tokens``.
+
+    A real engine's cache is its GPU's KV memory, so its size is counted in tokens:
+    ``kv_tokens`` (each cached message costs its tokens; least recently used first
+    out). ``max_entries`` bounds the number of cached messages instead, whatever
+    their size; both may be set."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     prefill_ms_per_token: float = Field(0.1, ge=0, description="extra TTFT per uncached prompt token (ms)")
     ttl_s: float = Field(300.0, gt=0, description="how long a prefix stays cached after its last use")
     max_entries: int = Field(100_000, ge=1, description="cached prefixes kept (least recently used evicted)")
+    kv_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="KV cache capacity in prompt tokens (least recently used prefixes evicted by their "
+        "token cost); None = only max_entries bounds the cache",
+    )
     prefill_lanes: int | None = Field(
         None,
         ge=1,

@@ -120,3 +120,38 @@ def test_bad_session_header_is_a_clear_400(fleet: Fleet) -> None:
 
     with _mc(fleet) as mc, pytest.raises(openai.BadRequestError, match="session"):
         chat(mc, "sync", stream=False, model=MODEL, extra_headers={"x-llm-multicloud-session": " "})
+
+
+@pytest.mark.parametrize(("kind", "stream"), [("sync", False), ("async", True)])
+def test_cached_tokens_follow_the_kv_capacity_in_tokens(kind: str, stream: bool) -> None:
+    """A region whose prefix cache holds 600 tokens (``kv_tokens``): a second
+    conversation with its own ~400-word context pushes the first one out, and the
+    first one's next turn reports ``cached_tokens`` 0 through the SDK (its prefix is
+    prefilled again); as long as only one conversation runs, every turn hits."""
+    region = RegionSpec(
+        id="r0",
+        region="eu-central-1",
+        models={MODEL: "served"},
+        api_key="sk-r0",
+        latency=Latency(ttft_ms=1, ttft_jitter=0.0),
+        prefix_cache=PrefixCache(prefill_ms_per_token=0.0, kv_tokens=600),
+    )
+    extra: dict[str, Any] = {"stream_options": {"include_usage": True}} if stream else {}
+    other = {"role": "system", "content": "You are a terse assistant. " * 80}  # another ~400 words
+    with Fleet([region]) as fleet, _mc(fleet) as mc:
+
+        def turn(history: list[dict[str, str]], q: str) -> tuple[int, int]:
+            history.append({"role": "user", "content": q})
+            a = chat(mc, kind, stream=stream, model=MODEL, messages=history, **extra)
+            history.append({"role": "assistant", "content": a.text})
+            return a.usage.prompt_tokens, a.usage.prompt_tokens_details.cached_tokens
+
+        first: list[dict[str, str]] = [SYSTEM]
+        assert turn(first, "question 0")[1] == 0
+        prompt, cached = turn(first, "question 1")
+        assert 400 <= cached < prompt  # all but the last answer and the new question
+        assert turn([other], "question 0")[1] == 0  # 800+ tokens > 600: the least recent go
+        st = fleet.state("r0")["prefix_cache"]
+        assert st["evictions"] > 0 and st["tokens"] <= 600 and st["kv_tokens"] == 600
+        assert turn(first, "question 2")[1] == 0  # evicted: reported as prefilled again
+        assert turn(first, "question 3")[1] >= 400  # and cached again

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from llm_multicloud.catalog import Catalog
@@ -152,3 +154,58 @@ def test_fleet_prefill_lanes_queue_uncached_prompts() -> None:
     assert [round(two.prefill_s(100), 3) for _ in range(3)] == [0.1, 0.1, 0.2]
     unlimited = PrefixCacheSim(PrefixCache(prefill_ms_per_token=1.0), clock=lambda: clock[0])
     assert [unlimited.prefill_s(100) for _ in range(3)] == [pytest.approx(0.1)] * 3
+
+
+def _kv_cache(**kw: Any) -> Any:
+    from llm_multicloud.fleet.capacity import PrefixCacheSim
+    from llm_multicloud.fleet.spec import PrefixCache
+
+    return PrefixCacheSim(PrefixCache(**kw), clock=lambda: 0.0)
+
+
+def test_fleet_prefix_cache_capacity_is_counted_in_tokens() -> None:
+    """``kv_tokens``: a long context document fills the cache as its tokens do (a
+    GPU's KV memory), not as one entry like a short question; ``max_entries`` alone
+    keeps counting entries, whatever their size."""
+    a, b = (["system\x1fcontext a", "user\x1fq0"], [80, 5]), (["system\x1fcontext b", "user\x1fq0"], [60, 5])
+    kv = _kv_cache(kv_tokens=100)
+    assert kv.admit(*a) == 0 and kv.state()["tokens"] == 85
+    assert kv.admit(*a) == 85  # held
+    assert kv.admit(*b) == 0  # 150 tokens > 100: a's two entries go, least recently used first
+    st = kv.state()
+    assert (st["tokens"], st["entries"], st["evictions"], st["evicted_tokens"]) == (65, 2, 2, 85)
+    assert kv.admit(*a) == 0  # evicted: prefilled again (and b goes in turn)
+    assert kv.admit(*a) == 85
+    entries = _kv_cache(max_entries=4)
+    for _ in range(2):
+        entries.admit(*a)
+        entries.admit(*b)
+    assert entries.admit(*a) == 85 and entries.state()["evictions"] == 0  # 4 entries, 150 tokens
+
+
+def test_fleet_prefix_cache_evicts_a_prefix_from_its_tail_and_the_least_recent_first() -> None:
+    """A prompt larger than the cache keeps its head (what a later prompt can reuse;
+    a tail without its head could never hit); between conversations the one used
+    least recently goes first."""
+    kv = _kv_cache(kv_tokens=100)
+    long = (["s\x1fdoc", "u\x1fq0", "a\x1fanswer"], [50, 30, 40])
+    assert kv.admit(*long) == 0
+    assert kv.state()["tokens"] == 80  # the 40-token tail went
+    assert kv.admit(*long) == 80  # the head still hits
+    kv = _kv_cache(kv_tokens=100)
+    convs = [([f"s\x1fdoc {c}"], [30]) for c in "abcd"]
+    for c in convs[:3]:
+        kv.admit(*c)
+    assert kv.admit(*convs[0]) == 30  # a used again: b is now the least recent
+    kv.admit(*convs[3])  # 120 tokens: one of 30 goes
+    assert [kv.admit(*convs[i]) for i in (0, 2, 3)] == [30, 30, 30]
+    assert kv.admit(*convs[1]) == 0
+
+
+def test_fleet_prefix_cache_spec_rejects_a_zero_capacity() -> None:
+    from pydantic import ValidationError
+
+    from llm_multicloud.fleet.spec import PrefixCache
+
+    with pytest.raises(ValidationError, match="kv_tokens"):
+        PrefixCache(kv_tokens=0)
