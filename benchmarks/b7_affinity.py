@@ -1,13 +1,29 @@
 """B7 — multi-turn conversations over a fleet with prefix caching, with and without affinity.
 
-Four regions (three in the EU, one in the US) in a separate process, each with a
-simulated prefix cache: a prompt token the region has not seen in this
-conversation's leading messages costs ``PREFILL_MS`` of prefill before the first
-token (TTFT 10 ms otherwise), and a region prefills ``PREFILL_LANES`` prompt at a
-time (a GPU's compute is shared: uncached prompts queue). That is what makes the
-scenario realistic: several equal EU endpoints under concurrent load, where a
-router without affinity spreads the load — and with it each conversation, whose
-cache then sits elsewhere. Cached input is billed at a tenth of the input price.
+Four regions (three in the EU, one in the US; ``--eu-endpoints`` for more EU ones) in a
+separate process, each with a simulated prefix cache: a prompt token the region has
+not seen in this conversation's leading messages costs ``PREFILL_MS`` of prefill
+before the first token (TTFT 10 ms otherwise), and a region prefills
+``PREFILL_LANES`` prompt at a time (a GPU's compute is shared: uncached prompts
+queue). That is what makes the scenario realistic: several equal EU endpoints under
+concurrent load, where a router without affinity spreads the load — and with it each
+conversation, whose cache then sits elsewhere. Cached input is billed at a tenth of
+the input price.
+
+The cache's size is its GPU's KV memory, counted in tokens (``PrefixCache.kv_tokens``,
+least recently used prefixes evicted by their token cost), and sized by a stated
+model rather than tuned: an endpoint holds its fair share of the active
+conversations with ``KV_SHARE`` (1.25×) headroom — ``KV_SHARE × concurrency /
+EU endpoints × the tokens of a whole conversation`` (its context document and every
+question and answer). That is a busy fleet, whose active sessions together need more
+KV memory than one GPU has (a Llama-3-8B-class model holds about 0.5 M tokens in the
+KV cache of an 80 GB GPU; a few hundred sessions of a few thousand tokens exceed
+that): with affinity each endpoint needs its own conversations' share and holds it;
+scattered, each needs every conversation, and least recently used eviction keeps
+only the last few. ``--kv-share`` changes the multiple (a sweep: how the gain
+depends on the cache's size); the earlier cache counted entries (one per message,
+an 800-word document costing what a 5-word question costs), so scattered
+conversations stayed cached everywhere.
 Conversations start at random times within ``START_SPREAD_S`` (the same for every
 variant), and a user reads each answer for ``THINK_MS`` before the next question
 (``--think-ms``). The conversations and the concurrency are shared by ``--processes``
@@ -46,6 +62,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import inspect
+import itertools
+import math
 import multiprocessing
 import random
 import time
@@ -65,8 +83,22 @@ CONTEXT_WORDS = 800
 PRICE_IN, PRICE_OUT, PRICE_CACHED = 1.0, 2.0, 0.1  # USD per Mtok
 BAR_HIT_OF_IDEAL = 0.9
 BAR_P50_RATIO = 2.0
-WHERE = (("aws", "eu-central-1"), ("gcp", "europe-west4"), ("azure", "westeurope"), ("aws", "us-east-1"))
-EU = {"r0", "r1", "r2"}
+#: EU places of the EU endpoints (the first ``eu_endpoints`` of them), then one US endpoint.
+EU_WHERE = (
+    ("aws", "eu-central-1"),
+    ("gcp", "europe-west4"),
+    ("azure", "westeurope"),
+    ("aws", "eu-west-1"),
+    ("gcp", "europe-west1"),
+    ("azure", "northeurope"),
+)
+US_WHERE = ("aws", "us-east-1")
+EU_ENDPOINTS = 3
+#: Each endpoint's KV cache holds this multiple of its fair share of the active conversations.
+KV_SHARE = 1.25
+MAX_TOKENS = 8
+HEADING = "Context document {i}: "
+QUESTION = "question {turn} about document {ci}"
 
 
 def _words(n: int, rng: random.Random) -> str:
@@ -75,7 +107,7 @@ def _words(n: int, rng: random.Random) -> str:
 
 def _conversations(n: int, seed: int) -> list[str]:
     rng = random.Random(seed)
-    return [f"Context document {i}: " + _words(CONTEXT_WORDS, rng) for i in range(n)]
+    return [HEADING.format(i=i) + _words(CONTEXT_WORDS, rng) for i in range(n)]
 
 
 #: Client processes by default (see the module docs: one process driving every
@@ -88,7 +120,18 @@ WARM_S = 1.0
 
 
 def _new_data() -> dict[str, Any]:
-    return {"ttft": [], "prompt": 0, "cached": 0, "ideal": 0, "cost": 0.0, "eu": 0, "n": 0, "failed": 0, "errors": []}
+    return {
+        "ttft": [],
+        "prompt": 0,
+        "cached": 0,
+        "ideal": 0,
+        "cost": 0.0,
+        "eu": 0,
+        "n": 0,
+        "failed": 0,
+        "errors": [],
+        "turns": [],  # (conversation, turn, endpoint, cached, ideal) of each answer
+    }
 
 
 async def _run_variant(job: dict[str, Any]) -> dict[str, Any]:
@@ -124,7 +167,7 @@ async def _run_variant(job: dict[str, Any]) -> dict[str, Any]:
         if v == "session":
             headers["x-llm-multicloud-session"] = f"conversation-{ci}"
         for turn in range(turns):
-            history.append({"role": "user", "content": f"question {turn} about document {ci}"})
+            history.append({"role": "user", "content": QUESTION.format(turn=turn, ci=ci)})
             t0 = time.perf_counter()
             first = None
             usage = None
@@ -135,7 +178,7 @@ async def _run_variant(job: dict[str, Any]) -> dict[str, Any]:
                     stream = await router.acompletion(
                         model=common.MODEL,
                         messages=list(history),
-                        max_tokens=8,
+                        max_tokens=MAX_TOKENS,
                         stream=True,
                         stream_options={"include_usage": True},
                     )
@@ -151,7 +194,7 @@ async def _run_variant(job: dict[str, Any]) -> dict[str, Any]:
                     raw = await client.chat.completions.with_raw_response.create(
                         model=common.MODEL,
                         messages=list(history),
-                        max_tokens=8,
+                        max_tokens=MAX_TOKENS,
                         stream=True,
                         stream_options={"include_usage": True},
                         extra_headers=headers,
@@ -172,7 +215,7 @@ async def _run_variant(job: dict[str, Any]) -> dict[str, Any]:
                 history.pop()
                 continue
             d["n"] += 1
-            d["eu"] += served == "eu" or served in EU
+            d["eu"] += served == "eu" or served in job["eu"]
             if first is not None:
                 d["ttft"].append(first)
             if usage is not None:
@@ -185,8 +228,9 @@ async def _run_variant(job: dict[str, Any]) -> dict[str, Any]:
                     + cached * PRICE_CACHED
                     + usage.completion_tokens * PRICE_OUT
                 ) / 1e6
-                if turn > 0:  # ideal: all but the last answer and the new question were seen
-                    d["ideal"] += usage.prompt_tokens - _last_two_words(history)
+                ideal = usage.prompt_tokens - _last_two_words(history) if turn > 0 else 0
+                d["ideal"] += ideal  # ideal: all but the last answer and the new question were seen
+                d["turns"].append((ci, turn, served, cached, ideal))
             history.append({"role": "assistant", "content": "".join(text)})
             if job["think_s"]:
                 await asyncio.sleep(job["think_s"])  # the user reads the answer and types the next question
@@ -229,6 +273,8 @@ def run(
     litellm: bool | None = None,
     processes: int | None = None,
     think_ms: float | None = None,
+    eu_endpoints: int | None = None,
+    kv_share: float | None = None,
 ) -> dict[str, Any]:
     """B7: cache-hit rate, p50/p99 TTFT and cost of multi-turn conversations, with and without affinity."""
     t_start = time.monotonic()
@@ -243,10 +289,16 @@ def run(
     concurrency = 6 if quick else 24
     procs = max(1, processes if processes is not None else (2 if quick else PROCESSES))
     think_ms = think_ms if think_ms is not None else (100.0 if quick else THINK_MS)
-    # A cache holds ~40 % of what the active conversations need (prefixes: two per
-    # turn), as a GPU's KV cache holds a share of a busy fleet's sessions: with
-    # affinity an endpoint needs about a third of them, scattered it needs them all.
-    max_entries = concurrency * 2 * turns * 2 // 5
+    n_eu = max(1, eu_endpoints if eu_endpoints is not None else EU_ENDPOINTS)
+    share = kv_share if kv_share is not None else KV_SHARE
+    # The KV cache model (module docs): an endpoint holds its fair share of the active
+    # conversations (concurrency / EU endpoints), whole, times the headroom.
+    conv_tokens = conversation_tokens(turns)
+    kv_tokens = math.ceil(share * concurrency / n_eu * conv_tokens)
+    where = [*EU_WHERE[:n_eu], US_WHERE] if n_eu <= len(EU_WHERE) else None
+    if where is None:
+        raise ValueError(f"at most {len(EU_WHERE)} EU endpoints")
+    eu = {f"r{i}" for i in range(n_eu)}
     pricing = {"input_per_mtok": PRICE_IN, "output_per_mtok": PRICE_OUT, "cached_input_per_mtok": PRICE_CACHED}
     specs = [
         RegionSpec(
@@ -259,17 +311,16 @@ def run(
             # One prefill at a time per region (a GPU's compute is shared): uncached
             # prompts queue, so sending everything to one region makes it slow, and a
             # router without affinity spreads the load — and the conversations with it.
-            prefix_cache=PrefixCache(
-                prefill_ms_per_token=PREFILL_MS, max_entries=max_entries, prefill_lanes=PREFILL_LANES
-            ),
+            prefix_cache=PrefixCache(prefill_ms_per_token=PREFILL_MS, kv_tokens=kv_tokens, prefill_lanes=PREFILL_LANES),
             pricing=pricing,
             seed=i,
         )
-        for i, (p, r) in enumerate(WHERE)
+        for i, (p, r) in enumerate(where)
     ]
     fleet = start_fleet_process(specs)
     variants = ["no_affinity", "affinity", "session"] + (["litellm"] if use_litellm else [])
     data: dict[str, dict[str, Any]] = {}
+    evicted: dict[str, dict[str, int]] = {}  # variant -> region -> tokens evicted during it
     try:
         contexts = _conversations(n_conv, seed=7)
         rng = random.Random(11)
@@ -284,7 +335,8 @@ def run(
                     "turns": turns,
                     "think_s": think_ms / 1e3,
                     "catalog": fleet.catalog(),
-                    "litellm_deployments": common.litellm_deployments(fleet, sorted(EU)) if v == "litellm" else None,
+                    "eu": eu,
+                    "litellm_deployments": common.litellm_deployments(fleet, sorted(eu)) if v == "litellm" else None,
                     # spawned processes import openai first: every share starts together
                     "start_at": time.time() + (WARM_S + 4.0 if pool is not None else WARM_S),
                 }
@@ -292,10 +344,13 @@ def run(
                     {**base_job, "conversations": convs[k::procs], "concurrency": max(1, concurrency // procs)}
                     for k in range(procs)
                 ]
+                before = _evicted_tokens(fleet, eu)
                 if pool is None:
                     data[v] = asyncio.run(_run_variant({**jobs[0], "concurrency": concurrency}))
                 else:
                     data[v] = _merge(list(pool.map(_worker, jobs)))
+                after = _evicted_tokens(fleet, eu)
+                evicted[v] = {r: after[r] - before[r] for r in sorted(eu)}
         finally:
             if pool is not None:
                 pool.shutdown()
@@ -329,6 +384,7 @@ def run(
             "server_ttft_ms": {k: srv.get(k) for k in ("p50", "p99")},
             "cost_usd": d["cost"],
             "residency_compliance": d["eu"] / d["n"] if d["n"] else None,
+            "where_hits_were_lost": _losses(d["turns"], evicted.get(v, {})),
         }
     off = rows["no_affinity"]
     bars = []
@@ -361,18 +417,22 @@ def run(
         "title": TITLE,
         "quick": quick,
         "params": {
-            "fleet": f"4 regions (3 EU, 1 US) in a separate process; ttft {TTFT_MS:g} ms, prefix cache "
-            f"{PREFILL_MS:g} ms per uncached prompt token; pricing in/out/cached {PRICE_IN}/{PRICE_OUT}/{PRICE_CACHED} "
-            "USD per Mtok",
+            "fleet": f"{n_eu + 1} regions ({n_eu} EU, 1 US) in a separate process; ttft {TTFT_MS:g} ms, prefix "
+            f"cache {PREFILL_MS:g} ms per uncached prompt token; pricing in/out/cached {PRICE_IN}/{PRICE_OUT}/"
+            f"{PRICE_CACHED} USD per Mtok",
+            "eu_endpoints": n_eu,
             "conversations": n_conv,
             "turns": turns,
             "context_words": CONTEXT_WORDS,
             "concurrency": concurrency,
             "client_processes": procs,
             "think_ms": think_ms,
-            "prefix_cache_entries": max_entries,
+            "kv_tokens_per_endpoint": kv_tokens,
+            "kv_share": share,
+            "kv_model": f"{share:g} × ({concurrency} active conversations / {n_eu} EU endpoints) × {conv_tokens} "
+            "tokens of a whole conversation",
             "residency": "EU",
-            "litellm": "simple-shuffle over the 3 EU deployments, optional_pre_call_checks=['prompt_caching']"
+            "litellm": f"simple-shuffle over the {n_eu} EU deployments, optional_pre_call_checks=['prompt_caching']"
             if use_litellm
             else why_not,
         },
@@ -402,6 +462,55 @@ def run(
         fig.suptitle(f"B7 affinity: {n_conv} conversations × {turns} turns, prefix cache {PREFILL_MS:g} ms/token")
         common.save_plot(fig, out, "b7_affinity.png", result)
     return common.finish(result, t_start)
+
+
+def conversation_tokens(turns: int) -> int:
+    """Prompt tokens (fleet: words) a whole conversation holds in a KV cache at its last
+    turn: the context document with its heading, every question and every answer (an
+    answer is ``MAX_TOKENS`` words plus the region's tag)."""
+    heading = len(("[variant] " + HEADING.format(i=0)).split())  # the variant's salt, then the heading
+    question = len(QUESTION.format(turn=0, ci=0).split())
+    return CONTEXT_WORDS + heading + turns * (question + MAX_TOKENS + 1)
+
+
+def _evicted_tokens(fleet: Any, regions: set[str]) -> dict[str, int]:
+    return {r: int((fleet.state(r).get("prefix_cache") or {}).get("evicted_tokens", 0)) for r in regions}
+
+
+def _losses(turns: list[Any], evicted: dict[str, int]) -> dict[str, Any]:
+    """Where a variant's cache hits went (the evidence for its hit rate): turns that
+    moved to another endpoint than the conversation's previous turn, turns that stayed
+    and still found less than the ideal cached (evicted meanwhile), the conversations'
+    first endpoints (the load of the pins), and the tokens each endpoint's cache
+    evicted during the variant."""
+    by_conv: dict[int, list[Any]] = {}
+    for t in sorted(turns, key=lambda t: (t[0], t[1])):
+        by_conv.setdefault(t[0], []).append(t)
+    moved = moved_missed = stayed_missed = stayed = 0
+    ideal_lost_moved = ideal_lost_stayed = 0
+    first: dict[str, int] = {}
+    for conv in by_conv.values():
+        first[str(conv[0][2])] = first.get(str(conv[0][2]), 0) + 1
+        for prev, cur in itertools.pairwise(conv):
+            lost = max(cur[4] - cur[3], 0)
+            if cur[2] != prev[2]:
+                moved += 1
+                moved_missed += lost > 0
+                ideal_lost_moved += lost
+            else:
+                stayed += 1
+                stayed_missed += lost > 0
+                ideal_lost_stayed += lost
+    return {
+        "turns_moved": moved,
+        "turns_moved_short": moved_missed,
+        "turns_stayed": stayed,
+        "turns_stayed_short": stayed_missed,
+        "ideal_tokens_lost_by_moves": ideal_lost_moved,
+        "ideal_tokens_lost_on_the_same_endpoint": ideal_lost_stayed,
+        "conversations_by_first_endpoint": dict(sorted(first.items())),
+        "evicted_tokens_by_endpoint": evicted,
+    }
 
 
 def _last_two_words(history: list[dict[str, str]]) -> int:
@@ -451,6 +560,38 @@ def markdown(res: dict[str, Any]) -> str:
             rows,
         ),
     ]
+    losses = [
+        (
+            v,
+            w["turns_moved"],
+            w["turns_stayed_short"],
+            w["ideal_tokens_lost_by_moves"],
+            w["ideal_tokens_lost_on_the_same_endpoint"],
+            " / ".join(f"{k} {n}" for k, n in w["conversations_by_first_endpoint"].items()),
+            sum(w["evicted_tokens_by_endpoint"].values()),
+        )
+        for v, r in res["results"].items()
+        if (w := r.get("where_hits_were_lost")) and v != "litellm"
+    ]
+    if losses:
+        lines += [
+            "",
+            f"Where the hits were lost (KV cache {res['params'].get('kv_tokens_per_endpoint')} tokens per endpoint: "
+            f"{res['params'].get('kv_model')}):",
+            "",
+            common.md_table(
+                [
+                    "variant",
+                    "turns moved",
+                    "stayed, found less",
+                    "ideal tokens lost by moves",
+                    "lost on the same endpoint",
+                    "conversations by first endpoint",
+                    "tokens evicted",
+                ],
+                losses,
+            ),
+        ]
     return "\n".join(lines + common.markdown_tail(res))
 
 
@@ -458,15 +599,25 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--processes", type=int, default=None)
     p.add_argument("--think-ms", type=float, default=None)
+    p.add_argument("--eu-endpoints", type=int, default=None)
+    p.add_argument("--kv-share", type=float, default=None)
     args, rest = p.parse_known_args(argv)
 
     def run_b7(**kw: Any) -> dict[str, Any]:
-        return run(processes=args.processes, think_ms=args.think_ms, **kw)
+        return run(
+            processes=args.processes,
+            think_ms=args.think_ms,
+            eu_endpoints=args.eu_endpoints,
+            kv_share=args.kv_share,
+            **kw,
+        )
 
     run_b7.__doc__ = (
         f"{run.__doc__} --processes N: client processes sharing the conversations and the "
         f"concurrency (default {PROCESSES}); --think-ms T: a user's pause between turns (default "
-        f"{THINK_MS:g}); --processes 1 --think-ms 0 is the earlier setup."
+        f"{THINK_MS:g}); --processes 1 --think-ms 0 is the earlier setup; --eu-endpoints N: EU endpoints "
+        f"(default {EU_ENDPOINTS}, at most {len(EU_WHERE)}); --kv-share X: each endpoint's KV cache as a multiple of "
+        f"its fair share of the active conversations (default {KV_SHARE:g})."
     )
     return common.main_for(NAME, run_b7, markdown, rest)
 
