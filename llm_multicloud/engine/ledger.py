@@ -295,7 +295,7 @@ class Ledger:
         st.release(a.permit)
         if a.reserved and st.bucket is not None:
             used = self._used_tokens(a, usage, outcome, delivered_tokens)
-            st.bucket.settle(a.reserved, used, refund_request=a.status == 429 or not _maybe_counted(a))
+            st.bucket.settle(a.reserved, used, refund_request=not _maybe_counted(a))
             a.reserved = 0
         cost, estimated = self._attempt_cost(a, usage, outcome, delivered_tokens)
         with st._lock:  # exact totals: sync requests on many threads add to them at once
@@ -348,7 +348,8 @@ class Ledger:
 
     def _used_tokens(self, a: Attempt, usage: Usage | None, outcome: AttemptOutcome, delivered_tokens: int) -> int:
         """What an attempt consumed of its endpoint's token quota: the reported usage;
-        else nothing if it was refused or never reached the server; the prompt
+        the whole reservation if it was refused with 429; else nothing if it was
+        refused or never reached the server; the prompt
         estimate if it was sent but never answered (a timeout before the status line,
         a hedge loser cancelled while waiting: the server may have counted it, and
         over-counting only costs a little room while under-counting costs a 429);
@@ -361,6 +362,14 @@ class Ledger:
             return (usage.input_tokens or 0) + (usage.output_tokens or 0)
         if a.status is None:
             return self.intent.input_tokens if _maybe_counted(a) else 0
+        if a.status == 429:
+            # Refused for want of quota: the server's bucket had no room where ours
+            # had, so ours runs ahead of it. Charged, the refusal brings ours down by
+            # what the server refused, and a bucket can never send more than it
+            # holds, refusals included; given back, every cooldown's end sent the
+            # whole backlog again (a replica partitioned from Redis: 374 of 497
+            # requests refused instead of 14 of 161).
+            return a.reserved
         if outcome is AttemptOutcome.REQUEST_ERROR or a.status >= 300:
             return 0
         if outcome is AttemptOutcome.WON and not self.intent.stream:

@@ -112,7 +112,9 @@ def _bucket(mc: lmc.MultiCloud) -> dict[str, Any]:
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_reservations_settle_exactly_for_complete_early_broken_and_cancelled_streams(fleet: Fleet, kind: str) -> None:
-    with _mc(fleet, {"tpm": 1_000_000}, only="a") as mc:
+    # One attempt per request: a retry of the 503 below would meet the fleet's own rpm
+    # burst of 4 (a 429, which stays charged: see the test of refused attempts).
+    with _mc(fleet, {"tpm": 1_000_000}, only="a", policy={"retry": {"max_attempts": 1}}) as mc:
         est = 4 + len("one two three four") // 4  # the library's prompt estimate: 4 per message + chars / 4
         settled = 0
 
@@ -215,3 +217,55 @@ def test_an_attempt_sent_but_never_answered_keeps_its_prompt_one_never_sent_give
             call()
         b = _bucket(mc)
         assert b["reserved_tokens"] == 0 and b["settled_tokens"] == est  # nothing more
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_an_attempt_refused_with_429_stays_charged_to_its_bucket(fleet: Fleet, kind: str) -> None:
+    """The catalog's limit is higher than the server's real quota (as when another
+    client shares the quota, or a replica partitioned from Redis refills its share on
+    top of the others'): the server refuses with 429 where our bucket had room. The
+    refused attempt keeps its whole reservation and its request: our bucket comes
+    down by what the server refused, so refusals can never outnumber the overrun
+    (given back, each cooldown's end sent the whole backlog again)."""
+    policy = {"retry": {"max_attempts": 1}}
+    with _mc(fleet, {"rpm": 6000, "tpm": 1_000_000}, only="a", policy=policy) as mc:  # the server: 4, then 2/s
+        est = 4 + len("one two three four") // 4
+        answered = 0
+        n = 16  # sent back to back: more than the server's burst and refill let through
+
+        def outcome(exc: openai.APIStatusError | None) -> None:
+            nonlocal answered
+            if exc is None:
+                answered += 1
+            else:
+                assert exc.status_code in (429, 503), exc
+
+        if kind == "sync":
+            client = mc.wrap(openai.OpenAI(api_key=PLACEHOLDER_KEY, max_retries=0))
+            for _ in range(n):
+                try:
+                    client.chat.completions.create(model=MODEL, messages=MSG, max_tokens=10)
+                except openai.APIStatusError as exc:
+                    outcome(exc)
+                else:
+                    outcome(None)
+        else:
+
+            async def run() -> None:
+                async with mc.wrap(openai.AsyncOpenAI(api_key=PLACEHOLDER_KEY, max_retries=0)) as client:
+                    for _ in range(n):
+                        try:
+                            await client.chat.completions.create(model=MODEL, messages=MSG, max_tokens=10)
+                        except openai.APIStatusError as exc:
+                            outcome(exc)
+                        else:
+                            outcome(None)
+
+            anyio.run(run)
+        refused = _status(fleet, "a").count(429)
+        assert refused >= 1 and answered >= 4, _status(fleet, "a")
+        b = _bucket(mc)
+        # answered: the fleet's usage (4 prompt + 10 completion); refused: the reservation
+        assert b["reserved_tokens"] == 0
+        assert b["settled_tokens"] == answered * (4 + 10) + refused * (est + 10)
+        assert b["requests"] == answered + refused
