@@ -4,7 +4,10 @@ the quota; and pins agree across replicas (rendezvous + shared health)."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -14,7 +17,7 @@ import pytest
 import llm_multicloud as lmc
 from llm_multicloud.fleet import Fleet, Latency, RateLimits, RegionSpec
 
-from .test_shared import REFRESH, RedisServer, ReplicaProc, _policy, replica_processes
+from .test_shared import REFRESH, TIMEOUT, RedisServer, ReplicaProc, _free_port, _policy, replica_processes
 
 pytestmark = pytest.mark.integration
 MODEL = "llama-3.1-8b"
@@ -157,6 +160,188 @@ def test_when_redis_goes_away_each_replica_refills_at_its_share(four: list[Repli
                     r.call({"cmd": "reset"})
     finally:
         srv.stop()
+
+
+class PartitionProxy:
+    """A TCP proxy on 127.0.0.1 in front of a Redis server that a test can cut, as a
+    network partition does: while cut, no byte goes through either way (connections
+    stay open, so the client's commands time out, as across a real partition; new
+    connections are accepted and black-holed too) — until :meth:`heal`."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target = target_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self.port = int(self._listener.getsockname()[1])
+        self._lock = threading.Lock()
+        self._socks: list[socket.socket] = []
+        self._cut = threading.Event()
+        self._closed = threading.Event()
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def cut(self) -> None:
+        self._cut.set()
+
+    def heal(self) -> None:
+        self._cut.clear()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=2.0)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._socks += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                t = threading.Thread(target=self._pump, args=(a, b), daemon=True)
+                t.start()
+                self._threads.append(t)
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        src.settimeout(0.1)
+        with contextlib.suppress(OSError):
+            while not self._closed.is_set():
+                try:
+                    data = src.recv(65536)
+                except TimeoutError:
+                    continue
+                if not data:
+                    break
+                if not self._cut.is_set():  # cut: dropped on the floor
+                    dst.sendall(data)
+        for x in (src, dst):
+            with contextlib.suppress(OSError):
+                x.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._listener.close()
+        for t in self._threads:
+            t.join(2.0)
+        with self._lock:
+            for x in self._socks:
+                x.close()
+
+
+def _quota_records(fleet: Fleet, since: float) -> list[Any]:
+    return [r for r in fleet.received("quota") if r.path.endswith("/chat/completions") and r.time >= since]
+
+
+def test_a_replica_partitioned_from_redis_falls_back_to_its_share_and_rejoins(
+    redis_srv: RedisServer, four: list[ReplicaProc]
+) -> None:
+    """One of 4 replicas loses Redis (a cut TCP proxy) while the other 3 still reach
+    it. The partitioned one spends what it holds, then refills at its 1/4 share of
+    the limit; the others keep the shared bucket (and stop counting it once its
+    heartbeat expires). docs/shared-state.md's bound: the fleet may overrun by that
+    1/4 until the partition heals, so the server refuses at most what the
+    partitioned replica sent on top — about a quarter of the quota's refill over
+    the partition, plus one burst. Healed, it is leased again."""
+    proxy = PartitionProxy(redis_srv.port)
+    try:
+        with _fleet() as fleet:
+            catalog = fleet.catalog()
+            catalog["endpoints"][0]["limits"] = {"tpm": TPM, "burst_s": BURST_S}
+            pfx = f"lmc-test:partition:{time.monotonic_ns()}"
+            for i, r in enumerate(four):
+                url = proxy.url if i == 0 else redis_srv.url
+                r.call({"cmd": "configure", "catalog": catalog, "policy": _policy(url, pfx)})
+            try:
+
+                def modes() -> list[str]:
+                    return [r.snapshot()["limits"][0]["mode"] for r in four]
+
+                def seen() -> list[int]:
+                    return [r.snapshot()["shared_state"]["replicas"] for r in four]
+
+                _until(lambda: modes() == ["shared"] * 4 and seen() == [4] * 4, "every replica leased, seeing 4")
+                proxy.cut()
+                _until(lambda: modes() == ["local 1/4"] + ["shared"] * 3, "the partitioned replica on 1/4")
+                _until(lambda: seen()[1:] == [3] * 3, "the others count 3 replicas")
+                seconds = 4.0
+                t0 = time.monotonic()
+                ids = [r.send({"cmd": "load", "concurrency": 4, "duration_s": seconds, "max_tokens": 40}) for r in four]
+                results = [r.reply(i, timeout=seconds + 30) for r, i in zip(four, ids, strict=True)]
+                took = time.monotonic() - t0
+                recs = _quota_records(fleet, t0)
+                assert [x["limits"][0]["mode"] for x in results] == ["local 1/4"] + ["shared"] * 3
+                proxy.heal()
+                _until(
+                    lambda: modes() == ["shared"] * 4 and seen() == [4] * 4,
+                    "the partitioned replica leased again, and counted",
+                    timeout=10.0,
+                )
+            finally:
+                for r in four:
+                    r.call({"cmd": "reset"})
+    finally:
+        proxy.close()
+    refused = [r for r in recs if r.status == 429]
+    rate = TPM / 60.0  # tokens per second
+    # the partitioned replica: its 1/4 share of the refill plus its share of a burst
+    # (and the few requests in flight when the load ended)
+    alone = results[0]["tokens"]
+    assert 0 < alone <= rate * took / 4 + rate * BURST_S / 4 + 4 * 60, results[0]
+    # the others keep using the shared bucket: most of the limit
+    others = sum(r["tokens"] for r in results[1:])
+    assert others >= 0.6 * rate * seconds, [r["tokens"] for r in results]
+    # what the server refused is bounded by the partitioned replica's share on top
+    # (a refused attempt stays charged to its bucket, so refusals never outnumber it)
+    refused_tokens = sum(len(str(r.json["messages"][0]["content"]).split()) + 40 for r in refused)
+    assert refused_tokens <= rate * took / 4 + rate * BURST_S, f"{len(refused)} of {len(recs)} refused"
+    # a request fails only when the server refused every one of its attempts (a 503
+    # that says so): each failure cost several refusals
+    errors = [e for r in results for e in r["first_errors"]]
+    assert all("HTTP 429" in e for e in errors), errors
+    assert sum(r["errors"] for r in results) <= len(refused) / 2, (len(refused), errors)
+
+
+def test_replicas_that_never_reach_redis_take_one_expected_share_each(four: list[ReplicaProc]) -> None:
+    """Redis unreachable from the very start (a port nobody listens on): the replicas
+    cannot count each other, so after the heartbeat TTL each refills at
+    1/``state.expected_replicas`` of the limit — here 4, the number running — and
+    together they stay under the quota with no failed request."""
+    with _fleet() as fleet:
+        catalog = fleet.catalog()
+        catalog["endpoints"][0]["limits"] = {"tpm": TPM, "burst_s": BURST_S}
+        url = f"redis://127.0.0.1:{_free_port()}/0"
+        policy = _policy(url, f"lmc-test:never:{time.monotonic_ns()}", expected_replicas=4)
+        seconds = 5.0
+        try:
+            for r in four:
+                r.call({"cmd": "configure", "catalog": catalog, "policy": policy})
+            t0 = time.monotonic()
+            ids = [r.send({"cmd": "load", "concurrency": 4, "duration_s": seconds, "max_tokens": 40}) for r in four]
+            results = [r.reply(i, timeout=seconds + 30) for r, i in zip(four, ids, strict=True)]
+        finally:
+            for r in four:
+                r.call({"cmd": "reset"})
+        recs = _quota_records(fleet, t0)
+        admitted = fleet.state("quota")["limits"]["tokens"]
+    assert [x["limits"][0]["mode"] for x in results] == ["local 1/4"] * 4
+    assert all(x["shared_state"]["status"] == "degraded" for x in results)
+    assert sum(r["errors"] for r in results) == 0, [r["first_errors"] for r in results]
+    limited = sum(1 for r in recs if r.status == 429)
+    assert limited <= 0.01 * len(recs), f"{limited} of {len(recs)} answered 429"
+    rate = TPM / 60.0
+    # each replica waits out the heartbeat TTL on nothing (it starts empty), then
+    # refills at its quarter: together, most of the limit for the rest of the run
+    ttl = 3 * REFRESH + 2 * TIMEOUT
+    assert admitted >= 0.7 * rate * (seconds - ttl), f"{admitted} tokens admitted"
+    assert all(r["ok"] > 0 for r in results)
 
 
 def assert_pins_agree_and_move_together(
