@@ -1106,7 +1106,11 @@ class _Index:
         # together (a rebuild) do not all expire together.
         horizon = self.hz[j]
         floor = pred if pred <= base else base + (pred - base) * self.hf[j]
-        lb = (floor * (1.0 + busy + st.queue_waiting) * (1.0 - 1e-9), j)
+        load = 1.0 + busy + st.queue_waiting
+        lb = (floor * load * (1.0 - 1e-9), j)
+        # (its exact score for this quantum, as exact() computes it: kept, not redone)
+        self.sct[j] = tq
+        self.scv[j] = got = (pred * load, pred)
         self.lbs[j] = lb
         self.until[j] = t = tq + horizon  # (plans until then predict at tq + horizon at most)
         if t < self.due[j]:
@@ -1115,7 +1119,7 @@ class _Index:
         if update:
             bisect.insort(self.order, lb)
             if lb[0] < self.flim:  # the front holds every row under flim
-                bisect.insort(self.front, (self.exact(j, tq)[0], j))
+                bisect.insort(self.front, (got[0], j))
                 self.infront[j] = 1
         if st.ttft_ms is not None:
             self.ats[j] = at = st.ttft_at
