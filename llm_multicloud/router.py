@@ -48,7 +48,7 @@ A plan computes exact scores (the one prediction, :func:`~.usable.predict_ttft_m
 only while a bound can still reach the first
 ``limit`` places, the near-equal group or the balanced window, then orders that
 subset with the reference ordering. Predictions are made at ``now`` rounded down to
-``decay_s / 1024`` (:func:`predict_at`, reference and index alike): within that
+``decay_s / 256`` (:func:`predict_at`, reference and index alike): within that
 quantum a score is a constant, so the index keeps the exact scores it read in a
 sorted **front** (complete under a limit) that later plans bisect, re-reading only
 the endpoints that changed, and reuses its last walk when nothing did.
@@ -801,19 +801,22 @@ INDEX_FROM = 32
 HORIZON_PER_DECAY = 4
 
 #: Predictions are made at ``now`` rounded down to ``decay_s / PREDICT_QUANTA`` (a
-#: power of two, so exact): see :func:`predict_at`.
-PREDICT_QUANTA = 1024
+#: power of two, so exact): see :func:`predict_at`. The first plan of a quantum reads
+#: the front again (a ``balanced`` window holding most endpoints: all of them), so
+#: longer quanta make that rarer; 1024 (7.8 ms) made it ~1 % of B1's plans at 10,000
+#: endpoints, and every plan once a plan took longer than a quantum.
+PREDICT_QUANTA = 256
 
 
 def predict_at(now: float, decay_s: float) -> float:
     """The time a plan at ``now`` predicts TTFTs at: ``now`` rounded down to a power
-    of two no larger than ``decay_s / PREDICT_QUANTA`` (7.8 ms with the default 10 s).
+    of two no larger than ``decay_s / PREDICT_QUANTA`` (39 ms with the default 10 s).
 
     Within one such quantum an endpoint's prediction, and so its score, is a constant:
     the health index reuses the exact scores it computed (and its last walk) until a
     row changes or the quantum moves on, and the reference scan predicts at the same
     time, so both plan alike. The price is bounded: over one quantum a prediction
-    moves by less than 1/1024 of its gap to its baseline (``1 - exp(-q / decay_s)``).
+    moves by less than 1/256 of its gap to its baseline (``1 - exp(-q / decay_s)``).
     Power-of-two rounding of a float is exact, so the time is the same everywhere."""
     q = _QUANTA.get(decay_s)
     if q is None:
