@@ -700,6 +700,19 @@ class Interrupt:
         return math.inf
 
 
+def _slice(h: Interrupt, end: float | None) -> tuple[float | None, bool]:
+    """The timeout of the next slice of a blocking read or connect under ``h``: up to
+    the hedge timer when it comes first (``split``: its timeout is the timer's turn, not
+    the operation's own), else the time left to ``end``. Runs the timer if it is due,
+    and raises :class:`Cancelled` once the attempt is cancelled."""
+    if h.cancelled:
+        raise Cancelled
+    wait = h._due()
+    t = _bound(_remaining(end))
+    split = wait < (math.inf if t is None else t)
+    return (wait if split else t), split
+
+
 class Cancelled(BaseException):
     """The attempt was cancelled by another thread (:meth:`Interrupt.cancel`). A
     BaseException, like anyio's cancellation: nothing on the way takes it for the
@@ -762,13 +775,9 @@ class _BoundedStream:
         h.stream, self._owner = self, h
         end = None if timeout is None else time.monotonic() + timeout
         while True:
-            if h.cancelled:
-                raise Cancelled
-            wait = h._due()
-            t = _bound(_remaining(end))
-            split = wait < (math.inf if t is None else t)
+            t, split = _slice(h, end)
             try:
-                data = self._inner.read(max_bytes, wait if split else t)
+                data = self._inner.read(max_bytes, t)
             except self._timeout:
                 if h.cancelled:
                     raise Cancelled from None
@@ -841,13 +850,9 @@ class _BoundedBackend:
             return _BoundedStream(self._inner.connect_tcp(host, port, _bound(timeout), **kw), *self._kind)
         end = None if timeout is None else time.monotonic() + timeout
         while True:
-            if h.cancelled:
-                raise Cancelled
-            wait = h._due()
-            t = _bound(_remaining(end))
-            split = wait < (math.inf if t is None else t)
+            t, split = _slice(h, end)
             try:
-                inner = self._inner.connect_tcp(host, port, wait if split else t, **kw)
+                inner = self._inner.connect_tcp(host, port, t, **kw)
             except self._timeout:
                 if split and not h.cancelled:
                     continue  # the timer ran out first: run it, then connect again
